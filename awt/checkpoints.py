@@ -1,0 +1,155 @@
+"""Orbax checkpoints of a run: everything needed to resume or to evaluate.
+
+Layout under ``<workdir>/checkpoints/<step>/``: an orbax ``state`` item (the
+``TrainState`` pytree: step, params, batch_stats, mask, opt_state, key) and a
+JSON ``meta`` item (the run's config and the data position). Orbax writes a
+step into a temporary directory and renames it when complete, so a
+checkpoint is either whole or absent; a run killed mid-save leaves the last
+complete one intact. Nothing is pickled.
+"""
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from awt import config as config_lib
+from awt import data as data_lib
+from awt import masks
+
+PyTree = Any
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory that cannot be read as an awt run."""
+
+
+def manager(workdir: str, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  """A CheckpointManager for ``<workdir>/checkpoints`` (created if absent)."""
+  return ocp.CheckpointManager(
+    os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+    options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    item_names=("state", "meta"),
+  )
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: PyTree, meta: dict):
+  """Saves ``state`` and the JSON-able ``meta`` at ``step`` (async)."""
+  mngr.save(
+    int(step),
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+    ),
+  )
+
+
+def latest_step(workdir: str) -> int | None:
+  """The newest complete checkpoint step in ``workdir``, or None."""
+  path = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(path):
+    return None
+  with manager(workdir) as mngr:
+    return mngr.latest_step()
+
+
+def restore_state(
+  mngr: ocp.CheckpointManager, template: PyTree, step: int | None = None
+) -> tuple[PyTree, dict]:
+  """Restores ``(state, meta)`` shaped like ``template`` (a fresh state).
+
+  Raises:
+    CheckpointError: if the checkpoint is unreadable or its arrays do not
+      have the template's structure and shapes (a foreign checkpoint).
+  """
+  step = mngr.latest_step() if step is None else step
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+  try:
+    restored = mngr.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
+  except Exception as e:  # orbax raises many types; report one line.
+    raise CheckpointError(
+      f"cannot restore checkpoint step {step} from {mngr.directory}: "
+      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    ) from e
+  _check_like(restored["state"], template, mngr.directory)
+  return restored["state"], restored["meta"]
+
+
+def _check_like(restored: PyTree, template: PyTree, where) -> None:
+  a = jax.tree.structure(restored)
+  b = jax.tree.structure(template)
+  if a != b:
+    raise CheckpointError(
+      f"checkpoint in {where} does not match this run's model/optimizer"
+    )
+  for x, y in zip(
+    jax.tree.leaves(restored), jax.tree.leaves(template), strict=True
+  ):
+    if x.shape != y.shape:
+      raise CheckpointError(
+        f"checkpoint in {where} has an array of shape {x.shape} where this "
+        f"run's model has {y.shape}"
+      )
+
+
+def restore(workdir: str, step: int | None = None) -> dict:
+  """Loads a finished or running workdir back into Python.
+
+  Args:
+    workdir: a directory written by an awt binary.
+    step: checkpoint step (default: the latest).
+
+  Returns:
+    ``{"config": ConfigDict, "model": nn.Module, "variables": {"params",
+    ["batch_stats"]}, "mask": mask pytree, "step": int, "meta": dict}``;
+    ``model.apply(variables, x)`` gives the run's logits.
+
+  Raises:
+    CheckpointError: no checkpoint, or one that cannot be read.
+  """
+  path = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(path):
+    raise CheckpointError(f"no checkpoints in {workdir!r}")
+  with manager(workdir) as mngr:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no complete checkpoint in {path!r}")
+    try:
+      restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+        ),
+      )
+    except Exception as e:  # orbax raises many types; report one line.
+      raise CheckpointError(
+        f"cannot read checkpoint step {step} in {path!r}: {type(e).__name__}"
+      ) from e
+  meta = restored["meta"]
+  if not isinstance(meta, dict) or "config" not in meta:
+    raise CheckpointError(f"checkpoint in {path!r} is not an awt checkpoint")
+  config = ml_collections.ConfigDict(json.loads(meta["config"]))
+  state = restored["state"]
+  info = data_lib.info(config.data.name)
+  model = config_lib.build_model(config, info)
+  variables = {"params": state["params"]}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
+  mask = state["mask"]
+  masks.check_compatible(state["params"], mask)
+  return {
+    "config": config,
+    "model": model,
+    "variables": variables,
+    "mask": mask,
+    "step": int(step),
+    "meta": meta,
+  }

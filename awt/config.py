@@ -1,0 +1,110 @@
+"""Config validation and construction of the objects a config names.
+
+Every binary validates its ``ml_collections.ConfigDict`` with ``validate``
+before any compute; a bad value ends the run with one line naming it.
+The schema is DESIGN.md's "Config schema".
+"""
+
+import numbers
+
+from awt import data as data_lib
+from awt import evaluation, masks, models, training
+
+PRUNING_METHODS = ("dense", "random", "magnitude")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names key and value."""
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      raise ConfigError(f"config is missing {dotted!r}")
+    node = node[part]
+  return node
+
+
+def _number(
+  config, key, *, lo=None, hi=None, lo_open=False, hi_open=False, integer=False
+):
+  v = _get(config, key)
+  kind = numbers.Integral if integer else numbers.Real
+  if isinstance(v, bool) or not isinstance(v, kind):
+    what = "an integer" if integer else "a number"
+    raise ConfigError(f"{key}={v!r} must be {what}")
+  if lo is not None and (v <= lo if lo_open else v < lo):
+    raise ConfigError(f"{key}={v} must be {'>' if lo_open else '>='} {lo}")
+  if hi is not None and (v >= hi if hi_open else v > hi):
+    raise ConfigError(f"{key}={v} must be {'<' if hi_open else '<='} {hi}")
+  return v
+
+
+def _choice(config, key, known):
+  v = _get(config, key)
+  if v not in known:
+    raise ConfigError(f"unknown {key} {v!r}; known: {', '.join(known)}")
+  return v
+
+
+def validate(config) -> None:
+  """Checks types, ranges and names of a run config.
+
+  Raises:
+    ConfigError: one line naming the first bad key and its value.
+  """
+  _number(config, "seed", integer=True)
+  _choice(config, "data.name", data_lib.names())
+  _choice(config, "model.name", models.names())
+  batch = _number(config, "batch_size", lo=1, integer=True)
+  info = data_lib.info(config.data.name)
+  if batch > info.num_train:
+    raise ConfigError(
+      f"batch_size={batch} is larger than the {info.num_train} training "
+      f"examples of {config.data.name!r}"
+    )
+  _number(config, "num_epochs", lo=0, integer=True)
+  _choice(config, "optimizer.name", training.OPTIMIZERS)
+  _number(config, "optimizer.learning_rate", lo=0, lo_open=True)
+  _choice(config, "optimizer.schedule", training.SCHEDULES)
+  _number(config, "optimizer.weight_decay", lo=0)
+  if config.optimizer.name in ("momentum", "nesterov"):
+    _number(config, "optimizer.momentum", lo=0, hi=1, hi_open=True)
+  method = _choice(config, "adversarial.method", training.OBJECTIVES)
+  if method != "none":
+    _choice(config, "adversarial.norm", ("linf", "l2"))
+    _number(config, "adversarial.eps", lo=0)
+    _number(config, "adversarial.step_size", lo=0)
+    if method != "fast_at":
+      _number(config, "adversarial.steps", lo=1, integer=True)
+    if method == "trades":
+      _number(config, "adversarial.beta", lo=0)
+      if config.adversarial.norm != "linf":
+        raise ConfigError("adversarial.method='trades' supports norm='linf'")
+  _choice(config, "pruning.method", PRUNING_METHODS)
+  _number(config, "pruning.sparsity", lo=0, hi=1, hi_open=True)
+  _choice(config, "pruning.scope", masks.SCOPES)
+  _choice(config, "eval.norm", ("linf", "l2"))
+  _number(config, "eval.eps", lo=0)
+  _number(config, "eval.batch_size", lo=1, integer=True)
+  for name in _get(config, "eval.attacks"):
+    try:
+      evaluation.parse_attack(name)
+    except ValueError as e:
+      raise ConfigError(f"eval.attacks: {e}") from None
+
+
+def build_model(config, info, *, axis_name=None, dtype=None):
+  """The model a config names, with the dataset's normalization inside."""
+  kw = {k: v for k, v in config.model.items() if k != "name"}
+  if dtype is not None:
+    kw["dtype"] = dtype
+  return models.get(
+    config.model.name,
+    info.num_classes,
+    mean=info.mean,
+    std=info.std,
+    axis_name=axis_name,
+    **kw,
+  )

@@ -1,0 +1,259 @@
+"""``train_and_evaluate(config, workdir)``: one training run, start to finish.
+
+The binary ``experiments/train.py``, the notebooks and the tests call this
+same function. It validates the config before any compute, data-parallelizes
+over all local devices with ``jax.pmap``, resumes from the newest complete
+checkpoint in ``workdir``, logs progress with rate and ETA, stops at the
+first non-finite loss without saving over the last good checkpoint, and
+writes the workdir layout of DESIGN.md.
+"""
+
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import jax_utils
+
+from awt import checkpoints, evaluation, masks, training
+from awt import config as config_lib
+from awt import data as data_lib
+from awt import workdir as workdir_lib
+
+AXIS = "batch"
+
+
+class NonFiniteError(FloatingPointError):
+  """Loss or parameters became NaN/Inf; the run stops without saving."""
+
+
+def make_mask(config, params, key):
+  """The initial mask for ``config.pruning`` (dense, random or magnitude)."""
+  method = config.pruning.method
+  paths = masks.prunable_paths(
+    params,
+    keep_first=config.pruning.get("keep_first", False),
+    keep_last=config.pruning.get("keep_last", False),
+  )
+  if method == "dense" or config.pruning.sparsity == 0:
+    return masks.ones(params)
+  density = 1.0 - config.pruning.sparsity
+  scope = config.pruning.scope
+  if method == "random":
+    return masks.random(key, params, density, scope=scope, paths=paths)
+  if method == "magnitude":
+    scores = jax.tree.map(jnp.abs, params)
+    return masks.topk(scores, density, scope=scope, paths=paths)
+  raise config_lib.ConfigError(f"unknown pruning.method {method!r}")
+
+
+def _shard(batch: dict, n: int) -> dict:
+  return {
+    k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()
+  }
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _all_finite(tree) -> bool:
+  return all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+def train_and_evaluate(
+  config, workdir: str, *, log: Callable[[str], None] = logging.info
+) -> dict:
+  """Trains the configured model, evaluates it, and writes ``workdir``.
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` following DESIGN.md's schema.
+    workdir: output directory; an existing checkpoint there is resumed.
+    log: receives progress lines.
+
+  Returns:
+    The ``results.json`` dict: ``clean_accuracy``, ``robust_accuracy``
+    (attack name -> accuracy), ``sparsity``, ``wall_time_s``, ...
+
+  Raises:
+    ConfigError, WorkdirError, DatasetNotPreparedError, CheckpointError,
+    NonFiniteError: each with a one-line message.
+  """
+  start = time.perf_counter()
+  config_lib.validate(config)
+  workdir = workdir_lib.prepare(workdir)
+  devices = jax.local_devices()
+  n_dev = len(devices)
+  if config.batch_size % n_dev:
+    raise config_lib.ConfigError(
+      f"batch_size={config.batch_size} is not divisible by the {n_dev} "
+      "local devices"
+    )
+  dataset = data_lib.load(config.data.name, data_dir=config.data.data_dir)
+  info = dataset.info
+  workdir_lib.write_json(f"{workdir}/config.json", config.to_dict())
+
+  model = config_lib.build_model(config, info, axis_name=AXIS)
+  eval_model = config_lib.build_model(config, info)
+  init_key, mask_key, train_key, eval_key = jax.random.split(
+    jax.random.PRNGKey(config.seed), 4
+  )
+  params, batch_stats = training.init_variables(
+    model, init_key, info.image_shape
+  )
+  mask = make_mask(config, params, mask_key)
+  steps_per_epoch = data_lib.steps_per_epoch(
+    dataset.train.num_examples, config.batch_size
+  )
+  total_steps = steps_per_epoch * config.num_epochs
+  tx = training.make_optimizer(config.optimizer, total_steps)
+  state = training.create_train_state(params, batch_stats, mask, tx, train_key)
+
+  mngr = checkpoints.manager(workdir)
+  resume_step = mngr.latest_step()
+  if resume_step is not None:
+    state, _ = checkpoints.restore_state(mngr, state, resume_step)
+    log(f"resuming from checkpoint at step {resume_step} in {workdir}")
+  writer = workdir_lib.MetricsWriter(workdir, resume_step=resume_step)
+  meta = {"config": config.to_json(), "dataset": info.name}
+
+  p_step = jax.pmap(
+    training.make_train_step(model, tx, config.adversarial, axis_name=AXIS),
+    axis_name=AXIS,
+    donate_argnums=(0,),
+  )
+  rstate = jax_utils.replicate(state, devices)
+  step = int(state.step)
+  log_every = int(config.get("log_every_steps", 50))
+  ckpt_every = int(config.get("checkpoint_every_steps", 0))
+  index = np.arange(config.batch_size, dtype=np.int32)
+  t_last, step_last = time.perf_counter(), step
+  log(
+    f"training {config.model.name} on {info.name}: {total_steps} steps "
+    f"({config.num_epochs} epochs x {steps_per_epoch}), batch "
+    f"{config.batch_size} over {n_dev} device(s), "
+    f"objective {config.adversarial.method}"
+  )
+
+  def eval_apply(variables, x):
+    return eval_model.apply(variables, x, train=False)
+
+  def eval_variables(s):
+    return training.model_variables(s.params, s.batch_stats)
+
+  eval_batch = min(config.eval.batch_size, dataset.test.num_examples)
+  clean_evaluator = evaluation.make_evaluator(eval_apply)
+
+  last_saved = [resume_step]
+
+  def save(s):
+    host = jax.device_get(jax.tree.map(lambda x: x[0], s))
+    if last_saved[0] == int(host.step):
+      return host
+    if not _all_finite(host.params):
+      raise NonFiniteError(
+        f"parameters are not finite at step {int(host.step)}; "
+        "last good checkpoint kept"
+      )
+    checkpoints.save(mngr, int(host.step), host, meta)
+    last_saved[0] = int(host.step)
+    return host
+
+  try:
+    while step < total_steps:
+      epoch, offset = divmod(step, steps_per_epoch)
+      it = data_lib.prefetch(
+        data_lib.batches(
+          dataset.train,
+          config.batch_size,
+          seed=config.seed,
+          epoch=epoch,
+          start_step=offset,
+        )
+      )
+      for batch in it:
+        batch["index"] = index
+        rstate, metrics = p_step(rstate, _shard(batch, n_dev))
+        step += 1
+        if step % log_every == 0 or step == total_steps:
+          m = {f"train/{k}": float(v[0]) for k, v in metrics.items()}
+          if not np.isfinite(m["train/loss"]):
+            raise NonFiniteError(
+              f"loss is {m['train/loss']} at step {step}; stopping, "
+              "last good checkpoint kept"
+            )
+          now = time.perf_counter()
+          rate = (step - step_last) * config.batch_size / (now - t_last)
+          m["train/images_per_s"] = rate
+          writer.write(step, m)
+          eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
+          log(
+            f"step {step}/{total_steps} epoch {epoch + 1} "
+            f"loss {m['train/loss']:.4f} acc {m['train/accuracy']:.3f} "
+            f"{rate:.0f} img/s ETA {_fmt_time(eta)}"
+          )
+          t_last, step_last = now, step
+        if ckpt_every and step % ckpt_every == 0:
+          save(rstate)
+      if step % steps_per_epoch == 0:
+        host = jax.device_get(jax.tree.map(lambda x: x[0], rstate))
+        clean = evaluation.evaluate(
+          eval_apply,
+          eval_variables(host),
+          dataset.test,
+          batch_size=eval_batch,
+          evaluator=clean_evaluator,
+        )["clean_accuracy"]
+        writer.write(step, {"eval/clean_accuracy": clean})
+        every = int(config.get("checkpoint_every_epochs", 1))
+        if every and (step // steps_per_epoch) % every == 0:
+          save(rstate)
+    final = save(rstate)
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+  train_time = time.perf_counter() - start
+
+  log(f"evaluating {', '.join(config.eval.attacks) or 'clean'} on the test set")
+  ev = evaluation.evaluate(
+    eval_apply,
+    eval_variables(final),
+    dataset.test,
+    attack_names=tuple(config.eval.attacks),
+    eps=config.eval.eps,
+    norm=config.eval.norm,
+    batch_size=eval_batch,
+    key=eval_key,
+    log=log,
+  )
+  results = {
+    "clean_accuracy": ev["clean_accuracy"],
+    "robust_accuracy": ev["robust_accuracy"],
+    "eval_eps": config.eval.eps,
+    "eval_norm": config.eval.norm,
+    "sparsity": masks.sparsity(final.mask),
+    "layer_densities": masks.layer_densities(final.mask),
+    "steps": int(final.step),
+    "train_time_s": train_time,
+    "wall_time_s": time.perf_counter() - start,
+    "num_devices": n_dev,
+  }
+  workdir_lib.write_json(f"{workdir}/results.json", results)
+  workdir_lib.plot_training(
+    workdir_lib.read_jsonl(f"{workdir}/metrics.jsonl"),
+    f"{workdir}/plots/training.png",
+    title=f"{config.model.name} / {info.name} / {config.adversarial.method}",
+  )
+  robust = ", ".join(
+    f"{k} {v:.4f}" for k, v in results["robust_accuracy"].items()
+  )
+  log(
+    f"done in {results['wall_time_s']:.1f}s: "
+    f"clean {results['clean_accuracy']:.4f}"
+    + (f", robust at eps {config.eval.eps}: {robust}" if robust else "")
+  )
+  return results

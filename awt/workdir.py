@@ -1,0 +1,133 @@
+"""The workdir every binary writes (DESIGN.md, "Workdir").
+
+``config.json``, ``metrics.jsonl`` (one JSON object per logged step or
+epoch), TensorBoard event files under ``tb/``, ``checkpoints/`` (see
+``awt.checkpoints``), ``results.json`` and ``plots/*.png``.
+"""
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class WorkdirError(OSError):
+  """A workdir that cannot be created or written."""
+
+
+def prepare(workdir: str) -> str:
+  """Creates ``workdir`` (and ``plots/``) and checks it is writable.
+
+  Raises:
+    WorkdirError: one line naming the directory and the reason.
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise WorkdirError(
+      f"workdir {workdir!r} is not writable: {e.strerror or e}"
+    ) from None
+  return workdir
+
+
+def _jsonable(v):
+  if isinstance(v, Mapping):
+    return {str(k): _jsonable(x) for k, x in v.items()}
+  if isinstance(v, list | tuple):
+    return [_jsonable(x) for x in v]
+  if isinstance(v, np.ndarray | np.generic) or hasattr(v, "__array__"):
+    a = np.asarray(v)
+    return a.item() if a.ndim == 0 else a.tolist()
+  return v
+
+
+def write_json(path: str, obj) -> None:
+  """Writes ``obj`` as indented JSON, atomically (temp file + rename)."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Reads ``metrics.jsonl`` back (empty list if absent)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsWriter:
+  """Appends metrics to ``metrics.jsonl`` and TensorBoard event files.
+
+  Keys are written with their prefix (``train/loss``, ``eval/clean_accuracy``)
+  and the step. On resume, records after the restored step are dropped first
+  so the file holds each step once.
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int | None = None):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if resume_step is not None and os.path.exists(self.path):
+      kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
+      with open(self.path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    elif resume_step is None and os.path.exists(self.path):
+      os.remove(self.path)
+    self._tb = None
+    self._tb_dir = os.path.join(workdir, "tb")
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    record = {"step": int(step), **_jsonable(dict(metrics))}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is None:
+      from tensorboardX import SummaryWriter  # noqa: PLC0415 (lazy: slow)
+
+      self._tb = SummaryWriter(self._tb_dir)
+    for k, v in record.items():
+      if k != "step" and isinstance(v, int | float) and math.isfinite(v):
+        self._tb.add_scalar(k, v, int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def plot_training(records: list[dict], path: str, title: str = "") -> None:
+  """Training loss/accuracy and test accuracy against step, to a PNG."""
+  import matplotlib  # noqa: PLC0415 (lazy: only binaries plot)
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  series = {}
+  for r in records:
+    for k, v in r.items():
+      if k != "step" and isinstance(v, int | float):
+        series.setdefault(k, ([], []))
+        series[k][0].append(r["step"])
+        series[k][1].append(v)
+  for k, (s, v) in series.items():
+    ax = axes[0] if k.endswith("loss") else axes[1]
+    if k.endswith("loss") or k.endswith("accuracy"):
+      ax.plot(s, v, label=k, marker="." if k.startswith("eval/") else None)
+  axes[0].set_ylabel("loss")
+  axes[1].set_ylabel("accuracy")
+  for ax in axes:
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+      ax.legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
