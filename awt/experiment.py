@@ -49,10 +49,35 @@ def make_mask(config, params, key):
   raise config_lib.ConfigError(f"unknown pruning.method {method!r}")
 
 
-def _shard(batch: dict, n: int) -> dict:
-  return {
-    k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()
-  }
+def _chunks(split, batch_size, *, seed, epoch, start_step, chunk, n_dev):
+  """Groups of up to ``chunk`` batches of one epoch, stacked and sharded.
+
+  Yields ``{"image": [n_dev, S, B/n_dev, H, W, C], "label": ..., "index":
+  ...}``: S consecutive steps for one pmapped ``lax.scan``. ``index`` is each
+  example's position in the global batch (for per-example randomness).
+  """
+  index = np.arange(batch_size, dtype=np.int32)
+  group = []
+  it = data_lib.batches(
+    split, batch_size, seed=seed, epoch=epoch, start_step=start_step
+  )
+  for batch in it:
+    batch["index"] = index
+    group.append(batch)
+    if len(group) == chunk:
+      yield _stack_and_shard(group, n_dev)
+      group = []
+  if group:
+    yield _stack_and_shard(group, n_dev)
+
+
+def _stack_and_shard(group, n_dev):
+  out = {}
+  for k in group[0]:
+    v = np.stack([b[k] for b in group])  # [S, B, ...]
+    v = v.reshape(v.shape[0], n_dev, v.shape[1] // n_dev, *v.shape[2:])
+    out[k] = np.swapaxes(v, 0, 1)  # [n_dev, S, B / n_dev, ...]
+  return out
 
 
 def _fmt_time(seconds: float) -> str:
@@ -120,16 +145,18 @@ def train_and_evaluate(
   writer = workdir_lib.MetricsWriter(workdir, resume_step=resume_step)
   meta = {"config": config.to_json(), "dataset": info.name}
 
-  p_step = jax.pmap(
-    training.make_train_step(model, tx, config.adversarial, axis_name=AXIS),
+  p_run = jax.pmap(
+    training.scan_steps_fn(
+      training.make_train_step(model, tx, config.adversarial, axis_name=AXIS)
+    ),
     axis_name=AXIS,
     donate_argnums=(0,),
   )
   rstate = jax_utils.replicate(state, devices)
   step = int(state.step)
-  log_every = int(config.get("log_every_steps", 50))
+  chunk = max(1, min(int(config.get("log_every_steps", 50)), steps_per_epoch))
   ckpt_every = int(config.get("checkpoint_every_steps", 0))
-  index = np.arange(config.batch_size, dtype=np.int32)
+  ckpt_every_epochs = int(config.get("checkpoint_every_epochs", 1))
   t_last, step_last = time.perf_counter(), step
   log(
     f"training {config.model.name} on {info.name}: {total_steps} steps "
@@ -165,52 +192,55 @@ def train_and_evaluate(
   try:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
-      it = data_lib.prefetch(
-        data_lib.batches(
+      chunks = data_lib.prefetch(
+        _chunks(
           dataset.train,
           config.batch_size,
           seed=config.seed,
           epoch=epoch,
           start_step=offset,
+          chunk=chunk,
+          n_dev=n_dev,
         )
       )
-      for batch in it:
-        batch["index"] = index
-        rstate, metrics = p_step(rstate, _shard(batch, n_dev))
-        step += 1
-        if step % log_every == 0 or step == total_steps:
-          m = {f"train/{k}": float(v[0]) for k, v in metrics.items()}
-          if not np.isfinite(m["train/loss"]):
-            raise NonFiniteError(
-              f"loss is {m['train/loss']} at step {step}; stopping, "
-              "last good checkpoint kept"
-            )
-          now = time.perf_counter()
-          rate = (step - step_last) * config.batch_size / (now - t_last)
-          m["train/images_per_s"] = rate
-          writer.write(step, m)
-          eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
-          log(
-            f"step {step}/{total_steps} epoch {epoch + 1} "
-            f"loss {m['train/loss']:.4f} acc {m['train/accuracy']:.3f} "
-            f"{rate:.0f} img/s ETA {_fmt_time(eta)}"
+      for stacked in chunks:
+        n = stacked["label"].shape[1]
+        rstate, metrics = p_run(rstate, stacked)
+        losses = np.asarray(metrics["loss"][0])
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+          raise NonFiniteError(
+            f"loss is {losses[bad[0]]} at step {step + bad[0] + 1}; "
+            "stopping, last good checkpoint kept"
           )
-          t_last, step_last = now, step
-        if ckpt_every and step % ckpt_every == 0:
+        prev, step = step, step + n
+        now = time.perf_counter()
+        rate = (step - step_last) * config.batch_size / (now - t_last)
+        m = {f"train/{k}": float(np.mean(v[0])) for k, v in metrics.items()}
+        m["train/images_per_s"] = rate
+        writer.write(step, m)
+        eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
+        log(
+          f"step {step}/{total_steps} epoch {epoch + 1} "
+          f"loss {m['train/loss']:.4f} acc {m['train/accuracy']:.3f} "
+          f"{rate:.0f} img/s ETA {_fmt_time(eta)}"
+        )
+        t_last, step_last = now, step
+        if ckpt_every and step // ckpt_every > prev // ckpt_every:
           save(rstate)
-      if step % steps_per_epoch == 0:
-        host = jax.device_get(jax.tree.map(lambda x: x[0], rstate))
-        clean = evaluation.evaluate(
-          eval_apply,
-          eval_variables(host),
-          dataset.test,
-          batch_size=eval_batch,
-          evaluator=clean_evaluator,
-        )["clean_accuracy"]
-        writer.write(step, {"eval/clean_accuracy": clean})
-        every = int(config.get("checkpoint_every_epochs", 1))
-        if every and (step // steps_per_epoch) % every == 0:
-          save(rstate)
+      host = jax.device_get(jax.tree.map(lambda x: x[0], rstate))
+      clean = evaluation.evaluate(
+        eval_apply,
+        eval_variables(host),
+        dataset.test,
+        batch_size=eval_batch,
+        evaluator=clean_evaluator,
+      )["clean_accuracy"]
+      writer.write(step, {"eval/clean_accuracy": clean})
+      if (
+        ckpt_every_epochs and (step // steps_per_epoch) % ckpt_every_epochs == 0
+      ):
+        save(rstate)
     final = save(rstate)
   finally:
     mngr.wait_until_finished()

@@ -312,3 +312,77 @@ def make_train_step(
     return new_state, metrics
 
   return step
+
+
+def epoch_batches(split, batch_size: int, *, seed: int, epoch: int) -> dict:
+  """One shuffled epoch stacked for ``lax.scan``: leaves ``[S, B, ...]``.
+
+  Uses ``awt.data.batches`` (same order as the binaries) and adds the
+  ``index`` field (position in the batch) the step functions expect.
+  """
+  from awt import data as data_lib  # noqa: PLC0415 (avoid an import cycle)
+
+  batches = list(
+    data_lib.batches(split, batch_size, seed=seed, epoch=epoch, shuffle=True)
+  )
+  stacked = {k: jnp.stack([b[k] for b in batches]) for k in ("image", "label")}
+  stacked["index"] = jnp.broadcast_to(
+    jnp.arange(batch_size, dtype=jnp.int32), (len(batches), batch_size)
+  )
+  return stacked
+
+
+def scan_steps_fn(step: Callable) -> Callable:
+  """``run(state, stacked) -> (state, metrics [S])`` via ``lax.scan``.
+
+  Not jitted, so it can be wrapped by ``jax.pmap`` (the binaries) or
+  ``jax.jit`` (``scan_steps``).
+  """
+  return lambda state, stacked: jax.lax.scan(step, state, stacked)
+
+
+def scan_steps(step: Callable) -> Callable:
+  """``run(state, stacked) -> (state, metrics [S])``: S steps in one program.
+
+  Library pipelines (pruning rounds, ticket searches) train with this: the
+  whole epoch is one compiled ``lax.scan`` over the stacked batches from
+  ``epoch_batches``, so there is no per-step dispatch. Compiles once per
+  (state structure, epoch shape).
+  """
+
+  return jax.jit(scan_steps_fn(step))
+
+
+def train_epochs(
+  step: Callable,
+  state: TrainState,
+  split,
+  *,
+  batch_size: int,
+  epochs: int,
+  seed: int,
+  first_epoch: int = 0,
+  run: Callable | None = None,
+) -> tuple[TrainState, list[dict]]:
+  """Trains ``epochs`` epochs on one device with ``scan_steps``.
+
+  Args:
+    step: from ``make_train_step(..., axis_name=None)``.
+    state: the starting state.
+    split: an ``awt.data.Split``.
+    batch_size, seed: data order as in the binaries.
+    epochs: number of epochs; epoch ``e`` uses order ``(seed, e)``.
+    first_epoch: epoch number to start the data order at.
+    run: a ``scan_steps(step)`` to reuse across calls (avoids recompiling).
+
+  Returns:
+    ``(state, per-epoch means of the step metrics)``.
+  """
+  run = scan_steps(step) if run is None else run
+  history = []
+  for e in range(first_epoch, first_epoch + epochs):
+    state, metrics = run(
+      state, epoch_batches(split, batch_size, seed=seed, epoch=e)
+    )
+    history.append({k: float(jnp.mean(v)) for k, v in metrics.items()})
+  return state, history
