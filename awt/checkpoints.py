@@ -8,8 +8,11 @@ checkpoint is either whole or absent; a run killed mid-save leaves the last
 complete one intact. Nothing is pickled.
 """
 
+import contextlib
 import json
 import os
+import sys
+import tempfile
 from typing import Any
 
 import jax
@@ -68,19 +71,54 @@ def restore_state(
   step = mngr.latest_step() if step is None else step
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
   try:
-    restored = mngr.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-      ),
-    )
+    with _stderr_kept_on_success():
+      restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          meta=ocp.args.JsonRestore(),
+        ),
+      )
   except Exception as e:  # orbax raises many types; report one line.
     raise CheckpointError(
       f"cannot restore checkpoint step {step} from {mngr.directory}: "
-      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      f"{type(e).__name__}: {_first_words(e)}"
     ) from e
   _check_like(restored["state"], template, mngr.directory)
   return restored["state"], restored["meta"]
+
+
+@contextlib.contextmanager
+def _stderr_kept_on_success():
+  """Holds back what C++ threads write to fd 2 during a restore.
+
+  A failed restore of a corrupted checkpoint makes tensorstore's callbacks
+  print Python tracebacks ("Event loop is closed") from their threads; the
+  CheckpointError raised instead says what went wrong in one line. On
+  success the held-back output is written out unchanged.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    ok = False
+    try:
+      yield
+      ok = True
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      if ok:
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+
+
+def _first_words(e: Exception, limit: int = 160) -> str:
+  """The start of an error message, one line (orbax appends long specs)."""
+  text = str(e).splitlines()[0] if str(e) else ""
+  text = text.split(" [tensorstore_spec")[0]
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_like(restored: PyTree, template: PyTree, where) -> None:

@@ -90,13 +90,20 @@ def _all_finite(tree) -> bool:
 
 
 def train_and_evaluate(
-  config, workdir: str, *, log: Callable[[str], None] = logging.info
+  config,
+  workdir: str,
+  *,
+  initial: dict | None = None,
+  log: Callable[[str], None] = logging.info,
 ) -> dict:
   """Trains the configured model, evaluates it, and writes ``workdir``.
 
   Args:
     config: an ``ml_collections.ConfigDict`` following DESIGN.md's schema.
     workdir: output directory; an existing checkpoint there is resumed.
+    initial: optional ``{"params", "batch_stats", "mask"}`` to start from (a
+      ticket); by default the model is initialized from ``config.seed`` and
+      masked by ``config.pruning`` (dense, random or magnitude at init).
     log: receives progress lines.
 
   Returns:
@@ -129,7 +136,13 @@ def train_and_evaluate(
   params, batch_stats = training.init_variables(
     model, init_key, info.image_shape
   )
-  mask = make_mask(config, params, mask_key)
+  if initial is None:
+    mask = make_mask(config, params, mask_key)
+  else:
+    masks.check_compatible(params, initial["params"])
+    masks.check_compatible(params, initial["mask"])
+    params, mask = initial["params"], initial["mask"]
+    batch_stats = initial.get("batch_stats", batch_stats)
   steps_per_epoch = data_lib.steps_per_epoch(
     dataset.train.num_examples, config.batch_size
   )

@@ -33,7 +33,15 @@ def wrap(main):
       return main(argv)
     except EXPECTED_ERRORS as e:
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-      print(f"error: {msg}", file=sys.stderr)
-      sys.exit(1)
+      # The error line must be the last word: background checkpoint threads
+      # (tensorstore callbacks on orbax's closed event loop, after a failed
+      # restore) print noise during teardown, so stderr is closed to them
+      # and the process ends without it. Nothing is left to save here.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      err = os.dup(2)
+      os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+      os.write(err, f"error: {msg}\n".encode())
+      os._exit(1)
 
   return wrapped
