@@ -31,10 +31,12 @@ class CheckpointError(ValueError):
   """A checkpoint directory that cannot be read as an awt run."""
 
 
-def manager(workdir: str, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
-  """A CheckpointManager for ``<workdir>/checkpoints`` (created if absent)."""
+def manager(
+  workdir: str, *, max_to_keep: int = 2, subdir: str = CHECKPOINT_DIR
+) -> ocp.CheckpointManager:
+  """A CheckpointManager for ``<workdir>/<subdir>`` (created if absent)."""
   return ocp.CheckpointManager(
-    os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+    os.path.abspath(os.path.join(workdir, subdir)),
     options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
     item_names=("state", "meta"),
   )
@@ -136,6 +138,30 @@ def _check_like(restored: PyTree, template: PyTree, where) -> None:
         f"checkpoint in {where} has an array of shape {x.shape} where this "
         f"run's model has {y.shape}"
       )
+
+
+TICKET_DIR = "ticket"
+
+
+def save_ticket(workdir: str, tree: PyTree, info: dict) -> None:
+  """Saves a ticket ``{"params", "batch_stats", "mask"}`` to ``ticket/``.
+
+  Written once, before the ticket is trained, so a restarted find_ticket run
+  skips the (possibly expensive) search.
+  """
+  with manager(workdir, max_to_keep=1, subdir=TICKET_DIR) as mngr:
+    save(mngr, 0, tree, info)
+    mngr.wait_until_finished()
+
+
+def restore_ticket(workdir: str, template: PyTree) -> tuple[PyTree, dict]:
+  """``(tree, info)`` of a saved ticket, or None if there is none yet."""
+  if not os.path.isdir(os.path.join(workdir, TICKET_DIR)):
+    return None
+  with manager(workdir, subdir=TICKET_DIR) as mngr:
+    if mngr.latest_step() is None:
+      return None
+    return restore_state(mngr, template)
 
 
 def restore(workdir: str, step: int | None = None) -> dict:

@@ -48,8 +48,12 @@ def _choice(config, key, known):
   return v
 
 
-def validate(config) -> None:
+def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
   """Checks types, ranges and names of a run config.
+
+  ``pruning_methods`` are the ``pruning.method`` names the caller supports:
+  masks made at initialization for ``train``, every registered method for
+  ``find_ticket``.
 
   Raises:
     ConfigError: one line naming the first bad key and its value.
@@ -82,7 +86,7 @@ def validate(config) -> None:
       _number(config, "adversarial.beta", lo=0)
       if config.adversarial.norm != "linf":
         raise ConfigError("adversarial.method='trades' supports norm='linf'")
-  _choice(config, "pruning.method", PRUNING_METHODS)
+  _choice(config, "pruning.method", pruning_methods)
   _number(config, "pruning.sparsity", lo=0, hi=1, hi_open=True)
   _choice(config, "pruning.scope", masks.SCOPES)
   _choice(config, "eval.norm", ("linf", "l2"))

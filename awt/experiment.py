@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from flax import jax_utils
 
-from awt import checkpoints, evaluation, masks, training
+from awt import checkpoints, evaluation, masks, pruning, training
 from awt import config as config_lib
 from awt import data as data_lib
 from awt import workdir as workdir_lib
@@ -115,7 +115,10 @@ def train_and_evaluate(
     NonFiniteError: each with a one-line message.
   """
   start = time.perf_counter()
-  config_lib.validate(config)
+  if initial is None:
+    config_lib.validate(config)
+  else:
+    config_lib.validate(config, pruning_methods=pruning.names())
   workdir = workdir_lib.prepare(workdir)
   devices = jax.local_devices()
   n_dev = len(devices)
@@ -299,4 +302,86 @@ def train_and_evaluate(
     f"clean {results['clean_accuracy']:.4f}"
     + (f", robust at eps {config.eval.eps}: {robust}" if robust else "")
   )
+  return results
+
+
+def find_ticket_and_train(
+  config,
+  workdir: str,
+  *,
+  train: bool = True,
+  log: Callable[[str], None] = logging.info,
+) -> dict:
+  """Finds the ticket ``config.pruning.method`` names, then trains it.
+
+  The ticket search starts from the same initialization (``config.seed``)
+  that ``train_and_evaluate`` uses for the dense run, so a ticket and its
+  dense counterpart differ only in the mask (and, for three-stage methods,
+  the starting weights). The ticket (mask + starting weights) is saved to
+  ``<workdir>/ticket`` and described in ``ticket.json`` before training;
+  a restarted run reuses it. Training is ``train_and_evaluate`` with the
+  ticket as its starting point, so every method gets the same objective,
+  schedule and evaluation.
+
+  Returns:
+    ``results.json``'s dict with ``method`` and ``find_cost``
+    (``wall_time_s``, ``passes``) added; without training, the ticket info.
+  """
+  config_lib.validate(config, pruning_methods=pruning.names())
+  workdir = workdir_lib.prepare(workdir)
+  dataset = data_lib.load(config.data.name, data_dir=config.data.data_dir)
+  info = dataset.info
+  model = config_lib.build_model(config, info)
+  init_key, mask_key, _, _ = jax.random.split(
+    jax.random.PRNGKey(config.seed), 4
+  )
+  params, batch_stats = training.init_variables(
+    model, init_key, info.image_shape
+  )
+  template = {"params": params, "batch_stats": batch_stats, "mask": params}
+  saved = checkpoints.restore_ticket(workdir, template)
+  method = config.pruning.method
+  if saved is not None:
+    tree, ticket_info = saved
+    log(f"reusing the {method} ticket saved in {workdir}/ticket")
+  else:
+    log(
+      f"finding a {method} ticket at sparsity {config.pruning.sparsity} "
+      f"({config.pruning.scope})"
+    )
+    ctx = pruning.PruningContext(
+      model=model,
+      params=params,
+      batch_stats=batch_stats,
+      split=dataset.train,
+      config=config,
+      image_shape=info.image_shape,
+    )
+    t0 = time.perf_counter()
+    ticket = pruning.find(method, ctx, mask_key)
+    tree = {
+      "params": ticket.params,
+      "batch_stats": ticket.batch_stats,
+      "mask": ticket.mask,
+    }
+    tree = jax.device_get(tree)
+    ticket_info = dict(ticket.info)
+    ticket_info["wall_time_s"] = time.perf_counter() - t0
+    ticket_info["sparsity"] = masks.sparsity(tree["mask"])
+    ticket_info["layer_densities"] = masks.layer_densities(tree["mask"])
+    checkpoints.save_ticket(workdir, tree, ticket_info)
+    workdir_lib.write_json(f"{workdir}/ticket.json", ticket_info)
+    log(
+      f"{method} ticket: sparsity {ticket_info['sparsity']:.4f}, "
+      f"{ticket_info['passes']} passes, {ticket_info['wall_time_s']:.1f}s"
+    )
+  find_cost = {
+    "wall_time_s": float(ticket_info["wall_time_s"]),
+    "passes": int(ticket_info["passes"]),
+  }
+  if not train:
+    return {"method": method, "find_cost": find_cost, **ticket_info}
+  results = train_and_evaluate(config, workdir, initial=tree, log=log)
+  results.update(method=method, find_cost=find_cost)
+  workdir_lib.write_json(f"{workdir}/results.json", results)
   return results

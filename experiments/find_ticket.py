@@ -1,0 +1,47 @@
+r"""Finds a sparse ticket by any pruning method, then trains and evaluates it.
+
+  python -m experiments.find_ticket \
+    --config=experiments/configs/digits_mlp.py \
+    --config.pruning.method=snip --config.pruning.sparsity=0.9 \
+    --workdir=/tmp/awt/snip90
+
+Methods (``--config.pruning.method``): dense, random, erk, magnitude, snip,
+grasp, synflow (at initialization); one_shot, imp, hydra, dns (three-stage).
+The ticket (mask + starting weights) is saved to WORKDIR/ticket and described
+in WORKDIR/ticket.json, then trained with the config's objective (default PGD
+adversarial training) exactly like the dense network; results.json adds the
+method and the cost of finding the ticket. --notrain stops after the ticket.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import _main
+
+config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Path to a config file under experiments/configs/.",
+  lock_config=True,
+)
+flags.DEFINE_string("workdir", None, "Directory for the ticket and results.")
+flags.DEFINE_bool(
+  "train", True, "Train and evaluate the ticket after finding it."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  from awt import experiment  # noqa: PLC0415 (after TF/JAX device setup)
+
+  experiment.find_ticket_and_train(
+    flags.FLAGS.config,
+    flags.FLAGS.workdir,
+    train=flags.FLAGS.train,
+    log=_main.log,
+  )
+
+
+if __name__ == "__main__":
+  app.run(_main.wrap(main))
