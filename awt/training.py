@@ -268,6 +268,7 @@ def make_train_step(
         steps=steps,
         norm=adv.get("norm", "linf"),
         random_start=True,
+        select="last",
       )
       x_train = jax.lax.stop_gradient(x_train)
     elif method == "trades":

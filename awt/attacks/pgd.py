@@ -20,6 +20,7 @@ def pgd(
   random_start: bool = True,
   targeted: bool = False,
   target: jax.Array | None = None,
+  select: str = "best",
 ) -> jax.Array:
   r"""Projected steepest ascent on the loss inside the eps-ball and [0, 1].
 
@@ -38,6 +39,9 @@ def pgd(
   (misclassified, or classified as ``target``), else the point of highest
   loss — as strong evaluations do (AutoAttack's PGD, the robustness library).
   Restart ``r`` draws its random start from ``_common.restart_keys(keys, r)``.
+  ``select="last"`` returns the last iterate instead, as Madry et al.'s
+  adversarial training does (it keeps ascending the loss of points that
+  already fool the model, and skips the tracking); training uses it.
 
   All iterations (and restarts) run in one compiled ``lax.fori_loop``; the
   attack is jittable with ``eps``, ``step_size``, ``steps``, ``restarts`` as
@@ -59,6 +63,8 @@ def pgd(
     random_start: start uniformly in the eps-ball (PGD) or at ``x`` (BIM).
     targeted: whether to move towards ``target`` instead of away from ``y``.
     target: ``[B]`` int32 target classes; required iff ``targeted``.
+    select: ``"best"`` (evaluation, default) or ``"last"`` (training; one
+      restart).
 
   Returns:
     ``x_adv: [B, H, W, C]`` float32 in [0, 1], ``||x_adv - x|| <= eps``.
@@ -91,7 +97,25 @@ def pgd(
     raise ValueError(f"restarts must be >= 1, got {restarts}")
   if restarts > 1 and not random_start:
     raise ValueError("restarts > 1 needs random_start=True")
+  if select not in ("best", "last"):
+    raise ValueError(f"unknown select {select!r}; known: best, last")
+  if select == "last" and restarts > 1:
+    raise ValueError("select='last' takes one restart")
   keys = _common.per_example_keys(key, x.shape[0])
+
+  def start(r):
+    if random_start:
+      return _common.random_start(_common.restart_keys(keys, r), x, eps, norm)
+    return x
+
+  if select == "last":
+
+    def ascend(_, x_t):
+      _, _, grad = _common.loss_and_grad(logits_fn, x_t, y, target, loss)
+      x_t = x_t + step_size * _common.ascent_direction(grad, norm)
+      return _common.project(x_t, x, eps, norm)
+
+    return jax.lax.fori_loop(0, steps, ascend, start(0))
 
   def step(_, carry):
     x_t, best = carry
@@ -101,11 +125,7 @@ def pgd(
     return _common.project(x_t, x, eps, norm), best
 
   def restart(r, best):
-    if random_start:
-      x_0 = _common.random_start(_common.restart_keys(keys, r), x, eps, norm)
-    else:
-      x_0 = x
-    x_t, best = jax.lax.fori_loop(0, steps, step, (x_0, best))
+    x_t, best = jax.lax.fori_loop(0, steps, step, (start(r), best))
     z = logits_fn(x_t)
     return _common.update_best(
       best,
