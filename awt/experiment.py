@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import jax_utils
@@ -27,26 +26,6 @@ AXIS = "batch"
 
 class NonFiniteError(FloatingPointError):
   """Loss or parameters became NaN/Inf; the run stops without saving."""
-
-
-def make_mask(config, params, key):
-  """The initial mask for ``config.pruning`` (dense, random or magnitude)."""
-  method = config.pruning.method
-  paths = masks.prunable_paths(
-    params,
-    keep_first=config.pruning.get("keep_first", False),
-    keep_last=config.pruning.get("keep_last", False),
-  )
-  if method == "dense" or config.pruning.sparsity == 0:
-    return masks.ones(params)
-  density = 1.0 - config.pruning.sparsity
-  scope = config.pruning.scope
-  if method == "random":
-    return masks.random(key, params, density, scope=scope, paths=paths)
-  if method == "magnitude":
-    scores = jax.tree.map(jnp.abs, params)
-    return masks.topk(scores, density, scope=scope, paths=paths)
-  raise config_lib.ConfigError(f"unknown pruning.method {method!r}")
 
 
 def _chunks(split, batch_size, *, seed, epoch, start_step, chunk, n_dev):
@@ -140,7 +119,17 @@ def train_and_evaluate(
     model, init_key, info.image_shape
   )
   if initial is None:
-    mask = make_mask(config, params, mask_key)
+    # train.py masks at initialization only (dense, random, magnitude);
+    # find_ticket passes every other method's ticket as ``initial``.
+    ctx = pruning.PruningContext(
+      model=eval_model,
+      params=params,
+      batch_stats=batch_stats,
+      split=dataset.train,
+      config=config,
+      image_shape=info.image_shape,
+    )
+    mask = pruning.find(config.pruning.method, ctx, mask_key).mask
   else:
     masks.check_compatible(params, initial["params"])
     masks.check_compatible(params, initial["mask"])
