@@ -215,7 +215,11 @@ def search(ctx: PruningContext, key: jax.Array, *, adversarial: bool) -> Ticket:
       jax.tree.map(jnp.abs, theta), density, scope=scope, paths=paths
     )
     history.append(
-      {"step": done, **{k: float(jnp.mean(v)) for k, v in metrics.items()}}
+      {
+        "step": done,
+        "kept": masks.counts(mask, paths)[0],
+        **{k: float(jnp.mean(v)) for k, v in metrics.items()},
+      }
     )
   # Per step: PGD (attack_steps passes), the student's output (1), and the
   # NTK terms: Jacobians of teacher and student (C passes each) and the
