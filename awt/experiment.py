@@ -20,6 +20,7 @@ from awt import checkpoints, evaluation, masks, pruning, training
 from awt import config as config_lib
 from awt import data as data_lib
 from awt import workdir as workdir_lib
+from awt.pruning import awt as pruning_awt
 
 AXIS = "batch"
 
@@ -294,6 +295,28 @@ def train_and_evaluate(
   return results
 
 
+NTK_PROBE = 64  # training points on which tickets' NTKs are compared
+
+
+def _probe_attack(config) -> dict:
+  """The attack of the NTK probe: the training attack, or PGD-10 at eval eps."""
+  adv = config.adversarial
+  if adv.method in ("pgd_at", "trades"):
+    return {
+      "eps": adv.eps,
+      "step_size": adv.step_size,
+      "steps": adv.steps,
+      "norm": adv.norm,
+    }
+  eps = config.eval.eps
+  return {
+    "eps": eps,
+    "step_size": eps / 4,
+    "steps": 10,
+    "norm": config.eval.norm,
+  }
+
+
 def find_ticket_and_train(
   config,
   workdir: str,
@@ -313,8 +336,11 @@ def find_ticket_and_train(
   schedule and evaluation.
 
   Returns:
-    ``results.json``'s dict with ``method`` and ``find_cost``
-    (``wall_time_s``, ``passes``) added; without training, the ticket info.
+    ``results.json``'s dict with ``method``, ``find_cost`` (``wall_time_s``,
+    ``passes``) and ``ntk_distance_at_init`` (relative Frobenius distance
+    of the ticket's adversarial NTK to the dense net's, on 64 training
+    points attacked with PGD against the dense net) added; without
+    training, the ticket info with the same keys.
   """
   config_lib.validate(config, pruning_methods=pruning.names())
   workdir = workdir_lib.prepare(workdir)
@@ -368,9 +394,28 @@ def find_ticket_and_train(
     "wall_time_s": float(ticket_info["wall_time_s"]),
     "passes": int(ticket_info["passes"]),
   }
+  probe = dataset.train.images[:NTK_PROBE].astype(np.float32) / 255.0
+  ntk_distance = pruning_awt.adversarial_ntk_distance(
+    model,
+    batch_stats,
+    params,
+    tree["params"],
+    probe,
+    dataset.train.labels[:NTK_PROBE],
+    jax.random.fold_in(mask_key, 1),
+    _probe_attack(config),
+  )
+  log(f"adversarial-NTK distance to the dense net at init: {ntk_distance:.4f}")
   if not train:
-    return {"method": method, "find_cost": find_cost, **ticket_info}
+    return {
+      **ticket_info,
+      "method": method,
+      "find_cost": find_cost,
+      "ntk_distance_at_init": ntk_distance,
+    }
   results = train_and_evaluate(config, workdir, initial=tree, log=log)
-  results.update(method=method, find_cost=find_cost)
+  results.update(
+    method=method, find_cost=find_cost, ntk_distance_at_init=ntk_distance
+  )
   workdir_lib.write_json(f"{workdir}/results.json", results)
   return results
