@@ -134,8 +134,14 @@ def test_objectives_reduce_their_loss_on_a_fixed_batch(method):
   adv = dict(ADV, method=method, beta=1.0)
   step = jax.jit(training.make_train_step(model, tx, adv, axis_name=None))
   batch = next(_batches(1, batch=32))
+  # Learnable labels (a fixed linear rule of the input), so that the
+  # adversarial objectives can fit them too.
+  w = np.random.default_rng(5).normal(size=(64, 10))
+  batch["label"] = np.argmax(batch["image"].reshape(32, 64) @ w, axis=1).astype(
+    np.int32
+  )
   losses = []
-  for _ in range(30):
+  for _ in range(80):
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
   assert np.isfinite(losses).all()
