@@ -1,0 +1,79 @@
+"""Smoke tests of experiments/find_ticket.py (subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from awt import checkpoints, masks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = "experiments/configs/digits_mlp.py:smoke"
+
+
+def _run(workdir, *extra):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["PYTHONPATH"] = ROOT
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.find_ticket",
+      f"--config={SMOKE}",
+      f"--workdir={workdir}",
+      "--config.pruning.method=snip",
+      "--config.pruning.sparsity=0.9",
+      *extra,
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+
+
+@pytest.fixture(scope="module")
+def snip_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("snip")
+  proc = _run(workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def test_ticket_is_saved_trained_and_reported(snip_run):
+  workdir, proc = snip_run
+  info = json.loads((workdir / "ticket.json").read_text())
+  assert info["method"] == "snip" and info["sparsity"] == pytest.approx(0.9)
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["method"] == "snip"
+  assert results["sparsity"] == pytest.approx(0.9, abs=1e-6)
+  assert results["find_cost"]["passes"] == 1
+  assert results["find_cost"]["wall_time_s"] > 0
+  assert 0 < results["ntk_distance_at_init"] < 10
+  run = checkpoints.restore(str(workdir))
+  assert masks.sparsity(run["mask"]) == pytest.approx(0.9, abs=1e-6)
+  # Pruned weights are still exactly zero after training.
+  for path in masks.prunable_paths(run["mask"]):
+    w = np.asarray(masks._get(run["variables"]["params"], path))
+    m = np.asarray(masks._get(run["mask"], path))
+    assert np.all(w[m == 0] == 0)
+  assert "snip ticket: sparsity 0.9000" in proc.stderr
+
+
+def test_rerun_reuses_the_ticket(snip_run):
+  workdir, _ = snip_run
+  proc = _run(workdir, "--notrain")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "reusing the snip ticket" in proc.stderr
+
+
+def test_unknown_method_is_one_line(tmp_path):
+  proc = _run(tmp_path / "x", "--config.pruning.method=snipp")
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: unknown pruning.method 'snipp'; known: ")
