@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from typing import Any
 
 import jax
@@ -90,6 +91,9 @@ def restore_state(
   return restored["state"], restored["meta"]
 
 
+_SETTLE_S = 1.0
+
+
 @contextlib.contextmanager
 def _stderr_kept_on_success():
   """Holds back what C++ threads write to fd 2 during a restore.
@@ -108,6 +112,9 @@ def _stderr_kept_on_success():
       yield
       ok = True
     finally:
+      if not ok:
+        # Let the failed reads' callbacks finish printing into ``held``.
+        time.sleep(_SETTLE_S)
       sys.stderr.flush()
       os.dup2(saved, 2)
       os.close(saved)
