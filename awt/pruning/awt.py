@@ -41,8 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from awt import attacks, masks, training
-from awt._nt import IMPLEMENTATIONS, nt
+from awt import attacks, masks, ntk, training
 from awt.pruning import scores
 from awt.pruning._ticket import PruningContext, Ticket
 
@@ -63,13 +62,15 @@ def eval_logits_fn(model, batch_stats):
 
 
 def ntk_fn(f):
-  """Empirical NTK ``(x1, x2, params) -> [N1, N2]``, mean over logits."""
-  return nt.empirical_ntk_fn(
-    f,
-    trace_axes=(-1,),
-    vmap_axes=0,
-    implementation=IMPLEMENTATIONS["jacobian_contraction"],
+  """Empirical NTK ``(x1, x2, params) -> [N1, N2]``, mean over logits.
+
+  ``awt.ntk.empirical_fn`` with the Jacobian-contraction implementation,
+  in neural-tangents' argument order.
+  """
+  kernel = ntk.empirical_fn(
+    f, trace_axes=(-1,), implementation="jacobian_contraction"
   )
+  return lambda x1, x2, params: kernel(params, x1, x2)
 
 
 def _masked(tree, mask):
@@ -282,7 +283,7 @@ def adversarial_ntk_distance(
   )
   k_dense = kfn(x_adv, None, dense_params)
   k = kfn(x_adv, None, params)
-  return float(jnp.linalg.norm(k - k_dense) / jnp.linalg.norm(k_dense))
+  return float(ntk.relative_distance(k, k_dense))
 
 
 METHODS = {"awt": awt, "ntt": ntt}
