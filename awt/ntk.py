@@ -642,6 +642,20 @@ def _trace_axes_of(k_train_train: jax.Array) -> tuple[int, ...]:
   )
 
 
+def _predict(
+  predict_fn, ts, k_train_train, k_test_train, y_train, fx_train_0, fx_test_0
+):
+  """Runs an ``nt.predict`` function; missing starting outputs are zeros."""
+  ts = jnp.asarray(ts, k_train_train.dtype)
+  fx_train_0 = _zeros_if_none(fx_train_0, y_train.shape, y_train.dtype)
+  if k_test_train is None:
+    return predict_fn(ts, fx_train_0, None, None), None
+  fx_test_0 = _zeros_if_none(
+    fx_test_0, _test_shape(k_test_train, y_train), y_train.dtype
+  )
+  return predict_fn(ts, fx_train_0, fx_test_0, k_test_train)
+
+
 def _zeros_if_none(fx, shape, dtype):
   return jnp.zeros(shape, dtype) if fx is None else fx
 
@@ -704,14 +718,9 @@ def linearized_mse_predictions(
     diag_reg=diag_reg,
     trace_axes=trace_axes,
   )
-  ts = jnp.asarray(ts, k_train_train.dtype)
-  fx_train_0 = _zeros_if_none(fx_train_0, y_train.shape, y_train.dtype)
-  if k_test_train is None:
-    return predict_fn(ts, fx_train_0, None, None), None
-  fx_test_0 = _zeros_if_none(
-    fx_test_0, _test_shape(k_test_train, y_train), y_train.dtype
+  return _predict(
+    predict_fn, ts, k_train_train, k_test_train, y_train, fx_train_0, fx_test_0
   )
-  return predict_fn(ts, fx_train_0, fx_test_0, k_test_train)
 
 
 def cross_entropy(fx: jax.Array, y: jax.Array) -> jax.Array:
@@ -773,14 +782,9 @@ def linearized_ce_predictions(
     learning_rate=learning_rate,
     trace_axes=trace_axes,
   )
-  ts = jnp.asarray(ts, k_train_train.dtype)
-  fx_train_0 = _zeros_if_none(fx_train_0, y_train.shape, y_train.dtype)
-  if k_test_train is None:
-    return predict_fn(ts, fx_train_0, None, None), None
-  fx_test_0 = _zeros_if_none(
-    fx_test_0, _test_shape(k_test_train, y_train), y_train.dtype
+  return _predict(
+    predict_fn, ts, k_train_train, k_test_train, y_train, fx_train_0, fx_test_0
   )
-  return predict_fn(ts, fx_train_0, fx_test_0, k_test_train)
 
 
 @flax.struct.dataclass
