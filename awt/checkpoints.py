@@ -181,7 +181,10 @@ def restore(workdir: str, step: int | None = None) -> dict:
   Returns:
     ``{"config": ConfigDict, "model": nn.Module, "variables": {"params",
     ["batch_stats"]}, "mask": mask pytree, "step": int, "meta": dict}``;
-    ``model.apply(variables, x)`` gives the run's logits.
+    ``model.apply(variables, x)`` gives the run's logits. For a
+    ``train_members`` workdir, ``meta["members"]`` lists the member names
+    and every leaf has a leading member axis (``variables`` of member ``i``:
+    ``jax.tree.map(lambda v: v[i], variables)``).
 
   Raises:
     CheckpointError: no checkpoint, or one that cannot be read.

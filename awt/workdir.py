@@ -131,3 +131,46 @@ def plot_training(records: list[dict], path: str, title: str = "") -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_members(
+  histories: Mapping[str, list[dict]], path: str, title: str = ""
+) -> None:
+  """Per-epoch curves of several runs, to a PNG.
+
+  Panels: training loss, clean test accuracy and (where present) the
+  function-space distance to the reference run on clean and adversarial
+  probe points; one line per run.
+
+  Args:
+    histories: run name -> ``results["history"]`` rows (``epoch``,
+      ``train_loss``, ``clean_accuracy``, ``function_distance_clean``,
+      ``function_distance_adv``).
+    path: the PNG to write.
+    title: figure title.
+  """
+  import matplotlib  # noqa: PLC0415 (lazy: only binaries plot)
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  keys = ("train_loss", "clean_accuracy")
+  dist = ("function_distance_clean", "function_distance_adv")
+  if any(k in r for rows in histories.values() for r in rows for k in dist):
+    keys += dist
+  fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
+  for ax, key in zip(axes, keys, strict=True):
+    for name, rows in histories.items():
+      pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+      if pts:
+        ax.plot(*zip(*pts, strict=True), label=name, lw=1.2)
+    ax.set_xlabel("epoch")
+    ax.set_title(key.replace("_", " "), fontsize=9)
+    ax.grid(alpha=0.3)
+  if axes[0].has_data():
+    axes[0].legend(fontsize=7)
+  fig.suptitle(title)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

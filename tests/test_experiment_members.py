@@ -1,0 +1,95 @@
+"""``train_members``: S runs vmapped in one program equal S separate runs."""
+
+import jax
+import numpy as np
+import pytest
+
+from awt import experiment
+from awt.config import ConfigError
+from experiments.configs import digits_mlp
+
+
+def _config(**overrides):
+  c = digits_mlp.get_config("smoke")
+  c.num_epochs = 2
+  c.eval.attacks = ("fgsm",)
+  c.model.widths = (32, 16)
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def _close(a, b, tol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
+
+
+@pytest.mark.slow
+def test_vectorized_seeds_equal_separate_runs(tmp_path):
+  config = _config()
+  seeds = (0, 1, 2)
+  members = [experiment.Member(f"s{s}", s) for s in seeds]
+  together = experiment.train_members(config, str(tmp_path / "vmap"), members)
+  for s, got in zip(seeds, together, strict=True):
+    c = _config(seed=s)
+    alone = experiment.train_and_evaluate(c, str(tmp_path / f"run{s}"))
+    from awt import checkpoints  # noqa: PLC0415
+
+    ref = checkpoints.restore(str(tmp_path / f"run{s}"))
+    _close(got.params, ref["variables"]["params"], 1e-5)
+    assert got.results["clean_accuracy"] == pytest.approx(
+      alone["clean_accuracy"], abs=1e-9
+    )
+    assert got.results["seed"] == s
+    assert len(got.results["history"]) == config.num_epochs + 1
+  # Different seeds really are different runs.
+  assert not np.allclose(
+    jax.tree.leaves(together[0].params)[0],
+    jax.tree.leaves(together[1].params)[0],
+  )
+
+
+def test_function_distance_to_a_reference(tmp_path):
+  config = _config(num_epochs=1)
+  members = [
+    experiment.Member("dense", 0),
+    experiment.Member("copy", 0, reference="dense"),
+    experiment.Member("other", 1, reference="dense"),
+  ]
+  out = experiment.train_members(config, str(tmp_path), members)
+  copy, other = out[1].results["history"], out[2].results["history"]
+  assert [r["epoch"] for r in copy] == [0, 1]
+  for r in copy:  # same seed, same data and attacks: the same function
+    assert r["function_distance_clean"] == 0.0
+    assert r["function_distance_adv"] == 0.0
+  for r in other:
+    assert r["function_distance_clean"] > 0.0
+    assert r["function_distance_adv"] > 0.0
+  assert "function_distance_clean" not in out[0].results["history"][0]
+  assert (tmp_path / "members" / "other" / "results.json").exists()
+  assert (tmp_path / "plots" / "members.png").stat().st_size > 0
+
+
+def test_function_distance_matches_numpy():
+  a = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+  b = np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32)
+  want = np.mean(np.sqrt(np.sum((a - b) ** 2, axis=1)))
+  got = experiment.function_distance(a, b)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "members",
+  [
+    [experiment.Member("a", 0), experiment.Member("a", 1)],
+    [experiment.Member("a", 0, reference="b")],
+    [],
+  ],
+)
+def test_bad_members(tmp_path, members):
+  with pytest.raises(ConfigError):
+    experiment.train_members(_config(), str(tmp_path), members)
