@@ -611,32 +611,40 @@ def _probe_attack(config) -> dict:
   }
 
 
-def find_ticket_and_train(
+def find_ticket(
   config,
   workdir: str,
   *,
-  train: bool = True,
   log: Callable[[str], None] = logging.info,
-) -> dict:
-  """Finds the ticket ``config.pruning.method`` names, then trains it.
+) -> tuple[dict, dict]:
+  """Finds (or reloads) the ticket ``config.pruning`` names, at init.
 
-  The ticket search starts from the same initialization (``config.seed``)
-  that ``train_and_evaluate`` uses for the dense run, so a ticket and its
-  dense counterpart differ only in the mask (and, for three-stage methods,
-  the starting weights). The ticket (mask + starting weights) is saved to
-  ``<workdir>/ticket`` and described in ``ticket.json`` before training;
-  a restarted run reuses it. Training is ``train_and_evaluate`` with the
-  ticket as its starting point, so every method gets the same objective,
-  schedule and evaluation.
+  The search starts from the initialization ``train_and_evaluate`` uses for
+  the dense run with the same ``config.seed``, so a ticket and its dense
+  counterpart differ only in the mask (and, for three-stage methods and the
+  NTK searches, the starting weights). ``pruning.ablation`` (default
+  ``"none"``) then applies one of ``awt.pruning.ablations`` to it. The
+  ticket is saved to ``<workdir>/ticket`` and described in
+  ``ticket.json``; a restarted run reuses it.
 
   Returns:
-    ``results.json``'s dict with ``method``, ``find_cost`` (``wall_time_s``,
-    ``passes``) and ``ntk_distance_at_init`` (relative Frobenius distance
-    of the ticket's adversarial NTK to the dense net's, on 64 training
-    points attacked with PGD against the dense net) added; without
-    training, the ticket info with the same keys.
+    ``(tree, info)``: ``tree`` is ``{"params", "batch_stats", "mask"}`` at
+    init (the ticket's starting point); ``info`` holds ``method``,
+    ``ablation``, ``passes``, ``wall_time_s``, ``sparsity``,
+    ``layer_densities``, ``find_cost`` and ``ntk_distance_at_init``
+    (relative Frobenius distance of the ticket's adversarial NTK to the
+    dense net's on 64 training points attacked with PGD against the dense
+    net).
   """
   config_lib.validate(config, pruning_methods=pruning.names())
+  ablation = config.pruning.get("ablation", "none")
+  from awt.pruning import ablations  # noqa: PLC0415
+
+  if ablation not in ablations.ABLATIONS:
+    raise config_lib.ConfigError(
+      f"unknown pruning.ablation {ablation!r}; known: "
+      f"{', '.join(ablations.ABLATIONS)}"
+    )
   workdir = workdir_lib.prepare(workdir)
   dataset = data_lib.load(config.data.name, data_dir=config.data.data_dir)
   info = dataset.info
@@ -650,12 +658,13 @@ def find_ticket_and_train(
   template = {"params": params, "batch_stats": batch_stats, "mask": params}
   saved = checkpoints.restore_ticket(workdir, template)
   method = config.pruning.method
+  label = method if ablation == "none" else f"{method}/{ablation}"
   if saved is not None:
     tree, ticket_info = saved
-    log(f"reusing the {method} ticket saved in {workdir}/ticket")
+    log(f"reusing the {label} ticket saved in {workdir}/ticket")
   else:
     log(
-      f"finding a {method} ticket at sparsity {config.pruning.sparsity} "
+      f"finding a {label} ticket at sparsity {config.pruning.sparsity} "
       f"({config.pruning.scope})"
     )
     ctx = pruning.PruningContext(
@@ -668,6 +677,9 @@ def find_ticket_and_train(
     )
     t0 = time.perf_counter()
     ticket = pruning.find(method, ctx, mask_key)
+    ticket = ablations.apply(
+      ablation, ticket, ctx, jax.random.fold_in(mask_key, 2)
+    )
     tree = {
       "params": ticket.params,
       "batch_stats": ticket.batch_stats,
@@ -675,41 +687,117 @@ def find_ticket_and_train(
     }
     tree = jax.device_get(tree)
     ticket_info = dict(ticket.info)
+    ticket_info["method"] = method
+    ticket_info["ablation"] = ablation
     ticket_info["wall_time_s"] = time.perf_counter() - t0
     ticket_info["sparsity"] = masks.sparsity(tree["mask"])
     ticket_info["layer_densities"] = masks.layer_densities(tree["mask"])
+    ticket_info["ntk_distance_at_init"] = pruning_awt.adversarial_ntk_distance(
+      model,
+      batch_stats,
+      params,
+      tree["params"],
+      dataset.train.images[:NTK_PROBE].astype(np.float32) / 255.0,
+      dataset.train.labels[:NTK_PROBE],
+      jax.random.fold_in(mask_key, 1),
+      _probe_attack(config),
+    )
     checkpoints.save_ticket(workdir, tree, ticket_info)
     workdir_lib.write_json(f"{workdir}/ticket.json", ticket_info)
+    from awt import plots  # noqa: PLC0415
+
+    plots.plot_layer_densities(
+      {label: ticket_info["layer_densities"]},
+      f"{workdir}/plots/layer_densities.png",
+      title=f"{label} ticket, sparsity {ticket_info['sparsity']:.3f}",
+    )
     log(
-      f"{method} ticket: sparsity {ticket_info['sparsity']:.4f}, "
+      f"{label} ticket: sparsity {ticket_info['sparsity']:.4f}, "
       f"{ticket_info['passes']} passes, {ticket_info['wall_time_s']:.1f}s"
     )
-  find_cost = {
+  ticket_info["find_cost"] = {
     "wall_time_s": float(ticket_info["wall_time_s"]),
     "passes": int(ticket_info["passes"]),
   }
-  probe = dataset.train.images[:NTK_PROBE].astype(np.float32) / 255.0
-  ntk_distance = pruning_awt.adversarial_ntk_distance(
-    model,
-    batch_stats,
-    params,
-    tree["params"],
-    probe,
-    dataset.train.labels[:NTK_PROBE],
-    jax.random.fold_in(mask_key, 1),
-    _probe_attack(config),
+  log(
+    "adversarial-NTK distance to the dense net at init: "
+    f"{ticket_info['ntk_distance_at_init']:.4f}"
   )
-  log(f"adversarial-NTK distance to the dense net at init: {ntk_distance:.4f}")
+  return tree, ticket_info
+
+
+def dense_initial(config, info=None) -> dict:
+  """The dense network at ``config.seed``'s init as a ``Member.initial``."""
+  info = info or data_lib.info(config.data.name)
+  model = config_lib.build_model(config, info)
+  init_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)[0]
+  params, batch_stats = training.init_variables(
+    model, init_key, info.image_shape
+  )
+  return {
+    "params": params,
+    "batch_stats": batch_stats,
+    "mask": masks.ones(params),
+  }
+
+
+_TICKET_KEYS = (
+  "method",
+  "ablation",
+  "find_cost",
+  "ntk_distance_at_init",
+)
+
+
+def find_ticket_and_train(
+  config,
+  workdir: str,
+  *,
+  train: bool = True,
+  dense_reference: bool = True,
+  log: Callable[[str], None] = logging.info,
+) -> dict:
+  """Finds the ticket ``config.pruning`` names, then trains it.
+
+  Training is ``train_and_evaluate``'s with the ticket as starting point,
+  so every method gets the same objective, schedule and evaluation. With
+  ``dense_reference`` (and a method other than dense), the dense network
+  with the same seed is trained alongside in the same vectorized program
+  (``train_members``: same batches, same attack randomness), and the
+  ticket's function-space distance to it is recorded every epoch — the
+  dynamics check of Shi et al. (AISTATS 2022, Sec. 5). The checkpoints then
+  hold both members (``meta["members"] = [method, "dense"]``).
+
+  Returns:
+    ``results.json``'s dict: the ticket's ``train_and_evaluate`` results
+    plus ``method``, ``ablation``, ``find_cost`` (``wall_time_s``,
+    ``passes``), ``ntk_distance_at_init``, and with a reference run
+    ``history`` rows with ``function_distance_{clean,adv}`` and
+    ``dense_reference`` (the dense run's accuracies and history). Without
+    training, the ticket info.
+  """
+  tree, ticket_info = find_ticket(config, workdir, log=log)
   if not train:
-    return {
-      **ticket_info,
-      "method": method,
-      "find_cost": find_cost,
-      "ntk_distance_at_init": ntk_distance,
+    return ticket_info
+  extra = {k: ticket_info[k] for k in _TICKET_KEYS}
+  if not dense_reference or config.pruning.method == "dense":
+    results = train_and_evaluate(config, workdir, initial=tree, log=log)
+  else:
+    seed = int(config.seed)
+    ticket, dense = train_members(
+      config,
+      workdir,
+      [
+        Member("ticket", seed, tree, reference="dense"),
+        Member("dense", seed, dense_initial(config)),
+      ],
+      log=log,
+    )
+    results = dict(ticket.results)
+    results["dense_reference"] = {
+      k: dense.results[k]
+      for k in ("clean_accuracy", "robust_accuracy", "history")
     }
-  results = train_and_evaluate(config, workdir, initial=tree, log=log)
-  results.update(
-    method=method, find_cost=find_cost, ntk_distance_at_init=ntk_distance
-  )
+  results.update(extra)
   workdir_lib.write_json(f"{workdir}/results.json", results)
   return results

@@ -10,7 +10,14 @@ grasp, synflow (at initialization); one_shot, imp, hydra, dns (three-stage).
 The ticket (mask + starting weights) is saved to WORKDIR/ticket and described
 in WORKDIR/ticket.json, then trained with the config's objective (default PGD
 adversarial training) exactly like the dense network; results.json adds the
-method and the cost of finding the ticket. --notrain stops after the ticket.
+method, the cost of finding the ticket and its adversarial-NTK distance to
+the dense net at init. By default the dense net with the same seed is trained
+alongside in the same vectorized program (same batches and attack
+randomness), and results.json's ``history`` holds the ticket's per-epoch
+function-space distance to it (--nodense_reference skips this).
+--config.pruning.ablation=shuffle|reinit|invert|random_same_density applies
+a sanity check of Frankle et al. (ICLR 2021) to the ticket. --notrain stops
+after the ticket.
 """
 
 from absl import app, flags
@@ -28,6 +35,12 @@ flags.DEFINE_string("workdir", None, "Directory for the ticket and results.")
 flags.DEFINE_bool(
   "train", True, "Train and evaluate the ticket after finding it."
 )
+flags.DEFINE_bool(
+  "dense_reference",
+  True,
+  "Train the dense net with the same seed alongside (one vectorized "
+  "program) and record the ticket's function-space distance to it.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -39,6 +52,7 @@ def main(argv):
     flags.FLAGS.config,
     flags.FLAGS.workdir,
     train=flags.FLAGS.train,
+    dense_reference=flags.FLAGS.dense_reference,
     log=_main.log,
   )
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -55,12 +56,23 @@ def test_ticket_is_saved_trained_and_reported(snip_run):
   assert results["find_cost"]["passes"] == 1
   assert results["find_cost"]["wall_time_s"] > 0
   assert 0 < results["ntk_distance_at_init"] < 10
+  # The dense run with the same seed trained alongside, as the reference.
+  dense = results["dense_reference"]
+  assert 0 <= dense["clean_accuracy"] <= 1
+  history = results["history"]
+  assert [r["epoch"] for r in history] == [0, 1, 2]
+  assert all(r["function_distance_adv"] > 0 for r in history)
   run = checkpoints.restore(str(workdir))
-  assert masks.sparsity(run["mask"]) == pytest.approx(0.9, abs=1e-6)
+  assert run["meta"]["members"] == ["ticket", "dense"]
+  ticket = {
+    k: jax.tree.map(lambda v: v[0], run[k]) for k in ("mask", "variables")
+  }
+  assert masks.sparsity(ticket["mask"]) == pytest.approx(0.9, abs=1e-6)
+  assert masks.sparsity(jax.tree.map(lambda v: v[1], run["mask"])) == 0
   # Pruned weights are still exactly zero after training.
-  for path in masks.prunable_paths(run["mask"]):
-    w = np.asarray(masks._get(run["variables"]["params"], path))
-    m = np.asarray(masks._get(run["mask"], path))
+  for path in masks.prunable_paths(ticket["mask"]):
+    w = np.asarray(masks._get(ticket["variables"]["params"], path))
+    m = np.asarray(masks._get(ticket["mask"], path))
     assert np.all(w[m == 0] == 0)
   assert "snip ticket: sparsity 0.9000" in proc.stderr
 

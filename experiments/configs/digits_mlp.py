@@ -54,6 +54,20 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.pruning.scope = "global"
   c.pruning.keep_first = False
   c.pruning.keep_last = False
+  # The AWT/NTT search (awt/pruning/awt.py; Shi et al. 2022, Liu & Zenke
+  # 2020): Adam steps on the student, a magnitude mask reset every
+  # awt_mask_every steps, awt_batch points per step.
+  c.pruning.awt_steps = 100
+  c.pruning.awt_mask_every = 10
+  c.pruning.awt_batch = 32
+  c.pruning.awt_lr = 1e-3
+  c.pruning.awt_lambda_ntk = 1.0  # weight of the NTK term (lambda_K).
+  c.pruning.awt_lambda_l2 = 1e-5
+  c.pruning.awt_init = "magnitude"  # magnitude | snip.
+  c.pruning.awt_attack_against = "teacher"  # teacher | student.
+  # Sanity check applied to the found ticket (Frankle et al. ICLR 2021):
+  # none | shuffle | reinit | invert | random_same_density.
+  c.pruning.ablation = "none"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.attacks = ("pgd40",)  # Madry et al. 2018's MNIST evaluation attack.
