@@ -101,6 +101,8 @@ def run(
   methods = [m for m in methods if m != DENSE]
   validate(config, methods, sparsities, seeds, ablations)
   workdir = workdir_lib.prepare(workdir)
+  # "none" first: the other ablations start from its ticket.
+  ablations = ["none"] + [a for a in ablations if a != "none"]
   cells = [
     (s, m, a, seed)
     for s in sparsities
@@ -114,7 +116,10 @@ def run(
     name = f"{_label(m, a).replace('/', '-')}_s{_sparsity_name(s)}_seed{seed}"
     c = _cell_config(config, seed=seed, method=m, sparsity=s, ablation=a)
     tickets[(s, m, a, seed)] = experiment.find_ticket(
-      c, os.path.join(workdir, "cells", name), log=lambda _: None
+      c,
+      os.path.join(workdir, "cells", name),
+      base=tickets.get((s, m, "none", seed)),
+      log=lambda _: None,
     )
     done = i + 1
     eta = (time.perf_counter() - t0) / done * (len(cells) - done)
