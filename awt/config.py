@@ -7,10 +7,17 @@ The schema is DESIGN.md's "Config schema".
 
 import numbers
 
+import jax.numpy as jnp
+
 from awt import data as data_lib
 from awt import evaluation, masks, models, training
 
 PRUNING_METHODS = ("dense", "random", "magnitude")
+# model.dtype: the compute dtype of Dense/Conv/BatchNorm. Parameters (the
+# master weights), gradients and optimizer state stay float32 either way;
+# "bfloat16" is mixed precision for accelerators (Micikevicius et al. 2018;
+# bf16 needs no loss scaling: it has float32's exponent range).
+MODEL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class ConfigError(ValueError):
@@ -61,6 +68,8 @@ def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
   _number(config, "seed", integer=True)
   _choice(config, "data.name", data_lib.names())
   _choice(config, "model.name", models.names())
+  if "dtype" in config.model:
+    _choice(config, "model.dtype", tuple(MODEL_DTYPES))
   batch = _number(config, "batch_size", lo=1, integer=True)
   info = data_lib.info(config.data.name)
   if batch > info.num_train:
@@ -102,6 +111,8 @@ def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
 def build_model(config, info, *, axis_name=None, dtype=None):
   """The model a config names, with the dataset's normalization inside."""
   kw = {k: v for k, v in config.model.items() if k != "name"}
+  if isinstance(kw.get("dtype"), str):
+    kw["dtype"] = MODEL_DTYPES[kw["dtype"]]
   if dtype is not None:
     kw["dtype"] = dtype
   return models.get(

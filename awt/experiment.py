@@ -10,6 +10,7 @@ writes the workdir layout of DESIGN.md.
 
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -540,7 +541,7 @@ class _FunctionProbe:
     n = min(FUNCTION_PROBE, split.num_examples)
     self.x = jnp.asarray(split.images[:n], jnp.float32) / 255.0
     self.y = jnp.asarray(split.labels[:n])
-    attack = _probe_attack(config)
+    attack = probe_attack(config)
     key = jax.random.PRNGKey(0)
     self.keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
@@ -592,7 +593,7 @@ class _FunctionProbe:
 NTK_PROBE = 64  # training points on which tickets' NTKs are compared
 
 
-def _probe_attack(config) -> dict:
+def probe_attack(config) -> dict:
   """The attack of the NTK probe: the training attack, or PGD-10 at eval eps."""
   adv = config.adversarial
   if adv.method in ("pgd_at", "trades"):
@@ -615,6 +616,7 @@ def find_ticket(
   config,
   workdir: str,
   *,
+  base: tuple[dict, dict] | None = None,
   log: Callable[[str], None] = logging.info,
 ) -> tuple[dict, dict]:
   """Finds (or reloads) the ticket ``config.pruning`` names, at init.
@@ -627,14 +629,22 @@ def find_ticket(
   ticket is saved to ``<workdir>/ticket`` and described in
   ``ticket.json``; a restarted run reuses it.
 
+  ``base``: the ``(tree, info)`` of the same method's unablated ticket
+  (same config otherwise), from which ``shuffle``, ``reinit`` and
+  ``random_same_density`` are derived without searching again (their
+  ``find_cost`` is the base's); ``invert`` needs the method's scores, so it
+  always searches.
+
   Returns:
     ``(tree, info)``: ``tree`` is ``{"params", "batch_stats", "mask"}`` at
     init (the ticket's starting point); ``info`` holds ``method``,
     ``ablation``, ``passes``, ``wall_time_s``, ``sparsity``,
     ``layer_densities``, ``find_cost`` and ``ntk_distance_at_init``
-    (relative Frobenius distance of the ticket's adversarial NTK to the
-    dense net's on 64 training points attacked with PGD against the dense
-    net).
+    (relative Frobenius distance of the ticket's adversarial NTK — the
+    sparse network's, over its kept weights — to the dense net's on 64
+    training points attacked with PGD against the dense net; the kernel
+    over all weights at the ticket's weights is
+    ``ntk_distance_at_init_all_weights``).
   """
   config_lib.validate(config, pruning_methods=pruning.names())
   ablation = config.pruning.get("ablation", "none")
@@ -674,9 +684,22 @@ def find_ticket(
       split=dataset.train,
       config=config,
       image_shape=info.image_shape,
+      checkpoint_dir=f"{workdir}/search",
+      log=log,
     )
     t0 = time.perf_counter()
-    ticket = pruning.find(method, ctx, mask_key)
+    if base is not None and ablation not in ("none", "invert"):
+      tree0, info0 = base
+      ticket = pruning.Ticket(
+        mask=tree0["mask"],
+        params=tree0["params"],
+        batch_stats=tree0["batch_stats"],
+        scores=None,
+        info={k: v for k, v in info0.items() if k != "find_cost"},
+      )
+      t0 -= float(info0["wall_time_s"])
+    else:
+      ticket = pruning.find(method, ctx, mask_key)
     ticket = ablations.apply(
       ablation, ticket, ctx, jax.random.fold_in(mask_key, 2)
     )
@@ -689,20 +712,29 @@ def find_ticket(
     ticket_info = dict(ticket.info)
     ticket_info["method"] = method
     ticket_info["ablation"] = ablation
-    ticket_info["wall_time_s"] = time.perf_counter() - t0
+    # A resumed search reports the time of all its attempts.
+    ticket_info["wall_time_s"] = max(
+      time.perf_counter() - t0, float(ticket.info.get("wall_time_s", 0.0))
+    )
     ticket_info["sparsity"] = masks.sparsity(tree["mask"])
     ticket_info["layer_densities"] = masks.layer_densities(tree["mask"])
-    ticket_info["ntk_distance_at_init"] = pruning_awt.adversarial_ntk_distance(
-      model,
-      batch_stats,
-      params,
-      tree["params"],
-      dataset.train.images[:NTK_PROBE].astype(np.float32) / 255.0,
-      dataset.train.labels[:NTK_PROBE],
-      jax.random.fold_in(mask_key, 1),
-      _probe_attack(config),
-    )
+    for key, mask in (
+      ("ntk_distance_at_init", tree["mask"]),
+      ("ntk_distance_at_init_all_weights", None),
+    ):
+      ticket_info[key] = pruning_awt.adversarial_ntk_distance(
+        model,
+        batch_stats,
+        params,
+        tree["params"],
+        dataset.train.images[:NTK_PROBE].astype(np.float32) / 255.0,
+        dataset.train.labels[:NTK_PROBE],
+        jax.random.fold_in(mask_key, 1),
+        probe_attack(config),
+        mask=mask,
+      )
     checkpoints.save_ticket(workdir, tree, ticket_info)
+    shutil.rmtree(f"{workdir}/search", ignore_errors=True)
     workdir_lib.write_json(f"{workdir}/ticket.json", ticket_info)
     from awt import plots  # noqa: PLC0415
 

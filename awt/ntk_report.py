@@ -18,16 +18,18 @@ all weights at :math:`\theta \odot m`,
   = \frac{\partial f(X; \theta \odot m)}{\partial \theta}
     \frac{\partial f(X; \theta \odot m)}{\partial \theta}^\top,
 
-traced over the logits (mean over the C logits, ``[N, N]``). The kernel
-with respect to all weights, :math:`J J^\top` (what
-``awt.experiment.find_ticket`` reports as ``ntk_distance_at_init`` and the
-AWT search matches), is reported next to it as ``distance_all_weights``.
+traced over the logits (mean over the C logits, ``[N, N]``): the kernel
+the AWT search matches and ``awt.experiment.find_ticket`` reports as
+``ntk_distance_at_init``. The kernel with respect to all weights,
+:math:`J J^\top` at the ticket's weights, is reported next to it as
+``distance_all_weights`` (find_ticket's
+``ntk_distance_at_init_all_weights``).
 
 Adversarial points are PGD points of the training attack (PGD-10 at the
 evaluation eps when training is not adversarial) against the dense network
 at initialization, with find_ticket's key, so every ticket is compared on
-the same points and ``adversarial.distance_all_weights`` at the default 64
-points equals find_ticket's ``ntk_distance_at_init``.
+the same points and ``adversarial.distance`` at the default 64 points
+equals find_ticket's ``ntk_distance_at_init``.
 
 References:
   Shi, Zheng, Ding, Gao & Zhang, "Finding Dynamics Preserving Adversarial

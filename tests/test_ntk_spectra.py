@@ -51,10 +51,13 @@ def test_spectra_match_a_jacobian_reference_and_find_ticket(tmp_path):
   tree, info = experiment.find_ticket(config, str(tmp_path))
   assert row["sparsity"] == pytest.approx(info["sparsity"])
   assert row["layer_densities"] == info["layer_densities"]
-  # find_ticket's adversarial-NTK distance is over all weights, on the same
-  # 64 points attacked with the same key.
-  assert row["adversarial"]["distance_all_weights"] == pytest.approx(
+  # find_ticket's adversarial-NTK distances, on the same 64 points attacked
+  # with the same key: the sparse network's kernel and all weights'.
+  assert row["adversarial"]["distance"] == pytest.approx(
     info["ntk_distance_at_init"], rel=1e-5
+  )
+  assert row["adversarial"]["distance_all_weights"] == pytest.approx(
+    info["ntk_distance_at_init_all_weights"], rel=1e-5
   )
 
   dataset = data_lib.load("digits")

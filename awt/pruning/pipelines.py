@@ -55,10 +55,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 from awt import data as data_lib
 from awt import masks, training
-from awt.pruning._ticket import PruningContext, Ticket
+from awt.pruning._ticket import (
+  PruningContext,
+  SearchCheckpoints,
+  Ticket,
+  key_words,
+)
 
 PyTree = Any
 
@@ -354,6 +360,12 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
   ``create_train_state(ctx.params, ..., tx, key)`` with
   ``tx = make_optimizer(config.optimizer, imp_epochs * steps_per_epoch)``.
 
+  With ``ctx.checkpoint_dir`` set, every finished round (its mask and the
+  rewind point) is saved there, and a run started again with the same
+  settings continues after the last finished round, bit-identically; a
+  round cut short is run again from its start. ``info["wall_time_s"]``
+  adds up the time of all attempts.
+
   Args:
     ctx: the pruning context; ``ctx.params`` are the weights at init.
     key: PRNG key of the training states (attack random starts).
@@ -380,33 +392,76 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
   densities = imp_densities(1.0 - s.density, rounds)
   tx, step = _trainer(s, s.model, s.opt_cfg, epochs)
   run = training.scan_steps(step)
-
-  state = training.create_train_state(
-    ctx.params, ctx.batch_stats, masks.ones(ctx.params), tx, key
-  )
-  state = _train(s, ctx, step, run, state, k)
-  rewind = state
-  mask = state.mask
-  for r, density in enumerate(densities):
-    if r > 0:
+  log = ctx.log or logging.info
+  settings = {
+    "method": "imp",
+    "key": key_words(key),
+    "num_examples": int(ctx.split.num_examples),
+    "rounds": rounds,
+    "epochs": epochs,
+    "rewind_epoch": k,
+    "densities": list(densities),
+    "scope": s.scope,
+    "paths": [list(p) for p in s.paths],
+    "batch_size": s.batch_size,
+    "seed": s.seed,
+    "adversarial": dict(s.adversarial),
+    "optimizer": dict(s.opt_cfg),
+  }
+  with SearchCheckpoints(ctx.checkpoint_dir, settings) as ckpt:
+    template = {
+      "mask": masks.ones(ctx.params),
+      "params": ctx.params,
+      "batch_stats": ctx.batch_stats,
+    }
+    restored = ckpt.restore(template)
+    if restored is None:
+      first, earlier_s = 0, 0.0
       state = training.create_train_state(
-        rewind.params, rewind.batch_stats, mask, tx, key
+        ctx.params, ctx.batch_stats, masks.ones(ctx.params), tx, key
       )
-      state = state.replace(
-        step=rewind.step,
-        opt_state=_resume_schedule(state.opt_state, k * s.steps_per_epoch),
+      state = _train(s, ctx, step, run, state, k)
+      rewind = {"params": state.params, "batch_stats": state.batch_stats}
+      mask = state.mask
+    else:
+      first, rewind, meta = restored
+      mask, earlier_s = rewind.pop("mask"), meta["wall_time_s"]
+      log(
+        f"imp: resuming after round {first} of {rounds} from {ckpt.directory}"
       )
-    state = _train(s, ctx, step, run, state, epochs - k, first_epoch=k)
-    _, mask = _prune_by_magnitude(state.params, mask, density, s.scope, s.paths)
+    t_round = time.perf_counter()
+    for r in range(first, rounds):
+      if r > 0:
+        state = training.create_train_state(
+          rewind["params"], rewind["batch_stats"], mask, tx, key
+        )
+        state = state.replace(
+          step=jnp.asarray(k * s.steps_per_epoch, state.step.dtype),
+          opt_state=_resume_schedule(state.opt_state, k * s.steps_per_epoch),
+        )
+      state = _train(s, ctx, step, run, state, epochs - k, first_epoch=k)
+      _, mask = _prune_by_magnitude(
+        state.params, mask, densities[r], s.scope, s.paths
+      )
+      ckpt.save(
+        r + 1,
+        {"mask": mask, **rewind},
+        {"wall_time_s": earlier_s + time.perf_counter() - t0},
+      )
+      per_round = (time.perf_counter() - t_round) / (r + 1 - first)
+      log(
+        f"imp round {r + 1}/{rounds}: density {densities[r]:.4f}, "
+        f"{per_round:.1f}s per round, ETA {per_round * (rounds - r - 1):.0f}s"
+      )
 
   steps = (epochs + (rounds - 1) * (epochs - k)) * s.steps_per_epoch
   return _finish(
     s,
-    t0,
+    t0 - earlier_s,
     "imp",
     mask,
-    rewind.params,
-    rewind.batch_stats,
+    rewind["params"],
+    rewind["batch_stats"],
     None,
     steps,
     "init" if k == 0 else "rewound",

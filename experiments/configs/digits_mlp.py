@@ -29,6 +29,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"  # LeNet-300-100 (LeCun et al. 1998).
+  c.model.dtype = "float32"  # compute; "bfloat16": mixed precision.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # Adam: fast, robust convergence on a tiny set.
@@ -65,6 +66,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.pruning.awt_lambda_l2 = 1e-5
   c.pruning.awt_init = "magnitude"  # magnitude | snip.
   c.pruning.awt_attack_against = "teacher"  # teacher | student.
+  # Search checkpoints (WORKDIR/search) every this many steps; 0: at mask
+  # resets (awt_mask_every).
+  c.pruning.awt_checkpoint_every = 0
   # Sanity check applied to the found ticket (Frankle et al. ICLR 2021):
   # none | shuffle | reinit | invert | random_same_density.
   c.pruning.ablation = "none"
