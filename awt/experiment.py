@@ -438,6 +438,12 @@ def _train(config, workdir, members, *, vectorized, log):
   train_time = time.perf_counter() - start
 
   results_list = []
+  final_evaluator = evaluation.make_evaluator(
+    eval_apply,
+    attack_names=tuple(config.eval.attacks),
+    eps=config.eval.eps,
+    norm=config.eval.norm,
+  )
   for i, m in enumerate(members):
     s = member_state(final, i)
     log(
@@ -454,6 +460,7 @@ def _train(config, workdir, members, *, vectorized, log):
       batch_size=eval_batch,
       key=eval_keys[i],
       log=log,
+      evaluator=final_evaluator,
     )
     results = {
       "clean_accuracy": ev["clean_accuracy"],
@@ -718,21 +725,20 @@ def find_ticket(
     )
     ticket_info["sparsity"] = masks.sparsity(tree["mask"])
     ticket_info["layer_densities"] = masks.layer_densities(tree["mask"])
-    for key, mask in (
-      ("ntk_distance_at_init", tree["mask"]),
-      ("ntk_distance_at_init_all_weights", None),
-    ):
-      ticket_info[key] = pruning_awt.adversarial_ntk_distance(
-        model,
-        batch_stats,
-        params,
-        tree["params"],
-        dataset.train.images[:NTK_PROBE].astype(np.float32) / 255.0,
-        dataset.train.labels[:NTK_PROBE],
-        jax.random.fold_in(mask_key, 1),
-        probe_attack(config),
-        mask=mask,
-      )
+    (
+      ticket_info["ntk_distance_at_init"],
+      ticket_info["ntk_distance_at_init_all_weights"],
+    ) = pruning_awt.adversarial_ntk_distances(
+      model,
+      batch_stats,
+      params,
+      tree["params"],
+      tree["mask"],
+      dataset.train.images[:NTK_PROBE].astype(np.float32) / 255.0,
+      dataset.train.labels[:NTK_PROBE],
+      jax.random.fold_in(mask_key, 1),
+      probe_attack(config),
+    )
     checkpoints.save_ticket(workdir, tree, ticket_info)
     shutil.rmtree(f"{workdir}/search", ignore_errors=True)
     workdir_lib.write_json(f"{workdir}/ticket.json", ticket_info)

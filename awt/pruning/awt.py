@@ -472,6 +472,60 @@ def ntt(ctx: PruningContext, key: jax.Array) -> Ticket:
   return search(ctx, key, adversarial=False)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "attack"))
+def _ntk_distances(model, batch_stats, dense, params, mask, x, y, key, attack):
+  """``(masked, all-weights)`` relative adversarial-NTK distances; jitted.
+
+  Module level with the hashable ``model`` and ``attack`` static, so every
+  ticket of a sweep reuses one compilation.
+  """
+  f = eval_logits_fn(model, batch_stats)
+  kfn = ntk_fn(f)
+  eps, step_size, steps, norm = attack
+  x_adv = attacks.pgd(
+    lambda z: f(dense, z),
+    x,
+    y,
+    key,
+    eps=eps,
+    step_size=step_size,
+    steps=steps,
+    norm=norm,
+    select="last",
+  )
+  k_dense = kfn(x_adv, None, dense)
+  return (
+    ntk.relative_distance(masked_ntk(f, params, mask, x_adv), k_dense),
+    ntk.relative_distance(kfn(x_adv, None, params), k_dense),
+  )
+
+
+def adversarial_ntk_distances(
+  model, batch_stats, dense_params, params, mask, x, y, key, adversarial
+) -> tuple[float, float]:
+  """Relative Frobenius distances of a ticket's adversarial NTK to the dense.
+
+  ``||Θ(X̃) − Θ_dense(X̃)||_F / ||Θ_dense(X̃)||_F`` with ``X̃`` PGD points of
+  ``adversarial`` (a config block) against the dense network, so every
+  ticket is compared on the same points; ``Θ`` is first the sparse
+  network's kernel ``J diag(m) Jᵀ`` (``masked_ntk``, the one its training
+  follows), then the kernel over all weights at ``params``.
+
+  Returns:
+    ``(masked, all_weights)`` floats.
+  """
+  attack = (
+    float(adversarial["eps"]),
+    float(adversarial["step_size"]),
+    int(adversarial["steps"]),
+    adversarial.get("norm", "linf"),
+  )
+  d_masked, d_all = _ntk_distances(
+    model, batch_stats, dense_params, params, mask, x, y, key, attack
+  )
+  return float(d_masked), float(d_all)
+
+
 def adversarial_ntk_distance(
   model,
   batch_stats,
@@ -483,33 +537,18 @@ def adversarial_ntk_distance(
   adversarial,
   mask=None,
 ) -> float:
-  """Relative Frobenius distance of a ticket's adversarial NTK to the dense.
+  """One of ``adversarial_ntk_distances``: masked with ``mask``, else all.
 
-  ``||Θ(X̃) − Θ_dense(X̃)||_F / ||Θ_dense(X̃)||_F`` with ``X̃`` PGD points of
-  ``adversarial`` (a config block) against the dense network, so every
-  ticket is compared on the same points. With ``mask``, ``Θ`` is the
-  sparse network's kernel ``J diag(m) Jᵀ`` (``masked_ntk``, the one its
-  training follows); without, the kernel over all weights at ``params``.
+  Without ``mask`` the all-weights kernel at ``params`` is compared (the
+  masked one with an all-ones mask equals it).
   """
-  f = eval_logits_fn(model, batch_stats)
-  kfn = ntk_fn(f)
-  x_adv = attacks.pgd(
-    lambda z: f(dense_params, z),
-    x,
-    y,
-    key,
-    eps=adversarial["eps"],
-    step_size=adversarial["step_size"],
-    steps=int(adversarial["steps"]),
-    norm=adversarial.get("norm", "linf"),
-    select="last",
+  ones = mask is None
+  if ones:
+    mask = masks.ones(params)
+  d_masked, d_all = adversarial_ntk_distances(
+    model, batch_stats, dense_params, params, mask, x, y, key, adversarial
   )
-  k_dense = kfn(x_adv, None, dense_params)
-  if mask is None:
-    k = kfn(x_adv, None, params)
-  else:
-    k = masked_ntk(f, params, mask, x_adv)
-  return float(ntk.relative_distance(k, k_dense))
+  return d_all if ones else d_masked
 
 
 METHODS = {"awt": awt, "ntt": ntt}

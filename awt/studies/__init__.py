@@ -1,0 +1,37 @@
+"""Studies: sweeps over models, pruning methods, sparsities and seeds.
+
+``sparsity_robustness`` is the sparsity-vs-robustness sweep of Guo et al.
+(NeurIPS 2018). ``_sweep`` holds the helpers every study shares: resumable
+cells in ``WORKDIR/cells/<name>/``, mean ± std over seeds, CSV/JSON tables.
+
+Examples:
+  >>> from awt.studies import aggregate
+  >>> aggregate([{"k": 1, "seed": 0, "v": 2.0}], ["k"])[0]["v"]["mean"]
+  2.0
+"""
+
+from awt.studies._sweep import (
+  Cell,
+  aggregate,
+  cell_dir,
+  check_config,
+  fmt_duration,
+  metric_names,
+  read_csv,
+  run_cells,
+  write_csv,
+  write_table_json,
+)
+
+__all__ = [
+  "Cell",
+  "aggregate",
+  "cell_dir",
+  "check_config",
+  "fmt_duration",
+  "metric_names",
+  "read_csv",
+  "run_cells",
+  "write_csv",
+  "write_table_json",
+]

@@ -1,0 +1,335 @@
+"""Generic helpers of the sweep studies: resumable cells, seed statistics.
+
+A sweep is a sequence of *cells*, each a unit of work with its own
+sub-workdir ``WORKDIR/cells/<name>/`` (one ``train_members`` program over
+several seeds, a ticket search, an evaluation). ``run_cells`` runs them in
+order and writes each cell's results to ``cells/<name>/results.json`` when it
+finishes; a cell whose ``results.json`` exists is loaded instead of run, so a
+sweep killed at any point and started again with the same workdir continues
+where it stopped (a cell that was running resumes from the checkpoints in its
+own sub-workdir). One progress line per cell gives the rate and the ETA.
+
+Results are rows (flat dicts, one per trained network: a seed of one
+configuration); ``aggregate`` groups them by their configuration keys into
+mean ± std over seeds, keeping the per-seed values, and ``write_csv`` /
+``write_table_json`` save both.
+
+Shared by the study modules of ``awt.studies``; nothing here knows about
+models or training.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from awt import workdir as workdir_lib
+
+CELLS_DIR = "cells"
+RESULTS = "results.json"
+CONFIG = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One resumable unit of a sweep.
+
+  Attributes:
+    name: unique within the sweep; the sub-workdir's name, so letters,
+      digits and ``-_.`` only.
+    run: ``run(cell_workdir, done) -> results``: does the work in
+      ``cell_workdir`` (created before the call; checkpoints written there
+      are resumed by the next call after a kill) and returns a JSON-able
+      dict. ``done`` maps the names of the cells before it to their results,
+      so a cell can build on earlier ones.
+  """
+
+  name: str
+  run: Callable[[str, Mapping[str, dict]], dict]
+
+
+def cell_dir(workdir: str, name: str) -> str:
+  """``<workdir>/cells/<name>``, the sub-workdir of cell ``name``."""
+  return os.path.join(workdir, CELLS_DIR, name)
+
+
+def _check_name(name: str) -> None:
+  ok = name and all(ch.isalnum() or ch in "-_." for ch in name)
+  if not ok or name in (".", ".."):
+    raise ValueError(
+      f"cell name {name!r} must be non-empty letters, digits and '-_.'"
+    )
+
+
+def _normalized(obj):
+  """``obj`` as JSON would give it back (tuples as lists, numpy as Python)."""
+  return json.loads(json.dumps(workdir_lib._jsonable(obj), sort_keys=True))
+
+
+def _first_difference(old, new, prefix=""):
+  if isinstance(old, dict) and isinstance(new, dict):
+    for k in sorted(set(old) | set(new)):
+      where = f"{prefix}.{k}" if prefix else k
+      if k not in old or k not in new:
+        return where, old.get(k), new.get(k)
+      found = _first_difference(old[k], new[k], where)
+      if found:
+        return found
+    return None
+  return None if old == new else (prefix, old, new)
+
+
+def check_config(workdir: str, config: Mapping[str, Any]) -> None:
+  """Records a sweep's config, or checks a restarted sweep has the same one.
+
+  Finished cells are reused by name, so a workdir must only ever hold one
+  sweep: the first call writes ``<workdir>/config.json``; a later call with
+  a different config raises instead of mixing results of two sweeps.
+
+  Args:
+    workdir: the sweep's workdir (created if needed).
+    config: the sweep's config as a JSON-able mapping (``to_dict()``).
+
+  Raises:
+    ValueError: one line naming the first differing key.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG)
+  new = _normalized(config)
+  if not os.path.exists(path):
+    workdir_lib.write_json(path, new)
+    return
+  with open(path) as f:
+    old = json.load(f)
+  diff = _first_difference(old, new)
+  if diff:
+    key, was, now = diff
+    raise ValueError(
+      f"workdir {workdir!r} holds a sweep with another config ({key}: "
+      f"{was!r} there, {now!r} now); use a new --workdir"
+    )
+
+
+def fmt_duration(seconds: float) -> str:
+  """``h:mm:ss`` of a non-negative duration."""
+  seconds = int(round(max(seconds, 0.0)))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def run_cells(
+  workdir: str,
+  cells: Sequence[Cell],
+  *,
+  log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+  """Runs the cells of a sweep in order, skipping the finished ones.
+
+  A cell is finished when ``cells/<name>/results.json`` exists (written
+  atomically after ``run`` returns); its results are loaded from there. A
+  progress line per cell reports how many are done, the mean time per cell
+  run in this process and the ETA of the rest.
+
+  Args:
+    workdir: the sweep's workdir.
+    cells: the cells, names unique.
+    log: receives the progress lines.
+
+  Returns:
+    ``{name: results}`` for every cell, in order.
+
+  Raises:
+    ValueError: duplicate or unusable cell names.
+
+  Examples:
+    >>> import tempfile
+    >>> cells = [Cell("a", lambda d, done: {"x": 1}),
+    ...          Cell("b", lambda d, done: {"x": done["a"]["x"] + 1})]
+    >>> run_cells(tempfile.mkdtemp(), cells, log=lambda s: None)["b"]
+    {'x': 2}
+  """
+  names = [c.name for c in cells]
+  for n in names:
+    _check_name(n)
+  if len(set(names)) != len(names):
+    raise ValueError(f"cell names must be unique: {names}")
+  done: dict[str, dict] = {}
+  ran, ran_s = 0, 0.0
+  total = len(cells)
+  for i, c in enumerate(cells):
+    path = cell_dir(workdir, c.name)
+    results_path = os.path.join(path, RESULTS)
+    if os.path.exists(results_path):
+      with open(results_path) as f:
+        done[c.name] = json.load(f)
+      log(f"cell {i + 1}/{total} {c.name}: finished earlier, loaded")
+      continue
+    os.makedirs(path, exist_ok=True)
+    log(f"cell {i + 1}/{total} {c.name}: running in {path}")
+    t0 = time.perf_counter()
+    results = c.run(path, dict(done))
+    seconds = time.perf_counter() - t0
+    workdir_lib.write_json(results_path, results)
+    with open(results_path) as f:  # as a restarted sweep will see them
+      done[c.name] = json.load(f)
+    ran, ran_s = ran + 1, ran_s + seconds
+    per_cell = ran_s / ran
+    left = total - i - 1
+    log(
+      f"cell {i + 1}/{total} {c.name}: done in {seconds:.1f}s; "
+      f"{60.0 / max(per_cell, 1e-9):.2f} cells/min, "
+      f"ETA {fmt_duration(per_cell * left)} for {left} more"
+    )
+  return done
+
+
+def _is_number(v) -> bool:
+  return (
+    isinstance(v, int | float | np.integer | np.floating)
+    and not isinstance(v, bool)
+    and math.isfinite(float(v))
+  )
+
+
+def aggregate(
+  rows: Sequence[Mapping[str, Any]],
+  keys: Sequence[str],
+  *,
+  seed_key: str = "seed",
+) -> list[dict]:
+  r"""Mean and standard deviation over seeds of every numeric metric.
+
+  Rows with equal values of ``keys`` form a group (groups in order of first
+  appearance). Every other numeric field except ``seed_key`` is a metric;
+  per group it becomes ``{"mean", "std", "values", "n"}`` where ``values``
+  lists the per-seed values in row order (None where a row lacks the metric
+  or it is None/NaN) and mean/std are over the present ones:
+
+  .. math::
+    \bar v = \frac{1}{n}\sum_i v_i, \qquad
+    s = \sqrt{\frac{1}{n - 1}\sum_i (v_i - \bar v)^2}
+
+  (the sample standard deviation; 0 for a single value, None for none).
+
+  Args:
+    rows: flat dicts, one per seed of a configuration.
+    keys: the fields that name a configuration, e.g. ``("model", "method",
+      "sparsity")``.
+    seed_key: the field naming the seed; listed per group as ``seeds``.
+
+  Returns:
+    One dict per group: the ``keys`` fields, ``seeds`` (list) and one
+    ``{"mean", "std", "values", "n"}`` dict per metric.
+
+  Examples:
+    >>> rows = [{"m": "a", "seed": 0, "acc": 0.5},
+    ...         {"m": "a", "seed": 1, "acc": 0.7}]
+    >>> g = aggregate(rows, ["m"])[0]
+    >>> g["seeds"], round(g["acc"]["mean"], 6), round(g["acc"]["std"], 6)
+    ([0, 1], 0.6, 0.141421)
+  """
+  groups: dict[tuple, list[Mapping[str, Any]]] = {}
+  for r in rows:
+    missing = [k for k in keys if k not in r]
+    if missing:
+      raise ValueError(f"row lacks the key field(s) {missing}: {dict(r)}")
+    groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+  out = []
+  for group_key, members in groups.items():
+    metrics = []
+    for r in members:
+      for k, v in r.items():
+        if k in keys or k == seed_key or k in metrics:
+          continue
+        if v is None or _is_number(v) or isinstance(v, float):
+          metrics.append(k)
+    entry = dict(zip(keys, group_key, strict=True))
+    entry["seeds"] = [r.get(seed_key) for r in members]
+    for k in metrics:
+      values = [float(r[k]) if _is_number(r.get(k)) else None for r in members]
+      present = np.array([v for v in values if v is not None], np.float64)
+      n = int(present.size)
+      if not n and all(r.get(k) is None for r in members):
+        continue  # a field that is never a number (all None) is no metric
+      entry[k] = {
+        "mean": float(present.mean()) if n else None,
+        "std": float(present.std(ddof=1)) if n > 1 else (0.0 if n else None),
+        "values": values,
+        "n": n,
+      }
+    out.append(entry)
+  return out
+
+
+def metric_names(summary: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The metric fields of ``aggregate``'s groups, in first-seen order."""
+  names: list[str] = []
+  for g in summary:
+    for k, v in g.items():
+      if isinstance(v, Mapping) and "mean" in v and k not in names:
+        names.append(k)
+  return names
+
+
+def write_csv(
+  path: str,
+  summary: Sequence[Mapping[str, Any]],
+  keys: Sequence[str],
+  *,
+  first: Sequence[str] = (),
+) -> None:
+  """Writes ``aggregate``'s groups as CSV, one line per group.
+
+  Columns: the ``keys``, ``n_seeds``, then ``<metric>_mean`` and
+  ``<metric>_std`` for every metric (empty where undefined): the metrics
+  named in ``first`` in that order, then the others in first-seen order.
+  The per-seed values are in the JSON (``write_table_json``).
+
+  Args:
+    path: the CSV file to write (atomically: temp file + rename).
+    summary: ``aggregate``'s output.
+    keys: the configuration fields, as given to ``aggregate``.
+    first: metrics to put first.
+  """
+  found = metric_names(summary)
+  metrics = [m for m in first if m in found]
+  metrics += [m for m in found if m not in metrics]
+  header = [*keys, "n_seeds"]
+  for m in metrics:
+    header += [f"{m}_mean", f"{m}_std"]
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    for g in summary:
+      line = [g[k] for k in keys] + [len(g["seeds"])]
+      for m in metrics:
+        stat = g.get(m) or {}
+        line += [
+          "" if stat.get(s) is None else stat[s] for s in ("mean", "std")
+        ]
+      w.writerow(line)
+  os.replace(tmp, path)
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+  """Reads a ``write_csv`` file back as dicts of strings."""
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def write_table_json(
+  path: str,
+  rows: Sequence[Mapping[str, Any]],
+  summary: Sequence[Mapping[str, Any]],
+  **extra,
+) -> None:
+  """Writes ``{"rows": per-seed rows, "summary": groups, **extra}`` as JSON."""
+  workdir_lib.write_json(
+    path, {"rows": list(rows), "summary": list(summary), **extra}
+  )
