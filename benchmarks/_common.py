@@ -1,0 +1,213 @@
+"""What the benchmarks and their PyTorch peers share: tasks and timing.
+
+Pure Python (no JAX, no torch), so that a peer process imports neither
+framework it does not measure. ``TASKS`` fixes each benchmark network's
+inputs and attack budget for both sides. A measurement is a
+:class:`Runner`: built (compiled) once, then ``call()`` runs one unit of
+work (a training step, a scanned chunk of steps, an attack on one batch) and
+blocks until it is done.
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+# name: (input shape HWC, l_inf eps). The MNIST-shaped nets use MNIST's eps
+# 0.3, the CIFAR-shaped ones 8/255 (Madry et al. 2018).
+TASKS = {
+  "mlp": ((28, 28, 1), 0.3),  # LeNet-300-100
+  "lenet5": ((28, 28, 1), 0.3),
+  "conv4": ((32, 32, 3), 8 / 255),  # Conv-4: 64-64-128-128, fc 256-256
+  "resnet18": ((32, 32, 3), 8 / 255),
+}
+NUM_CLASSES = 10
+# PGD-AT's optimizer on both sides: SGD with momentum 0.9 (Madry et al.'s
+# and HYDRA's code), learning rate 0.01.
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+# PGD step size alpha = 2.5 eps / k (Madry et al. 2018), as
+# awt.evaluation.parse_attack("pgdK") uses.
+STEP_SIZE_FACTOR = 2.5
+
+
+def check_args(model: str, **positive: int) -> None:
+  """Raises ValueError (one line) for an unknown model or a count below 1."""
+  if model not in TASKS:
+    raise ValueError(f"unknown model {model!r}; known: {', '.join(TASKS)}")
+  for name, value in positive.items():
+    if value < 1:
+      raise ValueError(f"--{name} must be >= 1, got {value}")
+
+
+@dataclasses.dataclass
+class Runner:
+  """One compiled unit of work and what it processes.
+
+  Attributes:
+    call: runs the unit once and blocks until its results are ready.
+    images_per_call: images the unit processes (batch x steps for a chunk).
+    compile_s: seconds spent building it (JAX: lowering + XLA compilation;
+      torch.compile: the first call's compilation; eager: 0).
+    info: extra fields for the JSON record.
+    hlo: JAX only: returns the compiled program's optimized HLO text (for
+      ``benchmarks/profile_step.py``).
+  """
+
+  call: Callable[[], None]
+  images_per_call: int
+  compile_s: float
+  info: dict = dataclasses.field(default_factory=dict)
+  hlo: Callable[[], str] | None = None
+
+
+def time_calls(call: Callable[[], None], repeats: int) -> list[float]:
+  """Wall seconds of ``repeats`` consecutive calls, each timed on its own."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def time_block(
+  call: Callable[[], None], seconds: float, max_calls: int
+) -> list[float]:
+  """Times calls one by one until ``seconds`` have passed (at least one call,
+  at most ``max_calls``); their seconds."""
+  times, start = [], time.perf_counter()
+  while not times or (
+    time.perf_counter() - start < seconds and len(times) < max_calls
+  ):
+    times.extend(time_calls(call, 1))
+  return times
+
+
+def serve(runner: Runner | None, error: str | None = None) -> None:
+  """The worker side of ``benchmarks/compare.py``: timed blocks on request.
+
+  Writes one JSON line ``{"compile_s", "images_per_call", "info"}`` (or
+  ``{"error"}``, then returns) once the runner is built and warmed up, then
+  reads commands from stdin, one per line: ``run SECONDS MAX_CALLS`` answers
+  ``{"times": [...], "load": ...}`` from :func:`time_block`; ``quit`` (or
+  end of input) returns. Between commands the process only waits on stdin.
+  """
+  if runner is None:
+    print(json.dumps({"error": error}), flush=True)
+    return
+  print(
+    json.dumps(
+      {
+        "compile_s": runner.compile_s,
+        "images_per_call": runner.images_per_call,
+        "info": runner.info,
+      }
+    ),
+    flush=True,
+  )
+  for line in sys.stdin:
+    words = line.split()
+    if not words or words[0] == "quit":
+      return
+    times = time_block(runner.call, float(words[1]), int(words[2]))
+    print(json.dumps({"times": times, "load": load_average()}), flush=True)
+
+
+def summarize(times: list[float], images_per_call: int) -> dict:
+  """Median seconds per call and images/s (from the median), with the range.
+
+  Args:
+    times: seconds per call, at least one.
+    images_per_call: images one call processes.
+
+  Returns:
+    ``{"median_s", "min_s", "max_s", "images_per_s"}``.
+  """
+  median = statistics.median(times)
+  return {
+    "median_s": round(median, 6),
+    "min_s": round(min(times), 6),
+    "max_s": round(max(times), 6),
+    "images_per_s": round(images_per_call / median, 1),
+  }
+
+
+def record(
+  runner: Runner | None,
+  times: list[float],
+  *,
+  benchmark: str,
+  framework: str,
+  model: str,
+  batch: int,
+  steps: int,
+  dtype: str,
+  load_before: float,
+  error: str | None = None,
+  **extra,
+) -> dict:
+  """The JSON record of one measurement (``error``: it could not run).
+
+  Args:
+    runner: the measured Runner (its ``info`` and ``compile_s`` are
+      copied), or None when building it failed.
+    times: seconds of the timed calls (empty with ``error``).
+    benchmark: "train_step" or "pgd_eval".
+    framework: "jax" or "torch".
+    model: a key of ``TASKS``.
+    batch, steps, dtype: the measured configuration.
+    load_before: ``load_average()`` before the measurement.
+    error: one line saying why there is no time.
+    **extra: framework versions, threads, ...
+
+  Returns:
+    A JSON-able dict; ``input_shape`` is ``[B, H, W, C]`` for both
+    frameworks (torch runs it as NCHW).
+  """
+  out = {
+    "benchmark": benchmark,
+    "framework": framework,
+    "model": model,
+    "input_shape": [batch, *TASKS[model][0]],
+    "attack_steps": steps,
+    "dtype": dtype,
+    **(runner.info if runner else {}),
+  }
+  if error is not None:
+    out["error"] = error
+  else:
+    out["compile_s"] = round(runner.compile_s, 3)
+    out.update(summarize(times, runner.images_per_call))
+    out["repeats"] = len(times)
+  out.update(load_before=load_before, load_after=load_average())
+  out.update(extra)
+  out.update(machine())
+  return out
+
+
+def load_average() -> float:
+  """The 1-minute load average (``uptime``): other work on the machine."""
+  return round(os.getloadavg()[0], 2)
+
+
+def machine() -> dict:
+  """CPU model, core count and Python version, for the JSON records."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return {
+    "cpu": model,
+    "num_cpu": os.cpu_count(),
+    "python": platform.python_version(),
+  }

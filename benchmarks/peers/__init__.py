@@ -1,0 +1,1 @@
+"""PyTorch counterparts of awt's benchmarks (optional extra: ``.[bench]``)."""

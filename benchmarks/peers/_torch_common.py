@@ -1,0 +1,404 @@
+"""awt's benchmark networks, PGD and PGD-AT step in PyTorch: the peers.
+
+The networks mirror awt's; ``pgd_linf`` is awt's PGD; ``train_runner`` and
+``pgd_eval_runner`` build the measured work as ``benchmarks/_jax.py`` does
+for awt (``benchmarks._common.Runner``), on the same inputs
+(``benchmarks._common.TASKS``). Each network mirrors the awt registry model
+of the same name (``awt/models``): the same layers, widths, kernel sizes,
+paddings, strides and biases, so the parameter counts are equal
+(``tests/test_benchmarks.py`` checks this). Inputs are NCHW, PyTorch's
+default layout. Initialization is PyTorch's default: it does not change the
+cost.
+"""
+
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from benchmarks import _common
+from benchmarks._common import Runner
+
+
+def mlp(num_classes: int = 10) -> nn.Module:
+  """LeNet-300-100 (awt ``mlp``): 784-300-100-classes with ReLUs."""
+  return nn.Sequential(
+    nn.Flatten(),
+    nn.Linear(784, 300),
+    nn.ReLU(),
+    nn.Linear(300, 100),
+    nn.ReLU(),
+    nn.Linear(100, num_classes),
+  )
+
+
+def lenet5(num_classes: int = 10) -> nn.Module:
+  """LeNet-5 (awt ``lenet5``): 5x5 convs 6 ('SAME') and 16, fc 120-84."""
+  return nn.Sequential(
+    nn.Conv2d(1, 6, 5, padding=2),
+    nn.ReLU(),
+    nn.MaxPool2d(2),
+    nn.Conv2d(6, 16, 5),
+    nn.ReLU(),
+    nn.MaxPool2d(2),
+    nn.Flatten(),
+    nn.Linear(400, 120),
+    nn.ReLU(),
+    nn.Linear(120, 84),
+    nn.ReLU(),
+    nn.Linear(84, num_classes),
+  )
+
+
+def conv4(num_classes: int = 10) -> nn.Module:
+  """Conv-4 (awt ``conv4``): 3x3 convs 64-64-pool-128-128-pool, fc 256-256."""
+  layers, cin = [], 3
+  for i, cout in enumerate((64, 64, 128, 128)):
+    layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
+    if i % 2:
+      layers.append(nn.MaxPool2d(2))
+    cin = cout
+  return nn.Sequential(
+    *layers,
+    nn.Flatten(),
+    nn.Linear(128 * 8 * 8, 256),
+    nn.ReLU(),
+    nn.Linear(256, 256),
+    nn.ReLU(),
+    nn.Linear(256, num_classes),
+  )
+
+
+class _BasicBlock(nn.Module):
+  """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), as awt's."""
+
+  def __init__(self, cin: int, cout: int, stride: int):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(cout)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(cout)
+    self.shortcut = nn.Sequential()
+    if stride != 1 or cin != cout:
+      self.shortcut = nn.Sequential(
+        nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+      )
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    y = torch.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    return torch.relu(y + self.shortcut(x))
+
+
+class _ResNet18(nn.Module):
+  """CIFAR ResNet-18 (awt ``resnet18``): 3x3 stem, 4 stages of 2 blocks."""
+
+  def __init__(self, num_classes: int = 10, width: int = 64):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    blocks, cin = [], width
+    for stage in range(4):
+      cout = width * 2**stage
+      for block in range(2):
+        stride = 2 if stage > 0 and block == 0 else 1
+        blocks.append(_BasicBlock(cin, cout, stride))
+        cin = cout
+    self.blocks = nn.Sequential(*blocks)
+    self.head = nn.Linear(cin, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    h = self.blocks(torch.relu(self.bn1(self.conv1(x))))
+    return self.head(torch.mean(h, dim=(2, 3)))
+
+
+def resnet18(num_classes: int = 10) -> nn.Module:
+  """CIFAR ResNet-18 (awt ``resnet18``), 11,173,962 parameters."""
+  return _ResNet18(num_classes)
+
+
+MODELS = {"mlp": mlp, "lenet5": lenet5, "conv4": conv4, "resnet18": resnet18}
+
+
+def get(name: str, num_classes: int = 10) -> nn.Module:
+  """The network ``name`` (a key of ``MODELS``).
+
+  Raises:
+    ValueError: for an unknown name, listing the known ones.
+  """
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+  return MODELS[name](num_classes)
+
+
+def pgd_linf(
+  model: nn.Module,
+  x: torch.Tensor,
+  y: torch.Tensor,
+  *,
+  eps: float,
+  step_size: float,
+  steps: int,
+  delta: torch.Tensor | None = None,
+  select: str = "last",
+  autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+  """l_inf PGD as awt's ``attacks.pgd``: random start, sign steps, project.
+
+  The loss is the summed cross-entropy (per-example gradients, as awt's);
+  ``x^{t+1} = clip_[0,1](clip_[x-eps, x+eps](x^t + alpha sign(grad)))``.
+  ``select="last"`` returns the last iterate (adversarial training);
+  ``"best"`` returns per example the first iterate that is misclassified,
+  else the one of highest loss, over every iterate and the final point (awt's
+  evaluation PGD).
+
+  Args:
+    model: the network (its mode decides BatchNorm's behaviour).
+    x: [B, C, H, W] in [0, 1].
+    y: [B] int64 labels.
+    eps, step_size, steps: budget, alpha, k.
+    delta: the random start's offset [B, C, H, W]; None draws it uniformly
+      in [-eps, eps].
+    select: "last" or "best".
+    autocast_dtype: run the forward passes under ``torch.autocast`` with
+      this dtype (bf16 mixed precision), or None.
+
+  Returns:
+    x_adv [B, C, H, W], detached.
+  """
+  if delta is None:
+    delta = torch.empty_like(x).uniform_(-eps, eps)
+  x_adv = torch.clamp(x + delta, 0.0, 1.0)
+  best_x = x_adv.clone()
+  best_loss = torch.full((x.shape[0],), -torch.inf)
+  fooled = torch.zeros(x.shape[0], dtype=torch.bool)
+
+  def loss_and_logits(v):
+    with torch.autocast(
+      "cpu",
+      dtype=autocast_dtype or torch.bfloat16,
+      enabled=autocast_dtype is not None,
+    ):
+      logits = model(v)
+    logits = logits.float()
+    losses = nn.functional.cross_entropy(logits, y, reduction="none")
+    return losses, logits
+
+  def track(v, losses, logits):
+    # awt.attacks._common.update_best: first success, else highest loss.
+    wrong = torch.argmax(logits, -1) != y
+    take = ~fooled & (wrong | (losses.detach() > best_loss))
+    best_loss.copy_(torch.where(take, losses.detach(), best_loss))
+    best_x[take] = v.detach()[take]
+    fooled.logical_or_(wrong)
+
+  for _ in range(steps):
+    x_adv.requires_grad_(True)
+    losses, logits = loss_and_logits(x_adv)
+    (grad,) = torch.autograd.grad(losses.sum(), x_adv)
+    if select == "best":
+      track(x_adv, losses, logits)
+    x_adv = x_adv.detach() + step_size * torch.sign(grad)
+    x_adv = torch.clamp(torch.min(torch.max(x_adv, x - eps), x + eps), 0, 1)
+  if select == "best":
+    with torch.no_grad():
+      losses, logits = loss_and_logits(x_adv)
+    track(x_adv, losses, logits)
+    return best_x
+  return x_adv.detach()
+
+
+def setup_threads(threads: int) -> int:
+  """Sets torch's intra-op threads (0: all cores); returns the number."""
+  threads = threads or os.cpu_count()
+  torch.set_num_threads(threads)
+  return threads
+
+
+def warm_up(runner_call: Callable[[], None], compiled: bool) -> float:
+  """Runs two warm-up calls and returns their wall seconds.
+
+  With torch.compile the first call compiles; the two calls' time
+  (compilation plus two runs) is what the records report as ``compile_s``.
+
+  Raises:
+    RuntimeError: torch.compile failed, with its first line.
+  """
+  start = time.perf_counter()
+  try:
+    runner_call()
+    runner_call()
+  except Exception as e:  # inductor raises many types; report one line.
+    if not compiled:
+      raise
+    msg = str(e).strip().splitlines()
+    raise RuntimeError(
+      f"torch.compile failed: {type(e).__name__}: {msg[0] if msg else ''}"
+    ) from e
+  return time.perf_counter() - start
+
+
+def train_runner(
+  model_name: str,
+  *,
+  batch: int,
+  steps: int,
+  dtype: str = "float32",
+  compiled: bool = False,
+  seed: int = 0,
+) -> Runner:
+  """Builds the PyTorch PGD-k training step on random data; a Runner.
+
+  Args:
+    model_name: a key of ``benchmarks._common.TASKS``.
+    batch: images per step B.
+    steps: PGD steps k.
+    dtype: "float32", or "bfloat16" for autocast forward passes.
+    compiled: wrap the network in ``torch.compile``.
+    seed: ``torch.manual_seed`` of the weights and inputs.
+
+  Returns:
+    The Runner, ``compile_s`` 0: :func:`warm_up` measures torch.compile's
+    lazy compilation on the first calls.
+  """
+  torch.manual_seed(seed)
+  (h, w, c), eps = _common.TASKS[model_name]
+  net = get(model_name, _common.NUM_CLASSES)
+  net.train()
+  opt = torch.optim.SGD(
+    net.parameters(), lr=_common.LEARNING_RATE, momentum=_common.MOMENTUM
+  )
+  fwd = torch.compile(net) if compiled else net
+  x = torch.rand(batch, c, h, w)
+  y = torch.randint(0, _common.NUM_CLASSES, (batch,))
+  autocast = torch.bfloat16 if dtype == "bfloat16" else None
+  step_size = _common.STEP_SIZE_FACTOR * eps / steps
+
+  def call():
+    x_adv = pgd_linf(
+      fwd,
+      x,
+      y,
+      eps=eps,
+      step_size=step_size,
+      steps=steps,
+      autocast_dtype=autocast,
+    )
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(autocast)):
+      logits = fwd(x_adv)
+    loss = torch.nn.functional.cross_entropy(logits.float(), y)
+    loss.backward()
+    opt.step()
+
+  return Runner(
+    call=call,
+    images_per_call=batch,
+    compile_s=0.0,
+    info={
+      "mode": "compile" if compiled else "eager",
+      "params": sum(p.numel() for p in net.parameters()),
+    },
+  )
+
+
+def pgd_eval_runner(
+  model_name: str,
+  *,
+  batch: int,
+  steps: int,
+  compiled: bool = False,
+  seed: int = 0,
+) -> Runner:
+  """Builds PGD-``steps`` evaluation (``select="best"``) on random data.
+
+  Args:
+    model_name: a key of ``benchmarks._common.TASKS``.
+    batch: images per call.
+    steps: PGD steps.
+    compiled: wrap the network in ``torch.compile``.
+    seed: ``torch.manual_seed`` of the weights, inputs and random starts.
+
+  Returns:
+    The Runner (``compile_s`` 0; see ``warm_up``).
+  """
+  torch.manual_seed(seed)
+  (h, w, c), eps = _common.TASKS[model_name]
+  net = get(model_name, _common.NUM_CLASSES)
+  net.eval()
+  fwd = torch.compile(net) if compiled else net
+  x = torch.rand(batch, c, h, w)
+  with torch.no_grad():
+    y = torch.argmax(net(x), -1)
+  step_size = _common.STEP_SIZE_FACTOR * eps / steps
+
+  def call():
+    pgd_linf(
+      fwd, x, y, eps=eps, step_size=step_size, steps=steps, select="best"
+    )
+
+  return Runner(
+    call=call,
+    images_per_call=batch,
+    compile_s=0.0,
+    info={
+      "mode": "compile" if compiled else "eager",
+      "params": sum(p.numel() for p in net.parameters()),
+    },
+  )
+
+
+def versions() -> dict:
+  """torch's version, intra-op threads and OpenMP wait policy (records).
+
+  ``OMP_WAIT_POLICY`` matters on a shared machine: with the default (active)
+  policy torch's OpenMP threads spin at every barrier, and when other jobs
+  hold the cores a small network's step gets many times slower;
+  ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep instead.
+  """
+  return {
+    "torch": torch.__version__,
+    "threads": torch.get_num_threads(),
+    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+  }
+
+
+def measure(
+  runner: Runner,
+  *,
+  compiled: bool,
+  repeats: int,
+  log: Callable[[str], None],
+  **record_kw,
+) -> dict:
+  """Warms a runner up, times it and returns its JSON record.
+
+  A torch.compile failure gives a record with ``"error"`` instead of times.
+  """
+  load_before = _common.load_average()
+  log(f"{record_kw['model']}: warming up ({runner.info['mode']})")
+  try:
+    warm_s = warm_up(runner.call, compiled)
+  except RuntimeError as e:
+    return _common.record(
+      runner,
+      [],
+      framework="torch",
+      load_before=load_before,
+      error=str(e),
+      **record_kw,
+      **versions(),
+    )
+  runner.compile_s = warm_s if compiled else 0.0
+  log(f"{record_kw['model']}: timing {repeats} calls")
+  times = _common.time_calls(runner.call, repeats)
+  return _common.record(
+    runner,
+    times,
+    framework="torch",
+    load_before=load_before,
+    **record_kw,
+    **versions(),
+  )

@@ -1,0 +1,223 @@
+r"""Where a PGD-k training step spends its time: per-op profile, JAX or torch.
+
+  python -m benchmarks.profile_step [--model=lenet5] [--framework=jax] \
+    [--batch=128] [--steps=10] [--calls=2] [--top=12]
+
+``--framework=jax`` traces ``--calls`` calls of awt's compiled step
+(``benchmarks/_jax.py``, after a warm-up) with ``jax.profiler`` and reads
+the trace back (``jax.profiler.ProfileData``): every event named after an
+HLO instruction of the optimized program is attributed to that
+instruction, whose opcode, layer and role come from the HLO text — a
+convolution is ``forward``, ``input_grad`` (the transposed conv of the
+backward pass that PGD needs every iteration) or ``filter_grad`` (output
+shaped like the kernel); a fusion counts as the op at its root. Container
+events (``while``, ``call``, the thunk executor) are skipped, so the
+per-op times add up to the compute time (summed over threads).
+``--framework=torch`` runs the PyTorch peer's step under
+``torch.profiler`` and reports each aten op's self CPU time.
+
+Prints one JSON line per op (the ``--top`` most expensive, ms per step and
+share of the step's wall time) and one line with the totals per category.
+"""
+
+import collections
+import glob
+import json
+import re
+import tempfile
+import time
+
+from absl import app, flags
+
+from benchmarks import _common
+from experiments import _main
+
+flags.DEFINE_string("model", "lenet5", f"Network: {', '.join(_common.TASKS)}.")
+flags.DEFINE_enum("framework", "jax", ["jax", "torch"], "Which step.")
+flags.DEFINE_integer("batch", 128, "Images per step.")
+flags.DEFINE_integer("steps", 10, "PGD steps k of the training attack.")
+flags.DEFINE_integer("calls", 2, "Profiled steps (after one warm-up).")
+flags.DEFINE_integer("top", 12, "Ops to print.")
+flags.DEFINE_integer("threads", 0, "torch threads; 0: os.cpu_count().")
+
+CONTAINERS = ("while", "call", "conditional", "ThunkExecutor", "$")
+_DEF = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(\S+)\s+([\w\-]+)\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CALLS = re.compile(r"calls=%([\w.\-]+)")
+_LAYER = re.compile(r"\)/([\w]+)/[\w]+$")
+
+
+def parse_hlo(text: str) -> tuple[dict, dict]:
+  """``(instructions, roots)`` of an optimized HLO module's text.
+
+  ``instructions[name] = (opcode, shape, op_name, called)``; ``roots`` maps
+  each computation to the name of its ROOT instruction.
+  """
+  instructions, roots, comp = {}, {}, None
+  for line in text.splitlines():
+    if line and not line[0].isspace() and "{" in line:
+      comp = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+      continue
+    m = _DEF.match(line)
+    if not m:
+      continue
+    name, shape, opcode = m.groups()
+    op_name = _OP_NAME.search(line)
+    called = _CALLS.search(line)
+    instructions[name] = (
+      opcode,
+      shape,
+      op_name.group(1) if op_name else "",
+      called.group(1) if called else None,
+    )
+    if line.lstrip().startswith("ROOT"):
+      roots[comp] = name
+  return instructions, roots
+
+
+def classify(name: str, instructions: dict, roots: dict, batch: int) -> dict:
+  """Opcode, role and layer of the instruction an event is named after."""
+  opcode, shape, op_name, called = instructions[name]
+  if opcode == "fusion" and called in roots:
+    root = instructions[roots[called]]
+    opcode, op_name = root[0], op_name or root[2]
+    shape = root[1]
+  backward = "transpose(" in op_name or not op_name
+  role = "backward" if backward else "forward"
+  if opcode == "convolution":
+    leading = re.search(r"\[(\d+)", shape)
+    if not backward:
+      role = "forward"
+    elif leading and int(leading.group(1)) == batch:
+      role = "input_grad"
+    else:
+      role = "filter_grad"
+  layer = _LAYER.search(op_name)
+  return {
+    "op": name,
+    "opcode": opcode,
+    "role": role,
+    "layer": layer.group(1) if layer else "",
+    "shape": shape,
+  }
+
+
+def profile_jax(f) -> tuple[list[dict], float]:
+  """Per-op ms of ``f.calls`` steps of awt's step; and the wall seconds."""
+  import jax  # noqa: PLC0415
+
+  from benchmarks import _jax  # noqa: PLC0415
+
+  runner = _jax.train_runner(f.model, batch=f.batch, steps=f.steps)
+  runner.call()
+  instructions, roots = parse_hlo(runner.hlo())
+  with tempfile.TemporaryDirectory() as tmp:
+    jax.profiler.start_trace(tmp)
+    start = time.perf_counter()
+    for _ in range(f.calls):
+      runner.call()
+    wall = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    (path,) = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
+    data = jax.profiler.ProfileData.from_file(path)
+    ns, count = collections.Counter(), collections.Counter()
+    for plane in data.planes:
+      for line in plane.lines:
+        for ev in line.events:
+          if ev.name in instructions and not ev.name.startswith(CONTAINERS):
+            ns[ev.name] += ev.duration_ns
+            count[ev.name] += 1
+  ops = []
+  for name, total in ns.items():
+    op = classify(name, instructions, roots, f.batch)
+    if op["opcode"] in CONTAINERS:
+      continue
+    op["ms_per_step"] = total / 1e6 / f.calls
+    op["calls_per_step"] = count[name] / f.calls
+    ops.append(op)
+  return ops, wall
+
+
+def profile_torch(f) -> tuple[list[dict], float]:
+  """Per-aten-op self CPU ms of the PyTorch peer's step; the wall seconds."""
+  import torch  # noqa: PLC0415
+
+  from benchmarks.peers import _torch_common  # noqa: PLC0415
+
+  _torch_common.setup_threads(f.threads)
+  runner = _torch_common.train_runner(f.model, batch=f.batch, steps=f.steps)
+  runner.call()
+  with torch.profiler.profile(
+    activities=[torch.profiler.ProfilerActivity.CPU]
+  ) as prof:
+    start = time.perf_counter()
+    for _ in range(f.calls):
+      runner.call()
+    wall = time.perf_counter() - start
+  ops = []
+  for ev in prof.key_averages():
+    if ev.self_cpu_time_total <= 0:
+      continue
+    ops.append(
+      {
+        "op": ev.key,
+        "opcode": ev.key,
+        "role": "backward" if "backward" in ev.key else "",
+        "layer": "",
+        "shape": "",
+        "ms_per_step": ev.self_cpu_time_total / 1e3 / f.calls,
+        "calls_per_step": ev.count / f.calls,
+      }
+    )
+  return ops, wall
+
+
+def category(op: dict) -> str:
+  """``opcode/role`` for convolutions, else the opcode."""
+  if op["opcode"] == "convolution":
+    return f"convolution/{op['role']}"
+  return op["opcode"]
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  _common.check_args(
+    f.model, batch=f.batch, steps=f.steps, calls=f.calls, top=f.top
+  )
+  _main.log(f"profiling {f.calls} {f.framework} steps of {f.model}")
+  ops, wall = (profile_jax if f.framework == "jax" else profile_torch)(f)
+  step_ms = wall / f.calls * 1e3
+  ops.sort(key=lambda o: -o["ms_per_step"])
+  base = {
+    "benchmark": "profile_step",
+    "framework": f.framework,
+    "model": f.model,
+    "batch": f.batch,
+    "attack_steps": f.steps,
+  }
+  for op in ops[: f.top]:
+    op["ms_per_step"] = round(op["ms_per_step"], 3)
+    op["share_of_step"] = round(op["ms_per_step"] / step_ms, 4)
+    print(json.dumps({**base, **op}), flush=True)
+  totals = collections.Counter()
+  for op in ops:
+    totals[category(op)] += op["ms_per_step"]
+  print(
+    json.dumps(
+      {
+        **base,
+        "step_ms": round(step_ms, 2),
+        "op_ms_total": round(sum(totals.values()), 2),
+        "ms_per_category": {
+          k: round(v, 2) for k, v in totals.most_common() if v >= 0.01
+        },
+        "load": _common.load_average(),
+      }
+    ),
+    flush=True,
+  )
+
+
+if __name__ == "__main__":
+  app.run(_main.wrap(main))

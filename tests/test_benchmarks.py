@@ -1,0 +1,222 @@
+"""Smoke tests of the benchmarks, and that the PyTorch peers do awt's work.
+
+Speed is never asserted (DESIGN: measured by benchmarks, not timed tests);
+these check that the scripts run and print valid JSON, and that the peers
+measure the same networks and the same PGD as awt (against awt itself on
+shared weights and random starts). The torch tests need the ``bench``
+extra and are skipped without it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from awt import attacks, models
+from benchmarks import _common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS_TRAIN = 1437  # bundled digits' training split
+BATCH = 128  # digits_mlp's batch size
+
+
+def _run(module, *args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs them
+  proc = subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def _lenet300_params() -> int:
+  """LeNet-300-100's parameter count on 28x28 inputs, by hand."""
+  return 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+
+
+@pytest.mark.parametrize(
+  "scan_length", [0, pytest.param(2, marks=pytest.mark.slow)]
+)
+def test_train_step_prints_one_json_record(scan_length):
+  (rec,) = _run(
+    "benchmarks.train_step",
+    "--model=mlp",
+    "--batch=4",
+    "--steps=1",
+    "--repeats=2",
+    f"--scan_length={scan_length}",
+  )
+  assert rec["benchmark"] == "train_step" and rec["framework"] == "jax"
+  assert rec["input_shape"] == [4, 28, 28, 1]
+  assert rec["params"] == _lenet300_params()
+  assert rec["mode"] == (f"scan{scan_length}" if scan_length else "step")
+  assert rec["repeats"] == 2
+  assert rec["min_s"] <= rec["median_s"] <= rec["max_s"]
+  per_call = 4 * max(scan_length, 1)
+  assert rec["images_per_s"] == pytest.approx(
+    per_call / rec["median_s"], rel=1e-3
+  )
+  assert rec["compile_s"] > 0
+
+
+def test_train_step_rejects_an_unknown_model_in_one_line():
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run(
+    [sys.executable, "-m", "benchmarks.train_step", "--model=mpl"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [
+    "error: unknown model 'mpl'; known: mlp, lenet5, conv4, resnet18"
+  ]
+
+
+@pytest.mark.slow
+def test_ticket_cost_prints_costs_and_the_ratio():
+  recs = _run(
+    "benchmarks.ticket_cost",
+    "--methods=awt,imp",
+    "--num_epochs=1",
+    "--awt_steps=2",
+    "--imp_rounds=1",
+  )
+  assert [r["benchmark"] for r in recs] == [
+    "ticket_cost",
+    "ticket_cost",
+    "ticket_cost_ratio",
+  ]
+  awt, imp, ratio = recs
+  for r in (awt, imp):
+    assert r["sparsity"] == pytest.approx(0.95, abs=1e-5)
+    assert r["wall_time_s"] > 0
+  # One round of one epoch of PGD-10 training: 11 steps of k + 1 passes.
+  assert imp["passes"] == (DIGITS_TRAIN // BATCH) * (10 + 1)
+  assert ratio["awt_over_imp_wall_time"] == pytest.approx(
+    awt["wall_time_s"] / imp["wall_time_s"], rel=1e-3
+  )
+  assert ratio["target_met"] == (ratio["awt_over_imp_wall_time"] <= 0.2)
+
+
+def test_tasks_are_registry_models():
+  for name, (shape, eps) in _common.TASKS.items():
+    assert name in models.names()
+    assert len(shape) == 3 and 0 < eps < 1
+
+
+# ---------------------------------------------------------------- PyTorch
+
+
+@pytest.fixture(scope="module")
+def torch_common():
+  pytest.importorskip("torch")
+  from benchmarks.peers import _torch_common
+
+  return _torch_common
+
+
+@pytest.mark.parametrize("name", list(_common.TASKS))
+def test_torch_networks_have_awt_sizes(torch_common, name):
+  shape = _common.TASKS[name][0]
+  model = models.get(name, _common.NUM_CLASSES)
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
+  )
+  ours = sum(
+    int(np.prod(v.shape)) for v in jax.tree.leaves(variables["params"])
+  )
+  net = torch_common.get(name, _common.NUM_CLASSES)
+  theirs = sum(p.numel() for p in net.parameters())
+  assert theirs == ours
+  import torch
+
+  h, w, c = shape
+  assert net.eval()(torch.zeros(2, c, h, w)).shape == (2, _common.NUM_CLASSES)
+
+
+@pytest.mark.parametrize("select", ["last", "best"])
+def test_torch_pgd_is_awt_pgd(torch_common, select):
+  """Same weights, same random start: the same iterates, up to sign flips
+  of gradient entries that are zero up to float rounding."""
+  import torch
+
+  model = models.get("mlp", _common.NUM_CLASSES)
+  key = jax.random.PRNGKey(0)
+  k_init, k_x, k_attack = jax.random.split(key, 3)
+  shape = _common.TASKS["mlp"][0]
+  variables = model.init(k_init, jnp.zeros((1, *shape)))
+  x = jax.random.uniform(k_x, (16, *shape))
+  y = jnp.arange(16) % _common.NUM_CLASSES
+  keys = jax.random.split(k_attack, 16)
+  f = lambda v: model.apply(variables, v)
+  kw = dict(eps=0.1, step_size=0.02, norm="linf")
+  pgd = jax.jit(
+    attacks.pgd,
+    static_argnums=0,
+    static_argnames=("steps", "select", "eps", "step_size", "norm"),
+  )
+  start = pgd(f, x, y, keys, steps=0, select="last", **kw)
+  ours = pgd(f, x, y, keys, steps=5, select=select, **kw)
+
+  net = torch_common.get("mlp", _common.NUM_CLASSES).eval()
+  p = variables["params"]
+  linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+  with torch.no_grad():
+    for lin, name in zip(linears, ("fc1", "fc2", "head"), strict=True):
+      lin.weight.copy_(torch.from_numpy(np.array(p[name]["kernel"]).T))
+      lin.bias.copy_(torch.from_numpy(np.array(p[name]["bias"])))
+  to_torch = lambda a: torch.from_numpy(np.array(a)).permute(0, 3, 1, 2)
+  tx, tstart = to_torch(x), to_torch(start)
+  theirs = torch_common.pgd_linf(
+    net,
+    tx,
+    torch.from_numpy(np.array(y)).long(),
+    eps=0.1,
+    step_size=0.02,
+    steps=5,
+    delta=tstart - tx,
+    select=select,
+  )
+  theirs = theirs.permute(0, 2, 3, 1).numpy()
+  ours = np.asarray(ours)
+  assert np.mean(np.isclose(theirs, ours, atol=1e-6)) >= 0.99
+  assert np.max(np.abs(theirs - np.asarray(x))) <= 0.1 + 1e-6
+  assert not np.allclose(ours, np.asarray(start))  # the attack moved
+
+
+@pytest.mark.slow
+def test_compare_prints_a_ratio_per_peer(torch_common):
+  (rec,) = _run(
+    "benchmarks.compare",
+    "--tasks=train_step:mlp",
+    "--peers=eager",
+    "--pairs=2",
+    "--block_s=0.1",
+    "--settle_s=0",
+    "--batch=4",
+    "--at_steps=1",
+  )
+  assert rec["peer"] == "torch-eager" and rec["ours"] == "jax-step"
+  assert len(rec["ratios"]) == 2
+  for r, a, b in zip(
+    rec["ratios"],
+    rec["ours_images_per_s"],
+    rec["peer_images_per_s"],
+    strict=True,
+  ):
+    assert r == pytest.approx(a / b, rel=1e-2)
+  assert rec["ratio_min"] <= rec["ratio_median"] <= rec["ratio_max"]
