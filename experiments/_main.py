@@ -169,3 +169,31 @@ def wrap(main):
       os._exit(1)
 
   return wrapped
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag ending in one ``error:`` line.
+
+  A misspelt ``--config.x.y`` override raises inside ml_collections
+  (AttributeError, KeyError, TypeError, ValueError) during parsing, before
+  ``main`` runs; absl would print a traceback.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    msg = str(e).splitlines()[0]
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    first = str(e).splitlines()[0] if str(e) else ""
+    msg = (
+      f"cannot apply a command-line flag ({type(e).__name__}: {first}); "
+      "check that every --config.<key> names a field of the config"
+    )
+  print(f"error: {msg}", file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def run(main) -> None:
+  """``app.run`` of a wrapped main with one-line flag errors."""
+  from absl import app  # noqa: PLC0415
+
+  app.run(wrap(main), flags_parser=parse_flags)

@@ -13,7 +13,7 @@ again with the same workdir, it skips finished tickets and trainings and
 resumes an interrupted one from its checkpoint.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import _main
@@ -49,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

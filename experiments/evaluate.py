@@ -21,7 +21,7 @@ small budgets:
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from experiments import _main
 
@@ -220,4 +220,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

@@ -20,7 +20,7 @@ a sanity check of Frankle et al. (ICLR 2021) to the ticket. --notrain stops
 after the ticket.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import _main
@@ -58,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

@@ -15,7 +15,7 @@ WORKDIR/config.json, WORKDIR/ntk_spectra.json and
 WORKDIR/plots/ntk_spectra.png.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import _main
@@ -73,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

@@ -16,7 +16,7 @@ WORKDIR/cells/<model>-<step>/; started again with the same --workdir, the
 sweep skips finished cells and resumes the running one from its checkpoints.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import _main
@@ -44,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

@@ -9,7 +9,7 @@ tb/, checkpoints/, results.json and plots/ to --workdir; started again with
 the same --workdir it resumes from the last complete checkpoint.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import _main
@@ -34,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

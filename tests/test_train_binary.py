@@ -106,6 +106,9 @@ def _checkpoint_bytes(workdir):
     ("--config.pruning.sparsity=1.0", "pruning.sparsity=1.0 must be < 1"),
     ("--config.batch_size=5000", "batch_size=5000 is larger than the 1437"),
     ("--config.eval.attacks=('pgdx',)", "unknown attack 'pgdx'"),
+    # Misspelt keys fail inside flag parsing, before main runs.
+    ("--config.adversarial.epss=0.1", "--config.<key> names a field"),
+    ("--config.num_epochs=many", "num_epochs"),
   ],
 )
 def test_bad_config_is_one_line_and_keeps_checkpoints(
