@@ -32,7 +32,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 from awt import evaluation, models
 from experiments import _main
@@ -134,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

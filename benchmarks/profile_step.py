@@ -10,14 +10,17 @@ HLO instruction of the optimized program is attributed to that
 instruction, whose opcode, layer and role come from the HLO text — a
 convolution is ``forward``, ``input_grad`` (the transposed conv of the
 backward pass that PGD needs every iteration) or ``filter_grad`` (output
-shaped like the kernel); a fusion counts as the op at its root. Container
+shaped like the kernel); a fusion counts as the convolution or dot it
+contains (a conv fused with its bias and ReLU is a convolution), else as
+its root. Container
 events (``while``, ``call``, the thunk executor) are skipped, so the
 per-op times add up to the compute time (summed over threads).
 ``--framework=torch`` runs the PyTorch peer's step under
 ``torch.profiler`` and reports each aten op's self CPU time.
 
 Prints one JSON line per op (the ``--top`` most expensive, ms per step and
-share of the step's wall time) and one line with the totals per category.
+share of the step's wall time) and one line with the totals of the ``--top``
+most expensive categories.
 """
 
 import collections
@@ -27,7 +30,7 @@ import re
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import _common
 from experiments import _main
@@ -48,18 +51,19 @@ _LAYER = re.compile(r"\)/([\w]+)/[\w]+$")
 
 
 def parse_hlo(text: str) -> tuple[dict, dict]:
-  """``(instructions, roots)`` of an optimized HLO module's text.
+  """``(instructions, computations)`` of an optimized HLO module's text.
 
-  ``instructions[name] = (opcode, shape, op_name, called)``; ``roots`` maps
-  each computation to the name of its ROOT instruction.
+  ``instructions[name] = (opcode, shape, op_name, called)``;
+  ``computations[name] = (instruction names in order, ROOT name)``.
   """
-  instructions, roots, comp = {}, {}, None
+  instructions, computations, comp = {}, {}, None
   for line in text.splitlines():
     if line and not line[0].isspace() and "{" in line:
       comp = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+      computations[comp] = ([], None)
       continue
     m = _DEF.match(line)
-    if not m:
+    if not m or comp is None:
       continue
     name, shape, opcode = m.groups()
     op_name = _OP_NAME.search(line)
@@ -70,18 +74,39 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
       op_name.group(1) if op_name else "",
       called.group(1) if called else None,
     )
+    members, root = computations[comp]
+    members.append(name)
     if line.lstrip().startswith("ROOT"):
-      roots[comp] = name
-  return instructions, roots
+      root = name
+    computations[comp] = (members, root)
+  return instructions, computations
 
 
-def classify(name: str, instructions: dict, roots: dict, batch: int) -> dict:
+def _representative(name: str, instructions: dict, computations: dict):
+  """The instruction a fusion stands for: its convolution or dot, if it has
+  one (a conv fused with its bias and ReLU is a convolution), else its
+  root; an instruction that is no fusion stands for itself."""
+  opcode, _, _, called = instructions[name]
+  if opcode != "fusion" or called not in computations:
+    return instructions[name]
+  members, root = computations[called]
+  for kind in ("convolution", "dot"):
+    for member in members:
+      inner = _representative(member, instructions, computations)
+      if inner[0] == kind:
+        return inner
+  return _representative(root or members[-1], instructions, computations)
+
+
+def classify(
+  name: str, instructions: dict, computations: dict, batch: int
+) -> dict:
   """Opcode, role and layer of the instruction an event is named after."""
-  opcode, shape, op_name, called = instructions[name]
-  if opcode == "fusion" and called in roots:
-    root = instructions[roots[called]]
-    opcode, op_name = root[0], op_name or root[2]
-    shape = root[1]
+  op_name = instructions[name][2]
+  opcode, shape, inner_name, _ = _representative(
+    name, instructions, computations
+  )
+  op_name = op_name or inner_name
   backward = "transpose(" in op_name or not op_name
   role = "backward" if backward else "forward"
   if opcode == "convolution":
@@ -110,7 +135,7 @@ def profile_jax(f) -> tuple[list[dict], float]:
 
   runner = _jax.train_runner(f.model, batch=f.batch, steps=f.steps)
   runner.call()
-  instructions, roots = parse_hlo(runner.hlo())
+  instructions, computations = parse_hlo(runner.hlo())
   with tempfile.TemporaryDirectory() as tmp:
     jax.profiler.start_trace(tmp)
     start = time.perf_counter()
@@ -129,7 +154,7 @@ def profile_jax(f) -> tuple[list[dict], float]:
             count[ev.name] += 1
   ops = []
   for name, total in ns.items():
-    op = classify(name, instructions, roots, f.batch)
+    op = classify(name, instructions, computations, f.batch)
     if op["opcode"] in CONTAINERS:
       continue
     op["ms_per_step"] = total / 1e6 / f.calls
@@ -210,7 +235,7 @@ def main(argv):
         "step_ms": round(step_ms, 2),
         "op_ms_total": round(sum(totals.values()), 2),
         "ms_per_category": {
-          k: round(v, 2) for k, v in totals.most_common() if v >= 0.01
+          k: round(v, 2) for k, v in totals.most_common(f.top) if v >= 0.01
         },
         "load": _common.load_average(),
       }
@@ -220,4 +245,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

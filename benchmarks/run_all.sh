@@ -69,10 +69,13 @@ run compare benchmarks.compare --pairs=$PAIRS \
 # 4. Cost of finding a 95%-sparse ticket on digits_mlp (config defaults).
 run ticket_cost benchmarks.ticket_cost
 
-# 5. Where the conv nets' steps go (per-op profiles, JAX and torch).
+# 5. Where the conv nets' steps go (per-op profiles, JAX and torch), and the
+#    input-gradient convolution inside a loop, autodiff vs a custom VJP.
 for fw in jax torch; do
-  run profile_step benchmarks.profile_step --model=lenet5 --framework=$fw
-  run profile_step benchmarks.profile_step --model=conv4 --framework=$fw \
-    --batch=32 --calls=1
+  OMP_WAIT_POLICY=PASSIVE run profile_step benchmarks.profile_step \
+    --model=lenet5 --framework=$fw
+  OMP_WAIT_POLICY=PASSIVE run profile_step benchmarks.profile_step \
+    --model=conv4 --framework=$fw --batch=32 --calls=1
 done
+run conv_grad benchmarks.conv_grad
 echo "$(date +%T) done: $OUT" >&2

@@ -30,7 +30,7 @@ import json
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from awt import config as config_lib
 from awt import data as data_lib
@@ -157,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

@@ -32,7 +32,7 @@ is ``benchmarks/peers/torch_pgd_at.py``.
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import _common, _jax
 from experiments import _main
@@ -81,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

@@ -118,6 +118,27 @@ def test_tasks_are_registry_models():
     assert len(shape) == 3 and 0 < eps < 1
 
 
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_conv_grad_custom_vjp_is_the_autodiff_gradient(padding):
+  """The flipped-kernel input gradient benchmarks/conv_grad.py times is the
+  transpose of the convolution: equal to autodiff's, and the filter
+  gradient is untouched."""
+  from benchmarks import conv_grad
+
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(1), 3)
+  x = jax.random.uniform(kx, (2, 9, 9, 3))
+  w = jax.random.normal(kw, (5, 5, 3, 4))
+  fast = conv_grad.conv_fast_input_grad(padding)
+  out, vjp = jax.vjp(lambda a, b: conv_grad.conv(a, b, padding), x, w)
+  g = jax.random.normal(kg, out.shape)
+  ref_gx, ref_gw = vjp(g)
+  gx, gw = jax.vjp(fast, x, w)[1](g)
+  np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gw, ref_gw, rtol=1e-5, atol=1e-5)
+  rec = conv_grad.measure("lenet5/conv2", batch=2, iterations=2, repeats=1)
+  assert rec["grad_rel_diff"] < 1e-4
+
+
 # ---------------------------------------------------------------- PyTorch
 
 

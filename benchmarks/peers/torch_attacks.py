@@ -18,7 +18,7 @@ and ``benchmarks/compare.py``.
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import _common
 from benchmarks.peers import _torch_common
@@ -55,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

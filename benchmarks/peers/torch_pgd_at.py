@@ -22,7 +22,7 @@ Needs the ``bench`` extra: ``pip install -e '.[bench]'``.
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import _common
 from benchmarks.peers import _torch_common
@@ -60,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main.wrap(main))
+  _main.run(main)

@@ -1,0 +1,156 @@
+r"""Why PGD on conv nets is slow on XLA:CPU: the input gradient inside a loop.
+
+  python -m benchmarks.conv_grad [--batch=128] [--iterations=10] [--repeats=3]
+
+PGD takes the gradient of the loss in the input once per iteration inside a
+``lax.fori_loop``. For a convolution that gradient is itself a convolution
+of the output gradient with the spatially flipped, in/out-transposed
+kernel. ``benchmarks/profile_step.py`` shows that inside the loop XLA:CPU
+(JAX 0.10.2) emits it as a plain ``convolution`` with a reversed kernel in
+``01oi`` layout, run by its generic convolution path, while the same
+gradient outside a loop, or written as an ordinary ``01io`` convolution,
+goes to a fast YNNPACK fusion (``ynn_fusion``).
+
+For each conv layer shape of lenet5 and conv4 (3x3 / 5x5, 'SAME' / 'VALID'
+as in awt's models), this times ``--iterations`` signed input-gradient steps
+in one ``fori_loop`` two ways: ``autodiff`` (``jax.vjp`` of
+``lax.conv_general_dilated``, what awt's attacks do today) and
+``custom_vjp`` (the same convolution with a ``jax.custom_vjp`` whose input
+gradient is ``conv(g, flip(w).transpose(0, 1, 3, 2))``), reports the
+relative difference of the two variants' summed input gradients over the
+loop (float rounding only: the sums run in another order) and how many
+YNNPACK fusions each compiled loop has. One JSON line per shape.
+"""
+
+import json
+import statistics
+
+import jax
+import jax.numpy as jnp
+from absl import flags
+from jax import lax
+
+from benchmarks import _common
+from experiments import _main
+
+# layer: (H, W, C_in, C_out, kernel, padding) of the conv's input.
+SHAPES = {
+  "lenet5/conv1": (28, 28, 1, 6, 5, "SAME"),
+  "lenet5/conv2": (14, 14, 6, 16, 5, "VALID"),
+  "conv4/conv2": (32, 32, 64, 64, 3, "SAME"),
+  "conv4/conv4": (16, 16, 128, 128, 3, "SAME"),
+}
+DIMS = ("NHWC", "HWIO", "NHWC")
+
+flags.DEFINE_integer("batch", 128, "Images per call.")
+flags.DEFINE_integer("iterations", 10, "Gradient steps in the loop.")
+flags.DEFINE_integer("repeats", 3, "Timed calls per variant.")
+flags.DEFINE_list("layers", list(SHAPES), "Layer shapes to time.")
+
+
+def conv(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
+  """``lax.conv_general_dilated``, stride 1, NHWC / HWIO."""
+  return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DIMS)
+
+
+def conv_fast_input_grad(padding: str):
+  """``conv`` with a custom VJP: the input gradient as a 01io convolution.
+
+  The transpose of a stride-1 convolution in its input is the convolution
+  of the output gradient with the kernel flipped in space and transposed
+  in/out, padded by ``k - 1 - p`` (``p`` the forward padding per side).
+  """
+
+  @jax.custom_vjp
+  def f(x, w):
+    return conv(x, w, padding)
+
+  def fwd(x, w):
+    return conv(x, w, padding), (x, w)
+
+  def bwd(res, g):
+    x, w = res
+    k = w.shape[0]
+    p = k // 2 if padding == "SAME" else 0
+    pad = [(k - 1 - p, k - 1 - p)] * 2
+    wt = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    gx = conv(g, wt, pad)
+    gw = jax.vjp(lambda v: conv(x, v, padding), w)[1](g)[0]
+    return gx, gw
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+def loop(apply, iterations: int, signed: bool = True):
+  """``x -> x_T``: T steps on ``sum(apply(x) * g)`` in one fori_loop.
+
+  ``signed``: sign steps as PGD takes them; else plain gradient steps (to
+  compare two variants without sign flips of gradients that are zero up to
+  rounding).
+  """
+
+  def run(x, w, g):
+    def body(_, xa):
+      grad = jax.vjp(lambda v: apply(v, w), xa)[1](g)[0]
+      return xa + 0.01 * (jnp.sign(grad) if signed else grad)
+
+    return lax.fori_loop(0, iterations, body, x)
+
+  return run
+
+
+def measure(layer: str, batch: int, iterations: int, repeats: int) -> dict:
+  """Times both variants for one layer shape; the JSON record."""
+  h, w_, cin, cout, k, padding = SHAPES[layer]
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.uniform(kx, (batch, h, w_, cin))
+  w = jax.random.normal(kw, (k, k, cin, cout)) * 0.1
+  out = jax.eval_shape(lambda: conv(x, w, padding))
+  g = jax.random.normal(kg, out.shape)
+  variants = {
+    "autodiff": lambda v, w: conv(v, w, padding),
+    "custom_vjp": conv_fast_input_grad(padding),
+  }
+  rec = {
+    "benchmark": "conv_grad",
+    "layer": layer,
+    "input_shape": [batch, h, w_, cin],
+    "kernel": [k, k, cin, cout],
+    "iterations": iterations,
+  }
+  steps = {}
+  for name, apply in variants.items():
+    plain = jax.jit(loop(apply, iterations, signed=False))
+    steps[name] = plain(x, w, g) - x
+    compiled = jax.jit(loop(apply, iterations)).lower(x, w, g).compile()
+    times = _common.time_calls(
+      lambda c=compiled: jax.block_until_ready(c(x, w, g)), repeats
+    )
+    rec[f"{name}_ms"] = round(statistics.median(times) * 1e3, 2)
+    rec[f"{name}_ynn_fusions"] = compiled.as_text().count("ynn_fusion")
+  rec["speedup"] = round(rec["autodiff_ms"] / rec["custom_vjp_ms"], 2)
+  diff = jnp.max(jnp.abs(steps["autodiff"] - steps["custom_vjp"]))
+  rec["grad_rel_diff"] = float(diff / jnp.max(jnp.abs(steps["autodiff"])))
+  rec["load"] = _common.load_average()
+  rec["jax"] = jax.__version__
+  return rec
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  for layer in f.layers:
+    if layer not in SHAPES:
+      raise ValueError(f"unknown layer {layer!r}; known: {', '.join(SHAPES)}")
+  for name in ("batch", "iterations", "repeats"):
+    if getattr(f, name) < 1:
+      raise ValueError(f"--{name} must be >= 1, got {getattr(f, name)}")
+  for layer in f.layers:
+    _main.log(f"{layer}: compiling and timing both variants")
+    rec = measure(layer, f.batch, f.iterations, f.repeats)
+    print(json.dumps(rec), flush=True)
+
+
+if __name__ == "__main__":
+  _main.run(main)
