@@ -26,8 +26,13 @@ process's peak resident set size from ``resource.getrusage``
 ``baseline_rss_bytes`` is the RSS before compiling, so the kernel's share is
 about the difference). ``compile_s`` is lowering plus XLA compilation;
 ``median_s`` the median of ``--repeats`` timed runs of the compiled
-function. ``auto_choice`` is what ``implementation="auto"`` would pick for
-this cell (per block with ``--batch_size``), ``auto_costs`` its cost model.
+function. ``xla_bytes`` is XLA's memory analysis of the compiled program:
+arguments + outputs + its temporary buffer (``xla_temp_bytes``, the buffer
+assignment's peak of live intermediates), known without running it;
+``--noexecute`` reports only this, for cells too slow to run on the
+machine at hand. ``auto_choice`` is what ``implementation="auto"`` would
+pick for this cell (per block with ``--batch_size``), ``auto_costs`` its
+cost model.
 """
 
 import json
@@ -61,6 +66,12 @@ flags.DEFINE_integer("batch_size", 0, "NTK block size; 0: no blocks.")
 flags.DEFINE_bool("full_kernel", False, "[n, n, 10, 10] instead of traced.")
 flags.DEFINE_integer("repeats", 1, "Timed runs of the compiled function.")
 flags.DEFINE_integer("attack_steps", 10, "PGD steps of the adversarial NTK.")
+flags.DEFINE_bool(
+  "execute",
+  True,
+  "Run the compiled kernel; --noexecute only compiles and reports XLA's "
+  "memory analysis (for cells too slow to run here).",
+)
 flags.DEFINE_string("cell", "", "Internal: run one cell model,n,kind,impl.")
 
 
@@ -88,6 +99,7 @@ def run_cell(
   full_kernel: bool,
   repeats: int,
   attack_steps: int,
+  execute: bool = True,
 ) -> dict:
   """Compiles and times one cell in this process; the JSON record."""
   model = models.get(model_name, 10)
@@ -122,12 +134,13 @@ def run_cell(
   start = time.perf_counter()
   compiled = kernel.lower(*args).compile()
   compile_s = time.perf_counter() - start
+  xla = compiled.memory_analysis()  # None where a backend has none.
   times = []
-  for _ in range(repeats):
+  for _ in range(repeats if execute else 0):
     start = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
-  peak, source = _memory()
+  peak, source = _memory() if execute else (None, None)
   return {
     "model": model_name,
     "n": n,
@@ -141,9 +154,15 @@ def run_cell(
     if kind == "adversarial"
     else None,
     "compile_s": round(compile_s, 3),
-    "median_s": round(statistics.median(times), 4),
-    "repeats": repeats,
+    "median_s": round(statistics.median(times), 4) if times else None,
+    "repeats": len(times),
     "peak_bytes": peak,
+    "xla_bytes": None
+    if xla is None
+    else xla.argument_size_in_bytes
+    + xla.output_size_in_bytes
+    + xla.temp_size_in_bytes,
+    "xla_temp_bytes": None if xla is None else xla.temp_size_in_bytes,
     "memory_source": source,
     "baseline_rss_bytes": baseline,
     "jax": jax.__version__,
@@ -193,6 +212,7 @@ def main(argv):
     full_kernel=f.full_kernel,
     repeats=f.repeats,
     attack_steps=f.attack_steps,
+    execute=f.execute,
   )
   if f.cell:
     model, n, kind, impl = f.cell.split(",")
@@ -215,6 +235,7 @@ def main(argv):
     f"--full_kernel={str(f.full_kernel).lower()}",
     f"--repeats={f.repeats}",
     f"--attack_steps={f.attack_steps}",
+    f"--execute={str(f.execute).lower()}",
   ]
   for model in f.models:
     for n in sizes:

@@ -4,11 +4,11 @@
 # $OUT/<name>.jsonl and every command is logged with the load average.
 #
 #   pip install -e '.[bench]'          # torch 2.13.0 (CPU wheel from PyPI)
-#   bash benchmarks/run_all.sh         # everything, ~1 h on 2 idle cores
+#   bash benchmarks/run_all.sh         # everything, ~1.5 h on 2 idle cores
 #   QUICK=1 bash benchmarks/run_all.sh # fewer pairs/repeats, no resnet18
 #
 # Run it on an otherwise idle machine: the ratios only count when nothing
-# else competes for the cores (benchmarks/README.md, "Reading the numbers").
+# else competes for the cores (benchmarks/README.md, "awt against PyTorch").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -78,4 +78,19 @@ for fw in jax torch; do
     --model=conv4 --framework=$fw --batch=32 --calls=1
 done
 run conv_grad benchmarks.conv_grad
+
+# 6. Empirical and adversarial NTK: time, memory, the "auto" choice. The
+#    n = 5000 MLP kernel takes ~20 min on 2 cores; the larger cells are
+#    only compiled (XLA's memory analysis).
+run ntk benchmarks.ntk --sizes=100,500 --batch_size=200 --repeats=3 \
+  --implementations=jacobian_contraction,ntk_vector_products --models=mlp
+run ntk benchmarks.ntk --sizes=100 --batch_size=200 --repeats=3 --models=lenet5
+run ntk benchmarks.ntk --sizes=500 --batch_size=200 --repeats=3 --models=lenet5 \
+  --implementations=jacobian_contraction
+run ntk benchmarks.ntk --sizes=2000,5000 --kinds=empirical --batch_size=200 --noexecute
+if [[ "$QUICK" != 1 ]]; then
+  run ntk benchmarks.ntk --models=mlp --sizes=1000 --kinds=empirical --batch_size=200
+  run ntk benchmarks.ntk --models=mlp --sizes=5000 --kinds=empirical \
+    --implementations=ntk_vector_products --batch_size=200
+fi
 echo "$(date +%T) done: $OUT" >&2

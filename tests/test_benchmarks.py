@@ -112,6 +112,32 @@ def test_ticket_cost_prints_costs_and_the_ratio():
   assert ratio["target_met"] == (ratio["awt_over_imp_wall_time"] <= 0.2)
 
 
+def test_ntk_reports_time_memory_and_the_auto_choice():
+  """Blocked kernel (n=5 in blocks of 2) timed, then compile-only."""
+  common = [
+    "benchmarks.ntk",
+    "--models=mlp",
+    "--sizes=5",
+    "--kinds=empirical",
+    "--batch_size=2",
+  ]
+  ran = _run(*common)
+  assert [r["implementation"] for r in ran] == [
+    "jacobian_contraction",
+    "ntk_vector_products",
+  ]
+  for r in ran:
+    assert "error" not in r, r
+    assert r["median_s"] > 0 and r["repeats"] == 1
+    assert r["peak_bytes"] > r["baseline_rss_bytes"] > 0
+    assert r["xla_bytes"] >= r["xla_temp_bytes"] > 0
+    assert r["auto_choice"] in ("jacobian_contraction", "ntk_vector_products")
+    assert set(r["auto_costs"]) >= {"jacobian_contraction"}
+  (compiled,) = _run(*common, "--implementations=auto", "--noexecute")
+  assert compiled["median_s"] is None and compiled["repeats"] == 0
+  assert compiled["peak_bytes"] is None and compiled["xla_bytes"] > 0
+
+
 def test_tasks_are_registry_models():
   for name, (shape, eps) in _common.TASKS.items():
     assert name in models.names()
