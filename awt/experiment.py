@@ -107,6 +107,46 @@ class MemberResult(NamedTuple):
 FUNCTION_PROBE = 256  # test points on which members' functions are compared
 
 
+class RunKeys(NamedTuple):
+  """The four keys a run derives from its seed: ``split(PRNGKey(seed), 4)``."""
+
+  init: jax.Array  # the network's initialization
+  mask: jax.Array  # the ticket search (and find_ticket's probe attack)
+  train: jax.Array  # training's attacks
+  eval: jax.Array  # evaluation's attacks
+
+
+def run_keys(seed: int) -> RunKeys:
+  """The keys of a run with ``seed``; every entry point uses these."""
+  return RunKeys(*jax.random.split(jax.random.PRNGKey(seed), 4))
+
+
+def initialize(model, seed: int, image_shape) -> tuple[Any, Any, RunKeys]:
+  """``(params, batch_stats, keys)``: the network of ``seed`` at init.
+
+  The initialization every entry point shares (training, find_ticket, the
+  NTK report, the benchmarks), so a ticket found in one is the ticket of
+  the same seed in another.
+  """
+  keys = run_keys(seed)
+  params, batch_stats = training.init_variables(model, keys.init, image_shape)
+  return params, batch_stats, keys
+
+
+def check_ablation(config) -> str:
+  """``config.pruning.ablation`` (default ``"none"``), checked before any
+  compute; raises ``ConfigError`` naming an unknown one."""
+  from awt.pruning import ablations  # noqa: PLC0415
+
+  ablation = config.pruning.get("ablation", "none")
+  if ablation not in ablations.ABLATIONS:
+    raise config_lib.ConfigError(
+      f"unknown pruning.ablation {ablation!r}; known: "
+      f"{', '.join(ablations.ABLATIONS)}"
+    )
+  return ablation
+
+
 def function_distance(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
   """Mean Euclidean distance between two networks' logits on a probe set.
 
@@ -240,12 +280,7 @@ def _train(config, workdir, members, *, vectorized, log):
   tx = training.make_optimizer(config.optimizer, total_steps)
   states, eval_keys = [], []
   for m in members:
-    init_key, mask_key, train_key, eval_key = jax.random.split(
-      jax.random.PRNGKey(m.seed), 4
-    )
-    params, batch_stats = training.init_variables(
-      model, init_key, info.image_shape
-    )
+    params, batch_stats, keys = initialize(model, m.seed, info.image_shape)
     if m.initial is None:
       # train.py masks at initialization only (dense, random, magnitude);
       # find_ticket passes every other method's ticket as ``initial``.
@@ -257,16 +292,16 @@ def _train(config, workdir, members, *, vectorized, log):
         config=config,
         image_shape=info.image_shape,
       )
-      mask = pruning.find(config.pruning.method, ctx, mask_key).mask
+      mask = pruning.find(config.pruning.method, ctx, keys.mask).mask
     else:
       masks.check_compatible(params, m.initial["params"])
       masks.check_compatible(params, m.initial["mask"])
       params, mask = m.initial["params"], m.initial["mask"]
       batch_stats = m.initial.get("batch_stats", batch_stats)
     states.append(
-      training.create_train_state(params, batch_stats, mask, tx, train_key)
+      training.create_train_state(params, batch_stats, mask, tx, keys.train)
     )
-    eval_keys.append(eval_key)
+    eval_keys.append(keys.eval)
   state = _stack(jax.device_get(states)) if vectorized else states[0]
 
   mngr = checkpoints.manager(workdir)
@@ -654,24 +689,15 @@ def find_ticket(
     ``ntk_distance_at_init_all_weights``).
   """
   config_lib.validate(config, pruning_methods=pruning.names())
-  ablation = config.pruning.get("ablation", "none")
+  ablation = check_ablation(config)
   from awt.pruning import ablations  # noqa: PLC0415
 
-  if ablation not in ablations.ABLATIONS:
-    raise config_lib.ConfigError(
-      f"unknown pruning.ablation {ablation!r}; known: "
-      f"{', '.join(ablations.ABLATIONS)}"
-    )
   workdir = workdir_lib.prepare(workdir)
   dataset = data_lib.load(config.data.name, data_dir=config.data.data_dir)
   info = dataset.info
   model = config_lib.build_model(config, info)
-  init_key, mask_key, _, _ = jax.random.split(
-    jax.random.PRNGKey(config.seed), 4
-  )
-  params, batch_stats = training.init_variables(
-    model, init_key, info.image_shape
-  )
+  params, batch_stats, keys = initialize(model, config.seed, info.image_shape)
+  mask_key = keys.mask
   template = {"params": params, "batch_stats": batch_stats, "mask": params}
   saved = checkpoints.restore_ticket(workdir, template)
   method = config.pruning.method
@@ -768,10 +794,7 @@ def dense_initial(config, info=None) -> dict:
   """The dense network at ``config.seed``'s init as a ``Member.initial``."""
   info = info or data_lib.info(config.data.name)
   model = config_lib.build_model(config, info)
-  init_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)[0]
-  params, batch_stats = training.init_variables(
-    model, init_key, info.image_shape
-  )
+  params, batch_stats, _ = initialize(model, config.seed, info.image_shape)
   return {
     "params": params,
     "batch_stats": batch_stats,

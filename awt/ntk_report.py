@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from awt import attacks, experiment, masks, ntk, pruning, training
+from awt import attacks, experiment, masks, ntk, pruning
 from awt import config as config_lib
 from awt import data as data_lib
 from awt.pruning import ablations
@@ -182,20 +182,15 @@ def spectra(
   _check(methods, sparsities, num_points, num_train)
   dataset = data_lib.load(base.data.name, data_dir=base.data.data_dir)
   info = dataset.info
-  ablation = base.pruning.get("ablation", "none")
-  if ablation not in ablations.ABLATIONS:
-    raise config_lib.ConfigError(
-      f"unknown pruning.ablation {ablation!r}; known: "
-      f"{', '.join(ablations.ABLATIONS)}"
-    )
+  ablation = experiment.check_ablation(base)
   top_k = min(top_k, num_points)
 
   # find_ticket's initialization, keys and probe.
   model = config_lib.build_model(base, info)
-  init_key, mask_key, _, _ = jax.random.split(jax.random.PRNGKey(base.seed), 4)
-  params, batch_stats = training.init_variables(
-    model, init_key, info.image_shape
+  params, batch_stats, keys = experiment.initialize(
+    model, base.seed, info.image_shape
   )
+  mask_key = keys.mask
   x = dataset.train.images[:num_points].astype(np.float32) / 255.0
   y = dataset.train.labels[:num_points]
   attack = experiment.probe_attack(base)

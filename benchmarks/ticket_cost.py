@@ -34,7 +34,7 @@ from absl import flags
 
 from awt import config as config_lib
 from awt import data as data_lib
-from awt import masks, pruning, training
+from awt import experiment, masks, pruning
 from benchmarks import _common
 from experiments import _main
 from experiments.configs import digits_mlp
@@ -89,12 +89,10 @@ def find_cost(config, method: str) -> dict:
   dataset = data_lib.load(config.data.name, data_dir=config.data.data_dir)
   info = dataset.info
   model = config_lib.build_model(config, info)
-  init_key, mask_key, _, _ = jax.random.split(
-    jax.random.PRNGKey(config.seed), 4
+  params, batch_stats, keys = experiment.initialize(
+    model, config.seed, info.image_shape
   )
-  params, batch_stats = training.init_variables(
-    model, init_key, info.image_shape
-  )
+  mask_key = keys.mask
   ctx = pruning.PruningContext(
     model=model,
     params=params,

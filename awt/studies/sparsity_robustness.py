@@ -527,8 +527,7 @@ class _Model:
       image_shape=self.dataset.info.image_shape,
     )
     # The key find_ticket uses for the seed's mask search.
-    mask_key = jax.random.split(jax.random.PRNGKey(seed), 4)[1]
-    ticket = pruning.find("dns", ctx, mask_key)
+    ticket = pruning.find("dns", ctx, experiment.run_keys(seed).mask)
     tree = jax.device_get(
       {
         "params": ticket.params,
