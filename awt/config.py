@@ -72,9 +72,15 @@ def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
     _choice(config, "model.dtype", tuple(MODEL_DTYPES))
   batch = _number(config, "batch_size", lo=1, integer=True)
   info = data_lib.info(config.data.name)
-  if batch > info.num_train:
+  num_train = info.num_train
+  if config.data.get("validation", 0):
+    held = _number(
+      config, "data.validation", lo=0, hi=info.num_train // 2, integer=True
+    )
+    num_train -= held
+  if batch > num_train:
     raise ConfigError(
-      f"batch_size={batch} is larger than the {info.num_train} training "
+      f"batch_size={batch} is larger than the {num_train} training "
       f"examples of {config.data.name!r}"
     )
   _number(config, "num_epochs", lo=0, integer=True)
@@ -106,6 +112,17 @@ def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
       evaluation.parse_attack(name)
     except ValueError as e:
       raise ConfigError(f"eval.attacks: {e}") from None
+
+
+def load_data(config) -> data_lib.Dataset:
+  """The dataset ``config.data`` names: ``name``, ``data_dir`` and
+  ``validation`` (training examples held out as the evaluation split;
+  0 or absent: evaluate on the test split)."""
+  return data_lib.load(
+    config.data.name,
+    data_dir=config.data.get("data_dir"),
+    validation=int(config.data.get("validation", 0) or 0),
+  )
 
 
 def build_model(config, info, *, axis_name=None, dtype=None):

