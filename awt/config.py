@@ -97,6 +97,8 @@ def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
     _number(config, "adversarial.step_size", lo=0)
     if method != "fast_at":
       _number(config, "adversarial.steps", lo=1, integer=True)
+    if "eps_warmup_epochs" in config.adversarial:
+      _number(config, "adversarial.eps_warmup_epochs", lo=0)
     if method == "trades":
       _number(config, "adversarial.beta", lo=0)
       if config.adversarial.norm != "linf":

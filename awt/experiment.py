@@ -315,7 +315,11 @@ def _train(config, workdir, members, *, vectorized, log):
     meta["members"] = [m.name for m in members]
 
   step_fn = training.make_train_step(
-    model, tx, config.adversarial, axis_name=AXIS
+    model,
+    tx,
+    config.adversarial,
+    axis_name=AXIS,
+    steps_per_epoch=steps_per_epoch,
   )
   if vectorized:
     shared_data = len({m.seed for m in members}) == 1

@@ -174,3 +174,28 @@ def test_schedules_and_bad_names():
   with pytest.raises(ValueError, match="unknown adversarial method 'pgd'"):
     training.make_train_step(None, None, {"method": "pgd"})
   assert jnp.isfinite(sched(99))
+
+
+def test_eps_warmup_ramps_the_budget_linearly():
+  """Step t of a 4-step ramp attacks exactly like eps * (t + 1) / 4."""
+  model, tx, state = _setup(axis_name=None)
+  batch = next(_batches(1))
+  ramped = training.make_train_step(
+    model, tx, dict(ADV, eps_warmup_epochs=2), axis_name=None, steps_per_epoch=2
+  )
+
+  def fixed(scale):
+    adv = dict(ADV, eps=ADV["eps"] * scale, step_size=ADV["step_size"] * scale)
+    return training.make_train_step(model, tx, adv, axis_name=None)
+
+  for t, scale in ((0, 0.25), (2, 0.75), (3, 1.0), (7, 1.0)):
+    s = state.replace(step=jnp.asarray(t, state.step.dtype))
+    _, got = jax.jit(ramped)(s, batch)
+    _, want = jax.jit(fixed(scale))(s, batch)
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)
+  # The ramp changes what is trained on: the first step is not full eps.
+  _, full = jax.jit(fixed(1.0))(state, batch)
+  _, first = jax.jit(ramped)(state, batch)
+  assert float(first["loss"]) < float(full["loss"])
+  with pytest.raises(ValueError, match="needs steps_per_epoch"):
+    training.make_train_step(model, tx, dict(ADV, eps_warmup_epochs=1))

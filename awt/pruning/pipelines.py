@@ -172,7 +172,14 @@ def _trainer(
 ) -> tuple[optax.GradientTransformation, Callable]:
   """``(tx, step)`` for ``epochs`` epochs of the run's objective."""
   tx = training.make_optimizer(opt_cfg, epochs * s.steps_per_epoch)
-  return tx, training.make_train_step(model, tx, s.adversarial, axis_name=None)
+  step = training.make_train_step(
+    model,
+    tx,
+    s.adversarial,
+    axis_name=None,
+    steps_per_epoch=s.steps_per_epoch,
+  )
+  return tx, step
 
 
 def _train(
