@@ -4,6 +4,7 @@ A tiny MLP (64-32-16-10) on 128 real digits, batch 32 (4 steps an epoch),
 one or two epochs per phase; natural and PGD-2 adversarial training.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -411,3 +412,27 @@ def test_rewound_rounds_resume_the_learning_rate_schedule():
   state = pipelines._resume_schedule(tx.init(params), 4)
   updates, _ = tx.update({"w": jnp.full(3, 2.0)}, state, params)
   np.testing.assert_allclose(updates["w"], -0.6 * 2.0, rtol=1e-6)
+
+
+def test_shared_pretraining_gives_the_tickets_of_separate_ones(tmp_path):
+  """HYDRA, one-shot and IMP of one seed train the dense net once."""
+  lines = []
+  shared = dict(pretrain_dir=str(tmp_path), log=lines.append)
+  key = jax.random.PRNGKey(3)
+  for method in ("hydra", "one_shot", "imp"):
+    alone = pruning.find(method, _ctx("none", imp_rounds=2), key)
+    ctx = dataclasses.replace(_ctx("none", imp_rounds=2), **shared)
+    cached = pruning.find(method, ctx, key)
+    for a, b in zip(
+      jax.tree.leaves((alone.mask, alone.params)),
+      jax.tree.leaves((cached.mask, cached.params)),
+      strict=True,
+    ):
+      np.testing.assert_array_equal(a, b)
+  # Trained by HYDRA, loaded by one-shot and IMP; one directory in all.
+  assert sum("dense pretraining loaded" in line for line in lines) == 2
+  assert len(list(tmp_path.iterdir())) == 1
+  # Another objective is another pretraining, not a reuse.
+  ctx = dataclasses.replace(_ctx("fast_at"), **shared)
+  pruning.find("one_shot", ctx, key)
+  assert len(list(tmp_path.iterdir())) == 2

@@ -68,6 +68,12 @@ class PruningContext:
       its progress with orbax and resumes from it when started again; None
       (library callers, tests): no checkpoints.
     log: receives progress lines of long searches; None: ``absl.logging``.
+    pretrain_dir: a directory shared by several searches (a study) where
+      the three-stage methods keep the dense networks they pretrain, each
+      under a fingerprint of everything that determines it (network at
+      init, data, objective, optimizer, epochs, key): HYDRA, one-shot and
+      IMP (round 1, rewinding to init) of one seed then train the dense
+      net once for every sparsity. None: no sharing.
   """
 
   model: nn.Module
@@ -78,6 +84,7 @@ class PruningContext:
   image_shape: tuple[int, ...]
   checkpoint_dir: str | None = None
   log: Callable[[str], None] | None = None
+  pretrain_dir: str | None = None
 
 
 class SearchCheckpoints:

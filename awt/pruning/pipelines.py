@@ -46,7 +46,10 @@ the scores and DNS's mask updates read no data and cost no passes.
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -54,6 +57,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import logging
 
@@ -208,13 +212,51 @@ def _train(
 def _pretrain(
   s: _Setup, ctx: PruningContext, key: jax.Array, epochs: int
 ) -> training.TrainState:
-  """Dense training from ``ctx.params`` (state key ``key``)."""
+  """Dense training from ``ctx.params`` (state key ``key``).
+
+  With ``ctx.pretrain_dir`` set, the trained network is saved there under
+  the fingerprint of ``_pretrain_settings`` and loaded instead of trained
+  when a later search asks for the same one (the same function of the same
+  inputs: loading gives the very arrays training would).
+  """
   tx, step = _trainer(s, s.model, s.opt_cfg, epochs)
-  run = training.scan_steps(step)
   state = training.create_train_state(
     ctx.params, ctx.batch_stats, masks.ones(ctx.params), tx, key
   )
-  return _train(s, ctx, step, run, state, epochs)
+  settings = _pretrain_settings(s, ctx, key, epochs)
+  directory = None
+  if ctx.pretrain_dir is not None:
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
+    directory = os.path.join(ctx.pretrain_dir, digest.hexdigest()[:16])
+  with SearchCheckpoints(directory, settings) as ckpt:
+    template = {"params": state.params, "batch_stats": state.batch_stats}
+    restored = ckpt.restore(template)
+    if restored is not None:
+      (ctx.log or logging.info)(f"dense pretraining loaded from {directory}")
+      return state.replace(**restored[1])
+    state = _train(s, ctx, step, training.scan_steps(step), state, epochs)
+    ckpt.save(
+      epochs, {"params": state.params, "batch_stats": state.batch_stats}, {}
+    )
+  return state
+
+
+def _pretrain_settings(s: _Setup, ctx: PruningContext, key, epochs) -> dict:
+  """Everything the dense pretraining's result depends on, JSON-able."""
+  leaves = jax.tree.leaves((ctx.params, ctx.batch_stats))
+  return {
+    "what": "dense pretraining",
+    "key": key_words(key),
+    "epochs": epochs,
+    "model": repr(s.model),
+    "init_abs_sum": float(sum(jnp.sum(jnp.abs(x)) for x in leaves)),
+    "num_examples": int(ctx.split.num_examples),
+    "labels_sum": int(np.sum(ctx.split.labels)),
+    "batch_size": s.batch_size,
+    "seed": s.seed,
+    "adversarial": {k: s.adversarial[k] for k in sorted(s.adversarial)},
+    "optimizer": {k: s.opt_cfg[k] for k in sorted(s.opt_cfg)},
+  }
 
 
 _STATIC = ("density", "scope", "paths")
@@ -430,6 +472,9 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
       state = _train(s, ctx, step, run, state, k)
       rewind = {"params": state.params, "batch_stats": state.batch_stats}
       mask = state.mask
+      if k == 0:
+        # Round 1 from init is the dense pretraining of the other pipelines.
+        state = _pretrain(s, ctx, key, epochs)
     else:
       first, rewind, meta = restored
       mask, earlier_s = rewind.pop("mask"), meta["wall_time_s"]
@@ -446,7 +491,8 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
           step=jnp.asarray(k * s.steps_per_epoch, state.step.dtype),
           opt_state=_resume_schedule(state.opt_state, k * s.steps_per_epoch),
         )
-      state = _train(s, ctx, step, run, state, epochs - k, first_epoch=k)
+      if r > 0 or k > 0:
+        state = _train(s, ctx, step, run, state, epochs - k, first_epoch=k)
       _, mask = _prune_by_magnitude(
         state.params, mask, densities[r], s.scope, s.paths
       )
