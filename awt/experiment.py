@@ -487,7 +487,8 @@ def _train(config, workdir, members, *, vectorized, log):
     s = member_state(final, i)
     log(
       f"evaluating {m.name if vectorized else 'the model'}: "
-      f"{', '.join(config.eval.attacks) or 'clean'} on the test set"
+      f"{', '.join(config.eval.attacks) or 'clean'} on the "
+      f"{dataset.held_out} split"
     )
     ev = evaluation.evaluate(
       eval_apply,
@@ -506,6 +507,7 @@ def _train(config, workdir, members, *, vectorized, log):
       "robust_accuracy": ev["robust_accuracy"],
       "eval_eps": config.eval.eps,
       "eval_norm": config.eval.norm,
+      "eval_split": dataset.held_out,
       "sparsity": masks.sparsity(s.mask),
       "layer_densities": masks.layer_densities(s.mask),
       "steps": int(s.step),
@@ -663,6 +665,7 @@ def find_ticket(
   workdir: str,
   *,
   base: tuple[dict, dict] | None = None,
+  pretrain_dir: str | None = None,
   log: Callable[[str], None] = logging.info,
 ) -> tuple[dict, dict]:
   """Finds (or reloads) the ticket ``config.pruning`` names, at init.
@@ -679,7 +682,8 @@ def find_ticket(
   (same config otherwise), from which ``shuffle``, ``reinit`` and
   ``random_same_density`` are derived without searching again (their
   ``find_cost`` is the base's); ``invert`` needs the method's scores, so it
-  always searches.
+  always searches. ``pretrain_dir``: shared directory of dense
+  pretrainings (``PruningContext.pretrain_dir``).
 
   Returns:
     ``(tree, info)``: ``tree`` is ``{"params", "batch_stats", "mask"}`` at
@@ -723,6 +727,7 @@ def find_ticket(
       image_shape=info.image_shape,
       checkpoint_dir=f"{workdir}/search",
       log=log,
+      pretrain_dir=pretrain_dir,
     )
     t0 = time.perf_counter()
     if base is not None and ablation not in ("none", "invert"):

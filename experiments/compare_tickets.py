@@ -44,6 +44,9 @@ def main(argv):
     sparsities=tuple(config.sweep.sparsities),
     seeds=tuple(config.sweep.seeds),
     ablations=tuple(config.sweep.ablations),
+    ablated_methods=tuple(
+      config.sweep.get("ablated_methods", config.sweep.methods)
+    ),
     log=_main.log,
   )
 

@@ -61,10 +61,23 @@ def test_study_writes_table_figures_and_rows(study):
   assert len(vals) == 2 and e["robust/fgsm"]["mean"] == pytest.approx(
     sum(vals) / 2
   )
+  assert out["headline"] == "fgsm+pgd5"
+  dense = {
+    r["seed"]: r["robust/fgsm+pgd5"]
+    for r in out["rows"]
+    if r["method"] == "dense"
+  }
+  diff = e["vs_dense"]["robust/fgsm+pgd5"]
+  want = [
+    r["robust/fgsm+pgd5"] - dense[r["seed"]]
+    for r in out["rows"]
+    if r["method"] == "snip" and r["ablation"] == "none"
+  ]
+  assert diff["values"] == pytest.approx(want) and diff["lo"] <= diff["hi"]
   with open(workdir / "compare_tickets.csv") as f:
-    assert len(list(csv.DictReader(f))) == len(out["rows"])
+    assert len(list(csv.DictReader(f))) == len(out["summary"])
   table = (workdir / "table.md").read_text()
-  assert "| awt/shuffle | 0.9 |" in table
+  assert "| awt/shuffle | 0.9 |" in table and "sample std" in table
   for name in (
     "accuracy_vs_sparsity.png",
     "dynamics_s90.png",

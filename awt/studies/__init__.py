@@ -1,8 +1,12 @@
 """Studies: sweeps over models, pruning methods, sparsities and seeds.
 
-``sparsity_robustness`` is the sparsity-vs-robustness sweep of Guo et al.
-(NeurIPS 2018). ``_sweep`` holds the helpers every study shares: resumable
-cells in ``WORKDIR/cells/<name>/``, mean ± std over seeds, CSV/JSON tables.
+``compare_tickets`` is Shi et al. (AISTATS 2022)'s comparison of every
+ticket under adversarial training, ``lr_selection`` its learning-rate
+choice on a validation split, ``sparsity_robustness`` the
+sparsity-vs-robustness sweep of Guo et al. (NeurIPS 2018). ``_sweep``
+holds the helpers every study shares: resumable cells in
+``WORKDIR/cells/<name>/``, mean ± sample std over seeds, paired
+differences with t-intervals, CSV/JSON tables.
 
 Examples:
   >>> from awt.studies import aggregate
@@ -17,6 +21,7 @@ from awt.studies._sweep import (
   check_config,
   fmt_duration,
   metric_names,
+  paired_difference,
   read_csv,
   run_cells,
   write_csv,
@@ -30,6 +35,7 @@ __all__ = [
   "check_config",
   "fmt_duration",
   "metric_names",
+  "paired_difference",
   "read_csv",
   "run_cells",
   "write_csv",

@@ -10,24 +10,37 @@ Two phases, both resumable (a restarted study skips finished work):
 
 1. **Tickets.** For every (sparsity, method, ablation, seed) cell,
    ``awt.experiment.find_ticket`` in ``WORKDIR/cells/<cell>/`` (a saved
-   ticket is reused).
+   ticket is reused). The three-stage methods of a seed share one dense
+   pretraining (``WORKDIR/pretrained/``) across methods and sparsities.
 2. **Training.** For every sparsity, one ``train_members`` program trains
    the dense net of each seed and every ticket together (vectorized over
    members), each ticket with the dense run of its seed as reference, so
    they see the same batches and attack randomness. A finished
    ``WORKDIR/train/<sparsity>/results.json`` is loaded instead of rerun.
 
-Outputs: ``compare_tickets.json`` (per-seed rows and mean ± std),
-``compare_tickets.csv``, ``table.md`` and ``plots/``: robust accuracy vs
-sparsity, training curves against dense, function-space distance to the
-dense run, adversarial-NTK distance at init, per-layer densities.
+Statistics: every accuracy is reported as mean ± *sample* standard
+deviation over seeds, and as the paired (same-seed) difference against the
+dense net and against SNIP with a 95% Student-t interval
+(``_sweep.paired_difference``); the headline accuracy is the first attack
+ensemble of ``eval.attacks`` (AutoAttack's rule: the strongest evaluation
+is what a robustness claim rests on), PGD-40 beside it. Each arm's
+``train_loss_drop_last_quarter`` says whether its training loss had
+flattened. With ``data.validation`` set, everything is measured on the
+held-out training examples instead of the test set (for choosing a
+learning rate, ``experiments/select_lr.py``).
+
+Outputs: ``compare_tickets.json`` (per-seed rows, per-group statistics),
+``compare_tickets.csv`` (per group), ``table.md`` and ``plots/``: accuracy
+vs sparsity, per-epoch training loss of every arm and seed, clean accuracy
+and function-space distance to the dense run, adversarial-NTK distance at
+init, per-layer densities.
 
 Config (``config.sweep``): ``methods``, ``sparsities``, ``seeds`` (ints),
-``ablations`` (``"none"`` and any of ``awt.pruning.ablations.ABLATIONS``).
+``ablations`` (``"none"`` and any of ``awt.pruning.ablations.ABLATIONS``)
+and ``ablated_methods`` (the methods the ablations apply to).
 """
 
 import copy
-import csv
 import json
 import os
 import time
@@ -39,6 +52,7 @@ from absl import logging
 from awt import config as config_lib
 from awt import experiment
 from awt import workdir as workdir_lib
+from awt.studies import _sweep
 
 DENSE = "dense"
 
@@ -57,6 +71,15 @@ def _label(method: str, ablation: str) -> str:
   return method if ablation == "none" else f"{method}/{ablation}"
 
 
+def arm_name(entry: dict) -> str:
+  """``"<method>[/<ablation>] @ <sparsity>"`` of a summary entry (dense:
+  ``"dense"``)."""
+  label = _label(entry["method"], entry["ablation"])
+  if entry["method"] == DENSE:
+    return label
+  return f"{label} @ {entry['target_sparsity']:g}"
+
+
 def _sparsity_name(s: float) -> str:
   return f"{round(100 * s, 4):g}"
 
@@ -64,11 +87,6 @@ def _sparsity_name(s: float) -> str:
 def _final(history: list[dict], key: str):
   vals = [r[key] for r in history if r.get(key) is not None]
   return vals[-1] if vals else None
-
-
-def _mean_over_training(history: list[dict], key: str):
-  vals = [r[key] for r in history if r.get(key) is not None and r["epoch"] > 0]
-  return float(np.mean(vals)) if vals else None
 
 
 def run(
@@ -79,23 +97,28 @@ def run(
   sparsities: Sequence[float],
   seeds: Sequence[int],
   ablations: Sequence[str] = ("none",),
+  ablated_methods: Sequence[str] | None = None,
   log: Callable[[str], None] = logging.info,
 ) -> dict:
   """Runs (or resumes) the study; see the module docstring.
 
   Args:
-    config: a run config (DESIGN.md schema) with ``eval.attacks`` naming
-      the accuracies to report (e.g. ``("pgd40", "pgd40+apgd-ce+apgd-t")``).
+    config: a run config (docs/design.md schema) with ``eval.attacks``
+      naming the accuracies to report (e.g. ``("pgd40",
+      "pgd40+apgd-ce+apgd-t")``; the first ensemble is the headline).
     workdir: the study's directory.
     methods: pruning method names; ``"dense"`` is always trained.
     sparsities: target sparsities in (0, 1).
     seeds: seeds; each seed's tickets start from that seed's init.
-    ablations: ``"none"`` and/or ablation names applied to every ticket.
+    ablations: ``"none"`` and/or ablation names (``awt.pruning.ablations``).
+    ablated_methods: the methods whose tickets get the ablations other than
+      ``"none"`` (default: every method).
     log: progress lines.
 
   Returns:
-    ``{"rows": [...per member...], "summary": [...mean/std per (method,
-    ablation, sparsity)...]}``, also written to ``compare_tickets.json``.
+    ``{"rows": [...per member...], "summary": [...per (method, ablation,
+    sparsity): mean, sample std and per-seed values, paired differences
+    against dense and SNIP...]}``, also written to ``compare_tickets.json``.
   """
   start = time.perf_counter()
   methods = [m for m in methods if m != DENSE]
@@ -103,12 +126,30 @@ def run(
   workdir = workdir_lib.prepare(workdir)
   # "none" first: the other ablations start from its ticket.
   ablations = ["none"] + [a for a in ablations if a != "none"]
+  ablated = set(methods if ablated_methods is None else ablated_methods)
+  arms = [
+    (m, a) for m in methods for a in ablations if a == "none" or m in ablated
+  ]
+  tickets = _find_tickets(config, workdir, arms, sparsities, seeds, log)
+  rows = []
+  for s in sparsities:
+    rows += _train_sparsity(config, workdir, s, arms, seeds, tickets, log)
+  out = summarize(rows, list(config.eval.attacks))
+  out["eval_eps"] = config.eval.eps
+  out["eval_split"] = config_lib.load_data(config).held_out
+  out["wall_time_s"] = time.perf_counter() - start
+  write_outputs(out, workdir)
+  log(
+    f"compare_tickets done in {out['wall_time_s']:.0f}s; table:\n"
+    + markdown_table(out)
+  )
+  return out
+
+
+def _find_tickets(config, workdir, arms, sparsities, seeds, log):
+  """Phase 1: every (sparsity, method, ablation, seed) ticket, resumable."""
   cells = [
-    (s, m, a, seed)
-    for s in sparsities
-    for m in methods
-    for a in ablations
-    for seed in seeds
+    (s, m, a, seed) for s in sparsities for m, a in arms for seed in seeds
   ]
   tickets = {}
   t0 = time.perf_counter()
@@ -119,6 +160,7 @@ def run(
       c,
       os.path.join(workdir, "cells", name),
       base=tickets.get((s, m, "none", seed)),
+      pretrain_dir=os.path.join(workdir, "pretrained"),
       log=lambda _: None,
     )
     done = i + 1
@@ -129,63 +171,45 @@ def run(
       f"{info['ntk_distance_at_init']:.3f}, found in "
       f"{info['find_cost']['wall_time_s']:.1f}s; ETA {eta:.0f}s"
     )
+  return tickets
 
-  rows = []
-  for s in sparsities:
-    # member name -> (method, ablation, ticket info or None for dense)
-    described = {}
-    members = []
+
+def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
+  """Phase 2 at sparsity ``s``: dense + every ticket in one program."""
+  described = {}  # member name -> (method, ablation, ticket info or None)
+  members = []
+  for seed in seeds:
+    name = f"{DENSE}_seed{seed}"
+    dense_config = _cell_config(
+      config, seed=seed, method=DENSE, sparsity=0.0, ablation="none"
+    )
+    members.append(
+      experiment.Member(name, int(seed), experiment.dense_initial(dense_config))
+    )
+    described[name] = (DENSE, "none", None)
+  for m, a in arms:
     for seed in seeds:
-      name = f"{DENSE}_seed{seed}"
-      dense_config = _cell_config(
-        config, seed=seed, method=DENSE, sparsity=0.0, ablation="none"
-      )
+      name = f"{_label(m, a).replace('/', '-')}_seed{seed}"
+      tree, info = tickets[(s, m, a, seed)]
       members.append(
         experiment.Member(
-          name, int(seed), experiment.dense_initial(dense_config)
+          name, int(seed), tree, reference=f"{DENSE}_seed{seed}"
         )
       )
-      described[name] = (DENSE, "none", None)
-    for m in methods:
-      for a in ablations:
-        for seed in seeds:
-          name = f"{_label(m, a).replace('/', '-')}_seed{seed}"
-          tree, info = tickets[(s, m, a, seed)]
-          members.append(
-            experiment.Member(
-              name, int(seed), tree, reference=f"{DENSE}_seed{seed}"
-            )
-          )
-          described[name] = (m, a, info)
-    train_dir = os.path.join(workdir, "train", _sparsity_name(s))
-    results = _load_finished(train_dir, list(described))
-    if results is None:
-      log(f"training {len(members)} members at sparsity {s} (vectorized)")
-      out = experiment.train_members(config, train_dir, members, log=log)
-      results = {r.name: r.results for r in out}
-    else:
-      log(f"sparsity {s}: training finished earlier, loaded {train_dir}")
-    for mem in members:
-      method, ablation, info = described[mem.name]
-      rows.append(_row(results[mem.name], method, ablation, s, mem.seed, info))
-  summary = _summarize(rows)
-  out = {
-    "rows": rows,
-    "summary": summary,
-    "attacks": list(config.eval.attacks),
-    "eval_eps": config.eval.eps,
-    "wall_time_s": time.perf_counter() - start,
-  }
-  workdir_lib.write_json(os.path.join(workdir, "compare_tickets.json"), out)
-  _write_csv(os.path.join(workdir, "compare_tickets.csv"), rows)
-  with open(os.path.join(workdir, "table.md"), "w") as f:
-    f.write(markdown_table(summary, list(config.eval.attacks)))
-  plot_all(out, os.path.join(workdir, "plots"))
-  log(
-    f"compare_tickets done in {out['wall_time_s']:.0f}s; table:\n"
-    + markdown_table(summary, list(config.eval.attacks))
-  )
-  return out
+      described[name] = (m, a, info)
+  train_dir = os.path.join(workdir, "train", _sparsity_name(s))
+  results = _load_finished(train_dir, list(described))
+  if results is None:
+    log(f"training {len(members)} members at sparsity {s} (vectorized)")
+    out = experiment.train_members(config, train_dir, members, log=log)
+    results = {r.name: r.results for r in out}
+  else:
+    log(f"sparsity {s}: training finished earlier, loaded {train_dir}")
+  rows = []
+  for mem in members:
+    method, ablation, info = described[mem.name]
+    rows.append(_row(results[mem.name], method, ablation, s, mem.seed, info))
+  return rows
 
 
 def validate(config, methods, sparsities, seeds, ablations) -> None:
@@ -253,88 +277,179 @@ def _row(r, method, ablation, sparsity, seed, find) -> dict:
     "find_wall_time_s": find["find_cost"]["wall_time_s"] if find else 0.0,
     "find_passes": find["find_cost"]["passes"] if find else 0,
     "ntk_distance_at_init": find["ntk_distance_at_init"] if find else 0.0,
+    "function_distance_adv_early": _mean_over_epochs(
+      history, "function_distance_adv", 0.0, EARLY
+    ),
     "function_distance_adv_final": _final(history, "function_distance_adv"),
-    "function_distance_adv_mean": _mean_over_training(
-      history, "function_distance_adv"
+    "function_distance_adv_mean": _mean_over_epochs(
+      history, "function_distance_adv", 0.0, 1.0
     ),
     "function_distance_clean_final": _final(history, "function_distance_clean"),
+    "train_loss_final": _final(history, "train_loss"),
+    "train_loss_drop_last_quarter": loss_drop(history, 0.75),
     "layer_densities": r["layer_densities"],
     "history": history,
   }
   return row
 
 
-_NUMERIC_SKIP = ("seed", "layer_densities", "history", "method", "ablation")
+EARLY = 0.25  # "early in training": the first quarter of the epochs.
+GROUP = ("method", "ablation", "target_sparsity")
+REFERENCES = (DENSE, "snip")  # paired differences against these methods
 
 
-def _summarize(rows: list[dict]) -> list[dict]:
-  """Mean, std and per-seed values per (method, ablation, sparsity)."""
-  groups: dict[tuple, list[dict]] = {}
-  for r in rows:
-    key = (r["method"], r["ablation"], r["target_sparsity"])
-    groups.setdefault(key, [])
-    if r["seed"] not in [g["seed"] for g in groups[key]]:
-      groups[key].append(r)
-  summary = []
-  for (method, ablation, sparsity), rs in groups.items():
-    entry = {
-      "method": method,
-      "ablation": ablation,
-      "target_sparsity": sparsity,
-      "seeds": [r["seed"] for r in rs],
-    }
-    for k in rs[0]:
-      if k in _NUMERIC_SKIP or k == "target_sparsity":
+def _mean_over_epochs(history, key, lo, hi):
+  """Mean of ``key`` over epochs in ``(lo E, hi E]`` (E the last epoch)."""
+  last = max((r["epoch"] for r in history), default=0)
+  vals = [
+    r[key]
+    for r in history
+    if r.get(key) is not None and lo * last < r["epoch"] <= max(1, hi * last)
+  ]
+  return float(np.mean(vals)) if vals else None
+
+
+def loss_drop(history: list[dict], at: float) -> float | None:
+  """Relative fall of the epoch training loss after fraction ``at``.
+
+  ``(L(at E) - L(E)) / L(at E)`` from the per-epoch ``train_loss``: about 0
+  when the loss curve has flattened by ``at E``, large while it still falls
+  (the "trained long enough" check of every arm).
+  """
+  losses = {r["epoch"]: r["train_loss"] for r in history if "train_loss" in r}
+  if len(losses) < 2:
+    return None
+  last = max(losses)
+  mid = min(losses, key=lambda e: abs(e - at * last))
+  return float((losses[mid] - losses[last]) / losses[mid])
+
+
+def headline(attacks: Sequence[str]) -> str | None:
+  """The headline attack: the first ensemble (``a+b``), else the last."""
+  ensembles = [a for a in attacks if "+" in a or a == "autoattack"]
+  return (ensembles or list(attacks) or [None])[0 if ensembles else -1]
+
+
+def summarize(rows: list[dict], attacks: Sequence[str]) -> dict:
+  """Mean, sample std and per-seed values per (method, ablation, sparsity),
+  and the paired per-seed differences against dense and SNIP.
+
+  Every accuracy gets ``vs_<reference>``: ``_sweep.paired_difference`` of
+  the group's per-seed values minus the reference's at the same seed (the
+  reference at the same sparsity; dense is sparsity 0), a 95% t-interval.
+
+  Returns:
+    ``{"rows", "summary", "attacks", "headline"}``.
+  """
+  flat = [{k: v for k, v in r.items() if k != "layer_densities"} for r in rows]
+  summary = _sweep.aggregate(flat, GROUP)
+  metrics = ["clean_accuracy"] + [f"robust/{a}" for a in attacks]
+  by_key = {tuple(g[k] for k in GROUP): g for g in summary}
+  for g in summary:
+    for ref in REFERENCES:
+      if g["method"] == ref and g["ablation"] == "none":
         continue
-      vals = [r[k] for r in rs if r.get(k) is not None]
-      if vals:
-        entry[k] = {
-          "mean": float(np.mean(vals)),
-          "std": float(np.std(vals)),
-          "values": vals,
-        }
-    summary.append(entry)
-  return summary
+      sparsity = 0.0 if ref == DENSE else g["target_sparsity"]
+      other = by_key.get((ref, "none", sparsity))
+      if other is None:
+        continue
+      ref_index = {seed: i for i, seed in enumerate(other["seeds"])}
+      diffs = {}
+      for m in metrics:
+        if m not in g or m not in other:
+          continue
+        pairs = [
+          (v, other[m]["values"][ref_index[seed]])
+          for seed, v in zip(g["seeds"], g[m]["values"], strict=True)
+          if seed in ref_index
+        ]
+        if pairs:
+          diffs[m] = _sweep.paired_difference(*zip(*pairs, strict=True))
+      g[f"vs_{ref}"] = diffs
+  return {
+    "rows": rows,
+    "summary": summary,
+    "attacks": list(attacks),
+    "headline": headline(attacks),
+  }
 
 
-def _write_csv(path: str, rows: list[dict]) -> None:
-  keys = [k for k in rows[0] if k not in ("layer_densities", "history")]
-  for r in rows:
-    keys += [
-      k for k in r if k not in keys and k not in ("layer_densities", "history")
-    ]
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-      w.writerow({k: r.get(k) for k in keys})
+def write_outputs(out: dict, workdir: str) -> None:
+  """``compare_tickets.json``, ``compare_tickets.csv``, ``table.md``, plots."""
+  workdir_lib.write_json(os.path.join(workdir, "compare_tickets.json"), out)
+  _sweep.write_csv(
+    os.path.join(workdir, "compare_tickets.csv"),
+    out["summary"],
+    GROUP,
+    first=["clean_accuracy"] + [f"robust/{a}" for a in out["attacks"]],
+  )
+  tmp = os.path.join(workdir, "table.md.tmp")
+  with open(tmp, "w") as f:
+    f.write(markdown_table(out))
+  os.replace(tmp, os.path.join(workdir, "table.md"))
+  plot_all(out, os.path.join(workdir, "plots"))
 
 
-def _fmt(entry, key, scale=100.0, digits=2):
+def _fmt(entry, key, scale=100.0, digits=1):
   v = entry.get(key)
-  if v is None:
+  if v is None or v.get("mean") is None:
     return "–"
   return f"{scale * v['mean']:.{digits}f} ± {scale * v['std']:.{digits}f}"
 
 
-def markdown_table(summary: list[dict], attacks: list[str]) -> str:
-  """The summary as a Markdown table (accuracies in %, mean ± std)."""
+def _fmt_diff(entry, ref, key):
+  d = entry.get(f"vs_{ref}", {}).get(key)
+  if d is None:
+    return "–"
+  if d["lo"] is None:
+    return f"{100 * d['mean']:+.1f}"
+  return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+
+def markdown_table(out: dict) -> str:
+  """The summary as a Markdown table; its header says what ± means.
+
+  Accuracies in %, mean ± sample standard deviation over seeds; Δ columns:
+  mean paired (same-seed) difference of the headline accuracy against
+  dense and SNIP, with its 95% t-interval in brackets.
+  """
+  attacks, main = out["attacks"], out["headline"]
+  order = [main] + [a for a in attacks if a != main] if main else []
   head = (
     ["method", "sparsity", "clean %"]
-    + [f"{a} %" for a in attacks]
-    + ["NTK dist. at init", "fn. dist. (adv, final)", "find s", "seeds"]
+    + [f"{a} %" for a in order]
+    + [f"Δ {main} vs dense", f"Δ {main} vs SNIP"] * bool(main)
+    + [
+      "NTK dist. at init",
+      "fn. dist. early",
+      "fn. dist. final",
+      "loss drop, last ¼",
+      "find s",
+      "seeds",
+    ]
   )
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines = [
+    f"Accuracies in % on the {out.get('eval_split', 'test')} split, mean ± "
+    "sample std over seeds; Δ: mean same-seed difference [95% t-interval], "
+    "in points.",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
+  ]
   for e in sorted(
-    summary, key=lambda e: (e["target_sparsity"], e["method"] != DENSE)
+    out["summary"], key=lambda e: (e["target_sparsity"], e["method"] != DENSE)
   ):
+    key = f"robust/{main}"
     cells = [
       _label(e["method"], e["ablation"]),
       f"{e['target_sparsity']:g}",
       _fmt(e, "clean_accuracy"),
-      *(_fmt(e, f"robust/{a}") for a in attacks),
+      *(_fmt(e, f"robust/{a}") for a in order),
+      *([_fmt_diff(e, DENSE, key), _fmt_diff(e, "snip", key)] * bool(main)),
       _fmt(e, "ntk_distance_at_init", 1.0, 3),
-      _fmt(e, "function_distance_adv_final", 1.0, 3),
+      _fmt(e, "function_distance_adv_early", 1.0, 2),
+      _fmt(e, "function_distance_adv_final", 1.0, 2),
+      _fmt(e, "train_loss_drop_last_quarter", 100.0, 1) + " %",
       _fmt(e, "find_wall_time_s", 1.0, 1),
       str(len(e["seeds"])),
     ]
@@ -347,30 +462,37 @@ def plot_all(out: dict, plot_dir: str) -> None:
   import matplotlib  # noqa: PLC0415 (lazy)
 
   matplotlib.use("Agg")
+  os.makedirs(plot_dir, exist_ok=True)
+  _plot_accuracy(out, plot_dir)
+  sparsities = sorted(
+    {r["target_sparsity"] for r in out["rows"] if r["method"] != DENSE}
+  )
+  for s in sparsities:
+    _plot_dynamics(out["rows"], s, plot_dir)
+  _plot_ntk_distance(out["summary"], sparsities, plot_dir)
+
+
+def _labels(entries) -> list[str]:
+  return sorted({_label(e["method"], e["ablation"]) for e in entries})
+
+
+def _plot_accuracy(out: dict, plot_dir: str) -> None:
+  """Clean and robust accuracy vs sparsity (dense: band of ± 1 std)."""
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
-  from awt import plots  # noqa: PLC0415
-
-  os.makedirs(plot_dir, exist_ok=True)
-  summary, rows = out["summary"], out["rows"]
-  attacks = out["attacks"]
-  labels = sorted(
-    {_label(e["method"], e["ablation"]) for e in summary}, key=lambda x: x
-  )
-
-  # Robust accuracy vs sparsity (dense as a horizontal band).
-  fig, axes = plt.subplots(
-    1, 1 + len(attacks), figsize=(4.2 * (1 + len(attacks)), 3.6)
-  )
-  for ax, key in zip(
-    axes, ["clean_accuracy"] + [f"robust/{a}" for a in attacks], strict=True
-  ):
-    for label in labels:
+  summary, attacks = out["summary"], out["attacks"]
+  keys = ["clean_accuracy"] + [f"robust/{a}" for a in attacks]
+  fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
+  for ax, key in zip(axes, keys, strict=True):
+    for label in _labels(summary):
       es = sorted(
-        (e for e in summary if _label(e["method"], e["ablation"]) == label),
+        (
+          e
+          for e in summary
+          if _label(e["method"], e["ablation"]) == label and key in e
+        ),
         key=lambda e: e["target_sparsity"],
       )
-      es = [e for e in es if key in e]
       if not es:
         continue
       if label == DENSE:
@@ -387,81 +509,92 @@ def plot_all(out: dict, plot_dir: str) -> None:
         label=label,
       )
     ax.set_xlabel("sparsity %")
-    ax.set_title(key.replace("robust/", "robust ") + " (%)", fontsize=9)
+    ax.set_title(key.replace("robust/", "robust ") + " (%), ± std", fontsize=9)
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(os.path.join(plot_dir, "accuracy_vs_sparsity.png"), dpi=110)
   plt.close(fig)
 
-  # Curves per method vs dense, and function-space distance, per sparsity.
-  sparsities = sorted(
-    {r["target_sparsity"] for r in rows if r["method"] != DENSE}
-  )
-  for s in sparsities:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for label in labels:
-      rs = [
-        r
-        for r in rows
-        if _label(r["method"], r["ablation"]) == label
-        and (r["target_sparsity"] == s or r["method"] == DENSE)
+
+_CURVES = (
+  ("train_loss", "training loss (PGD points), per seed"),
+  ("clean_accuracy", "clean accuracy (held-out split)"),
+  ("function_distance_adv", "function-space distance to dense (adv. probe)"),
+)
+
+
+def _plot_dynamics(rows: list[dict], s: float, plot_dir: str) -> None:
+  """Per-epoch curves of every arm at sparsity ``s`` next to dense's.
+
+  The loss panel draws every seed (thin lines), so a reader sees whether
+  each arm's training loss has flattened; the others the mean over seeds.
+  """
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  from awt import plots  # noqa: PLC0415
+
+  at_s = [r for r in rows if r["target_sparsity"] == s or r["method"] == DENSE]
+  labels = _labels(at_s)
+  colors = {lb: f"C{i % 10}" for i, lb in enumerate(lb for lb in labels)}
+  colors[DENSE] = "k"
+  fig, axes = plt.subplots(1, len(_CURVES), figsize=(4.4 * len(_CURVES), 3.8))
+  for label in labels:
+    rs = [r for r in at_s if _label(r["method"], r["ablation"]) == label]
+    for ax, (key, _) in zip(axes, _CURVES, strict=True):
+      curves = [
+        [(h["epoch"], h[key]) for h in r["history"] if h.get(key) is not None]
+        for r in rs
       ]
-      if not rs:
+      curves = [c for c in curves if c]
+      if not curves:
         continue
-      for ax, key in zip(
-        axes,
-        ("clean_accuracy", "train_loss", "function_distance_adv"),
-        strict=True,
-      ):
-        curves = [
-          [(h["epoch"], h[key]) for h in r["history"] if h.get(key) is not None]
-          for r in rs
-        ]
-        curves = [c for c in curves if c]
-        if not curves:
-          continue
-        n = min(len(c) for c in curves)
-        xs = [p[0] for p in curves[0][:n]]
-        ys = np.mean([[p[1] for p in c[:n]] for c in curves], axis=0)
-        style = {"color": "k", "lw": 2} if label == DENSE else {"lw": 1.2}
-        ax.plot(xs, ys, label=label, **style)
-    for ax, title in zip(
-      axes,
-      (
-        "clean test accuracy",
-        "training loss (PGD points)",
-        "function-space distance to dense (adv. probe)",
-      ),
-      strict=True,
-    ):
-      ax.set_title(title, fontsize=9)
-      ax.set_xlabel("epoch")
-      ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"sparsity {s:g}, mean over seeds")
-    fig.tight_layout()
-    fig.savefig(
-      os.path.join(plot_dir, f"dynamics_s{_sparsity_name(s)}.png"), dpi=110
-    )
-    plt.close(fig)
+      n = min(len(c) for c in curves)
+      xs = [p[0] for p in curves[0][:n]]
+      ys = np.array([[p[1] for p in c[:n]] for c in curves])
+      lw = 2.0 if label == DENSE else 1.2
+      if key == "train_loss":
+        for i, y in enumerate(ys):
+          ax.plot(
+            xs, y, color=colors[label], lw=lw * 0.6, alpha=0.7,
+            label=label if i == 0 else None,
+          )  # fmt: skip
+      else:
+        ax.plot(xs, ys.mean(0), color=colors[label], lw=lw, label=label)
+  for ax, (key, title) in zip(axes, _CURVES, strict=True):
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    if key == "train_loss":
+      ax.set_yscale("log")
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f"sparsity {s:g}")
+  fig.tight_layout()
+  fig.savefig(
+    os.path.join(plot_dir, f"dynamics_s{_sparsity_name(s)}.png"), dpi=110
+  )
+  plt.close(fig)
 
-    densities = {}
-    for r in rows:
-      if r["target_sparsity"] == s and r["method"] != DENSE:
-        densities.setdefault(
-          _label(r["method"], r["ablation"]), r["layer_densities"]
-        )
-    plots.plot_layer_densities(
-      densities,
-      os.path.join(plot_dir, f"layer_densities_s{_sparsity_name(s)}.png"),
-      title=f"kept fraction per layer, sparsity {s:g} (seed {rows[0]['seed']})",
-    )
+  densities = {}
+  for r in at_s:
+    if r["method"] != DENSE:
+      densities.setdefault(
+        _label(r["method"], r["ablation"]), r["layer_densities"]
+      )
+  plots.plot_layer_densities(
+    densities,
+    os.path.join(plot_dir, f"layer_densities_s{_sparsity_name(s)}.png"),
+    title=f"kept fraction per layer, sparsity {s:g} (seed {at_s[0]['seed']})",
+  )
 
-  # Adversarial-NTK distance at init.
+
+def _plot_ntk_distance(summary, sparsities, plot_dir: str) -> None:
+  """Bars of the adversarial-NTK distance to dense at init, per sparsity."""
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
   fig, ax = plt.subplots(figsize=(7, 3.6))
   width = 0.8 / max(1, len(sparsities))
-  ticket_labels = [lb for lb in labels if lb != DENSE]
+  ticket_labels = [lb for lb in _labels(summary) if lb != DENSE]
   for j, s in enumerate(sparsities):
     es = {
       _label(e["method"], e["ablation"]): e

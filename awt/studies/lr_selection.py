@@ -1,0 +1,126 @@
+"""Learning-rate selection for a ticket study, on a validation split.
+
+Shi et al.'s comparison trains every arm (dense and each ticket) with one
+schedule; a learning rate that suits the dense net may not train a sparse
+ticket at all. ``run`` runs ``compare_tickets`` once per candidate rate
+with ``data.validation`` training examples held out as the evaluation
+split (the test set is never loaded into any of these runs), then picks the
+rate that maximizes the worst arm's mean validation accuracy under the
+headline attack. Each rate's study lives in ``WORKDIR/lr_<rate>/`` and
+resumes like any study.
+"""
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+
+from absl import logging
+
+from awt import config as config_lib
+from awt import workdir as workdir_lib
+from awt.studies import compare_tickets
+
+
+def _with(config, rate: float, validation: int):
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.optimizer.learning_rate = float(rate)
+    c.data.validation = int(validation)
+  return c
+
+
+def choose(results: dict[float, dict]) -> dict:
+  """The max-min choice over rates from each rate's ``summarize`` output.
+
+  Args:
+    results: rate -> ``compare_tickets`` output (``summary``, ``headline``).
+
+  Returns:
+    ``{"rate", "arms": {arm: {rate: mean accuracy}}, "worst": {rate:
+    worst arm's mean}, "best_per_arm": {arm: rate}, "metric"}``.
+  """
+  arms: dict[str, dict[float, float]] = {}
+  metric = None
+  for rate, out in sorted(results.items()):
+    metric = f"robust/{out['headline']}" if out["headline"] else None
+    metric = metric or "clean_accuracy"
+    for e in out["summary"]:
+      arm = compare_tickets.arm_name(e)
+      if metric in e and e[metric]["mean"] is not None:
+        arms.setdefault(arm, {})[rate] = e[metric]["mean"]
+  rates = sorted(results)
+  worst = {
+    r: min((v[r] for v in arms.values() if r in v), default=float("nan"))
+    for r in rates
+  }
+  return {
+    "rate": max(rates, key=lambda r: worst[r]),
+    "arms": arms,
+    "worst": worst,
+    "best_per_arm": {a: max(v, key=v.get) for a, v in arms.items()},
+    "metric": metric,
+  }
+
+
+def markdown(choice: dict) -> str:
+  """The validation accuracies (%) per arm and rate, and the choice."""
+  rates = sorted(choice["worst"])
+  head = ["arm"] + [f"lr {r:g}" for r in rates] + ["best lr"]
+  lines = [
+    f"Validation {choice['metric']} (%), mean over seeds; chosen rate: "
+    f"**{choice['rate']:g}** (the largest worst-arm accuracy).",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
+  ]
+  for arm, by_rate in sorted(choice["arms"].items()):
+    cells = [f"{100 * by_rate[r]:.1f}" if r in by_rate else "–" for r in rates]
+    lines.append(
+      f"| {arm} | "
+      + " | ".join(cells)
+      + f" | {choice['best_per_arm'][arm]:g} |"
+    )
+  worst = [f"{100 * choice['worst'][r]:.1f}" for r in rates]
+  lines.append("| **worst arm** | " + " | ".join(worst) + " | |")
+  return "\n".join(lines) + "\n"
+
+
+def run(
+  config,
+  workdir: str,
+  *,
+  rates: Sequence[float],
+  validation: int,
+  log: Callable[[str], None] = logging.info,
+) -> dict:
+  """Runs the study at every rate on the validation split; see module doc.
+
+  Raises:
+    ConfigError: for no rates, a non-positive rate or a bad grid.
+  """
+  if not rates or any(r <= 0 for r in rates):
+    raise config_lib.ConfigError(
+      f"learning rates {tuple(rates)} must be a non-empty list of numbers > 0"
+    )
+  workdir = workdir_lib.prepare(workdir)
+  sweep = config.sweep
+  results = {}
+  for rate in rates:
+    log(f"learning rate {rate:g}: the study on {validation} held-out examples")
+    results[float(rate)] = compare_tickets.run(
+      _with(config, rate, validation),
+      os.path.join(workdir, f"lr_{rate:g}"),
+      methods=tuple(sweep.methods),
+      sparsities=tuple(sweep.sparsities),
+      seeds=tuple(sweep.seeds),
+      ablations=tuple(sweep.ablations),
+      ablated_methods=tuple(sweep.get("ablated_methods", sweep.methods)),
+      log=log,
+    )
+  choice = choose(results)
+  workdir_lib.write_json(os.path.join(workdir, "select_lr.json"), choice)
+  table = markdown(choice)
+  with open(os.path.join(workdir, "select_lr.md"), "w") as f:
+    f.write(table)
+  log("learning-rate selection:\n" + table)
+  return choice

@@ -1,0 +1,124 @@
+"""Statistics of the ticket studies: paired intervals, summaries, choices.
+
+In-process checks on fabricated rows (no training): the numbers a README
+table rests on are computed from these functions.
+"""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from awt.studies import _sweep, compare_tickets, lr_selection
+
+
+def test_paired_difference_matches_scipys_paired_t_interval():
+  rng = np.random.default_rng(0)
+  a = rng.normal(0.8, 0.02, size=5)
+  b = a - rng.normal(0.03, 0.01, size=5)
+  got = _sweep.paired_difference(a, b)
+  ref = stats.ttest_rel(a, b).confidence_interval(0.95)
+  assert got["mean"] == pytest.approx(np.mean(a - b))
+  assert got["lo"] == pytest.approx(ref.low)
+  assert got["hi"] == pytest.approx(ref.high)
+  assert got["n"] == 5 and got["std"] == pytest.approx(np.std(a - b, ddof=1))
+
+
+def test_paired_difference_drops_incomplete_pairs_and_single_pairs():
+  got = _sweep.paired_difference([0.5, None, 0.7], [0.4, 0.3, None])
+  assert got["n"] == 1 and got["mean"] == pytest.approx(0.1)
+  assert got["lo"] is None and got["hi"] is None
+  assert _sweep.paired_difference([None], [0.1]) is None
+
+
+def _rows():
+  """Two seeds of dense, snip and awt at 0.9 (seed order shuffled)."""
+  acc = {
+    ("dense", 0): 0.80,
+    ("dense", 1): 0.84,
+    ("snip", 0): 0.75,
+    ("snip", 1): 0.80,
+    ("awt", 0): 0.70,
+    ("awt", 1): 0.77,
+  }
+  rows = []
+  for (method, seed), a in acc.items():
+    history = [
+      {"epoch": e, "train_loss": 1.0 / (1 + e), "function_distance_adv": e}
+      for e in range(1, 9)
+    ]
+    rows.append(
+      {
+        "method": method,
+        "ablation": "none",
+        "target_sparsity": 0.0 if method == "dense" else 0.9,
+        "seed": seed,
+        "clean_accuracy": a + 0.1,
+        "robust/pgd40+apgd-t": a,
+        "robust/pgd40": a + 0.01,
+        "train_loss_drop_last_quarter": compare_tickets.loss_drop(
+          history, 0.75
+        ),
+        "layer_densities": {"fc1": 0.1},
+        "history": history,
+      }
+    )
+  return rows[::-1]
+
+
+def test_summary_pairs_by_seed_against_dense_and_snip():
+  out = compare_tickets.summarize(_rows(), ["pgd40+apgd-t", "pgd40"])
+  assert out["headline"] == "pgd40+apgd-t"
+  awt = next(e for e in out["summary"] if e["method"] == "awt")
+  d = awt["vs_dense"]["robust/pgd40+apgd-t"]
+  assert sorted(d["values"]) == pytest.approx([-0.10, -0.07])
+  assert d["mean"] == pytest.approx(-0.085)
+  assert awt["vs_snip"]["robust/pgd40+apgd-t"]["mean"] == pytest.approx(-0.04)
+  # Sample standard deviation (ddof 1) of the two seeds.
+  assert awt["robust/pgd40"]["std"] == pytest.approx(
+    np.std([0.71, 0.78], ddof=1)
+  )
+  snip = next(e for e in out["summary"] if e["method"] == "snip")
+  assert "vs_snip" not in snip
+  table = compare_tickets.markdown_table(out)
+  assert "sample std" in table and "95% t-interval" in table
+  assert "| awt | 0.9 |" in table and "-8.5 [" in table
+
+
+def test_loss_drop_is_zero_on_a_flat_curve_and_large_on_a_falling_one():
+  flat = [{"epoch": e, "train_loss": 0.3} for e in range(1, 21)]
+  falling = [{"epoch": e, "train_loss": 2.0 - 0.09 * e} for e in range(1, 21)]
+  assert compare_tickets.loss_drop(flat, 0.75) == 0.0
+  assert compare_tickets.loss_drop(falling, 0.75) == pytest.approx(
+    (0.65 - 0.2) / 0.65
+  )
+  assert compare_tickets.loss_drop(flat[:1], 0.75) is None
+
+
+def test_lr_choice_maximizes_the_worst_arm():
+  def study(dense, ticket):
+    return {
+      "headline": "pgd40",
+      "summary": [
+        {
+          "method": "dense",
+          "ablation": "none",
+          "target_sparsity": 0.0,
+          "robust/pgd40": {"mean": dense},
+        },
+        {
+          "method": "random",
+          "ablation": "none",
+          "target_sparsity": 0.95,
+          "robust/pgd40": {"mean": ticket},
+        },
+      ],
+    }
+
+  # 0.1 is best for dense but leaves the random ticket untrained.
+  choice = lr_selection.choose(
+    {0.02: study(0.78, 0.60), 0.05: study(0.80, 0.65), 0.1: study(0.82, 0.1)}
+  )
+  assert choice["rate"] == 0.05
+  assert choice["best_per_arm"] == {"dense": 0.1, "random @ 0.95": 0.05}
+  assert choice["worst"][0.1] == pytest.approx(0.1)
+  assert "**0.05**" in lr_selection.markdown(choice)
