@@ -477,12 +477,8 @@ def _train(config, workdir, members, *, vectorized, log):
   train_time = time.perf_counter() - start
 
   results_list = []
-  final_evaluator = evaluation.make_evaluator(
-    eval_apply,
-    attack_names=tuple(config.eval.attacks),
-    eps=config.eval.eps,
-    norm=config.eval.norm,
-  )
+  # Ensembles run in AutoAttack's cascade; one compilation per attack.
+  compiled = {}
   for i, m in enumerate(members):
     s = member_state(final, i)
     log(
@@ -490,7 +486,7 @@ def _train(config, workdir, members, *, vectorized, log):
       f"{', '.join(config.eval.attacks) or 'clean'} on the "
       f"{dataset.held_out} split"
     )
-    ev = evaluation.evaluate(
+    ev = evaluation.evaluate_cascade(
       eval_apply,
       training.model_variables(s.params, s.batch_stats),
       dataset.test,
@@ -500,7 +496,7 @@ def _train(config, workdir, members, *, vectorized, log):
       batch_size=eval_batch,
       key=eval_keys[i],
       log=log,
-      evaluator=final_evaluator,
+      cache=compiled,
     )
     results = {
       "clean_accuracy": ev["clean_accuracy"],

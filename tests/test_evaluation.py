@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from awt import attacks, checkpoints, data, evaluation
+from awt import attacks, checkpoints, data, evaluation, models, training
 from awt.attacks import _common
 
 
@@ -532,3 +532,28 @@ def test_adversarially_trained_digits_mlp_end_to_end(tmp_path):
   assert report["all_sanity_checks_passed"]
   for stats in report["minimal_perturbation"].values():
     assert stats["failure_rate"] < 0.05 and stats["median_l2"] > 0
+
+
+def test_cascade_equals_the_full_ensemble_at_a_fraction_of_the_work():
+  """AutoAttack's cascade gives evaluate()'s ensemble accuracy exactly."""
+  model = models.get("mlp", 10, widths=(32, 16))
+  params, bs = training.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  apply_fn = lambda v, x: model.apply(v, x, train=False)
+  variables = training.model_variables(params, bs)
+  ds = data.load("digits")
+  split = data.Split(ds.test.images[:150], ds.test.labels[:150])
+  names = ("fgsm+pgd5+apgd-ce5", "pgd5", "apgd-t3")
+  key = jax.random.PRNGKey(4)
+  # eps small enough that a part of the points survives each member.
+  kw = dict(attack_names=names, eps=0.02, batch_size=64, key=key)
+  full = evaluation.evaluate(apply_fn, variables, split, **kw)
+  lines = []
+  cascade = evaluation.evaluate_cascade(
+    apply_fn, variables, split, log=lines.append, **kw
+  )
+  assert cascade["clean_accuracy"] == full["clean_accuracy"]
+  for name in names:
+    assert cascade["robust_accuracy"][name] == full["robust_accuracy"][name]
+  survive = [float(line.split()[1]) for line in lines[:3]]
+  assert survive == sorted(survive, reverse=True) and 0 < survive[-1]
+  assert survive[0] < cascade["clean_accuracy"]
