@@ -2,7 +2,7 @@
 
 Every binary validates its ``ml_collections.ConfigDict`` with ``validate``
 before any compute; a bad value ends the run with one line naming it.
-The schema is DESIGN.md's "Config schema".
+The schema is docs/design.md's "Config schema".
 """
 
 import numbers

@@ -5,7 +5,7 @@ same function. It validates the config before any compute, data-parallelizes
 over all local devices with ``jax.pmap``, resumes from the newest complete
 checkpoint in ``workdir``, logs progress with rate and ETA, stops at the
 first non-finite loss without saving over the last good checkpoint, and
-writes the workdir layout of DESIGN.md.
+writes the workdir layout of docs/design.md.
 """
 
 import dataclasses
@@ -182,7 +182,7 @@ def train_and_evaluate(
   """Trains the configured model, evaluates it, and writes ``workdir``.
 
   Args:
-    config: an ``ml_collections.ConfigDict`` following DESIGN.md's schema.
+    config: an ``ml_collections.ConfigDict`` following docs/design.md's schema.
     workdir: output directory; an existing checkpoint there is resumed.
     initial: optional ``{"params", "batch_stats", "mask"}`` to start from (a
       ticket); by default the model is initialized from ``config.seed`` and

@@ -12,7 +12,7 @@ it) as ``[N1, N2, K, K]`` (``trace_axes=()``) or traced over the logits,
 ``[N1, N2]`` = :math:`\frac1K \sum_k J_k(x_1) J_k(x_2)^\top` (NT's trace is
 the *mean* over the traced axis). The adversarial NTK is the same kernel at
 adversarial points :math:`\tilde X = X + \delta`, the kernel the AWT search
-matches between a sparse student and the dense teacher (DESIGN.md, "The AWT
+matches between a sparse student and the dense teacher (docs/design.md, "The AWT
 search").
 
 Which of NT's two working implementations is cheaper depends on the network

@@ -150,7 +150,7 @@ def spectra(
   reported once, at sparsity 0, whether or not ``methods`` lists it.
 
   Args:
-    config: a run config (DESIGN.md's schema); its ``seed``,
+    config: a run config (docs/design.md's schema); its ``seed``,
       ``pruning.{scope, keep_first, keep_last, ablation, ...}``,
       ``adversarial`` and ``eval`` are used.
     methods: pruning method names (``awt.pruning.names()``).

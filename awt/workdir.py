@@ -1,4 +1,4 @@
-"""The workdir every binary writes (DESIGN.md, "Workdir").
+"""The workdir every binary writes (docs/design.md, "Workdir").
 
 ``config.json``, ``metrics.jsonl`` (one JSON object per logged step or
 epoch), TensorBoard event files under ``tb/``, ``checkpoints/`` (see

@@ -1,6 +1,7 @@
 """Smoke tests of the benchmarks, and that the PyTorch peers do awt's work.
 
-Speed is never asserted (DESIGN: measured by benchmarks, not timed tests);
+Speed is never asserted (docs/design.md: measured by benchmarks, not in
+timed tests);
 these check that the scripts run and print valid JSON, and that the peers
 measure the same networks and the same PGD as awt (against awt itself on
 shared weights and random starts). The torch tests need the ``bench``
