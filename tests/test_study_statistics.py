@@ -122,3 +122,17 @@ def test_lr_choice_maximizes_the_worst_arm():
   assert choice["best_per_arm"] == {"dense": 0.1, "random @ 0.95": 0.05}
   assert choice["worst"][0.1] == pytest.approx(0.1)
   assert "**0.05**" in lr_selection.markdown(choice)
+
+
+def test_a_study_workdir_refuses_another_config(tmp_path):
+  from experiments.configs import compare_tickets as configs
+
+  config = configs.get_config("smoke")
+  kw = dict(methods=("snip",), sparsities=(0.9,), seeds=(0,))
+  _sweep.check_config(
+    str(tmp_path), {k: v for k, v in config.to_dict().items() if k != "sweep"}
+  )
+  with config.unlocked():
+    config.optimizer.learning_rate = 0.2
+  with pytest.raises(ValueError, match="optimizer.learning_rate: 0.05 there"):
+    compare_tickets.run(config, str(tmp_path), **kw)

@@ -124,6 +124,11 @@ def run(
   methods = [m for m in methods if m != DENSE]
   validate(config, methods, sparsities, seeds, ablations)
   workdir = workdir_lib.prepare(workdir)
+  # Cells are named by their grid point, so a workdir may grow its grid
+  # (``sweep``) but never change what a cell computes.
+  _sweep.check_config(
+    workdir, {k: v for k, v in config.to_dict().items() if k != "sweep"}
+  )
   # "none" first: the other ablations start from its ticket.
   ablations = ["none"] + [a for a in ablations if a != "none"]
   ablated = set(methods if ablated_methods is None else ablated_methods)
