@@ -6,7 +6,8 @@ ticket at all. ``run`` runs ``compare_tickets`` once per candidate rate
 with ``data.validation`` training examples held out as the evaluation
 split (the test set is never loaded into any of these runs), then picks the
 rate that maximizes the worst arm's mean validation accuracy under the
-headline attack. Each rate's study lives in ``WORKDIR/lr_<rate>/`` and
+headline attack, among the rates at which no arm's training diverged (a
+non-finite loss). Each rate's study lives in ``WORKDIR/lr_<rate>/`` and
 resumes like any study.
 """
 
@@ -73,6 +74,8 @@ def markdown(choice: dict) -> str:
     "| " + " | ".join(head) + " |",
     "|" + "---|" * len(head),
   ]
+  for rate, why in sorted(choice.get("diverged", {}).items()):
+    lines.insert(1, f"lr {rate:g}: not a candidate, training diverged ({why}).")
   for arm, by_rate in sorted(choice["arms"].items()):
     cells = [f"{100 * by_rate[r]:.1f}" if r in by_rate else "–" for r in rates]
     lines.append(
@@ -104,20 +107,27 @@ def run(
     )
   workdir = workdir_lib.prepare(workdir)
   sweep = config.sweep
-  results = {}
+  results, diverged = {}, {}
   for rate in rates:
     log(f"learning rate {rate:g}: the study on {validation} held-out examples")
-    results[float(rate)] = compare_tickets.run(
-      _with(config, rate, validation),
-      os.path.join(workdir, f"lr_{rate:g}"),
-      methods=tuple(sweep.methods),
-      sparsities=tuple(sweep.sparsities),
-      seeds=tuple(sweep.seeds),
-      ablations=tuple(sweep.ablations),
-      ablated_methods=tuple(sweep.get("ablated_methods", sweep.methods)),
-      log=log,
-    )
+    try:
+      results[float(rate)] = compare_tickets.run(
+        _with(config, rate, validation),
+        os.path.join(workdir, f"lr_{rate:g}"),
+        methods=tuple(sweep.methods),
+        sparsities=tuple(sweep.sparsities),
+        seeds=tuple(sweep.seeds),
+        ablations=tuple(sweep.ablations),
+        ablated_methods=tuple(sweep.get("ablated_methods", sweep.methods)),
+        log=log,
+      )
+    except FloatingPointError as e:  # NonFiniteError: an arm diverged.
+      log(f"learning rate {rate:g} is out: {e}")
+      diverged[float(rate)] = str(e)
+  if not results:
+    raise FloatingPointError(f"every learning rate diverged: {diverged}")
   choice = choose(results)
+  choice["diverged"] = diverged
   workdir_lib.write_json(os.path.join(workdir, "select_lr.json"), choice)
   table = markdown(choice)
   with open(os.path.join(workdir, "select_lr.md"), "w") as f:
