@@ -9,9 +9,9 @@ in ``--rates`` (``WORKDIR/lr_<rate>/``, each resumable) with
 ``data.validation`` examples held out of the training set as the
 evaluation split, so the test set is never looked at. Every arm (the dense
 net and each method's tickets) goes through the same schedule. The chosen
-rate maximizes the *worst* arm's mean validation accuracy under the
-headline attack (a rate at which any arm fails to train loses), and each
-arm's own best rate is reported beside it. Writes ``WORKDIR/select_lr.md``
+rate maximizes the validation accuracy under the headline attack averaged
+over the arms, among the rates at which no arm diverged; the worst arm and
+each arm's own best rate are reported beside it. Writes ``WORKDIR/select_lr.md``
 and ``select_lr.json``.
 """
 

@@ -119,9 +119,13 @@ def test_lr_choice_maximizes_the_worst_arm():
     {0.02: study(0.78, 0.60), 0.05: study(0.80, 0.65), 0.1: study(0.82, 0.1)}
   )
   assert choice["rate"] == 0.05
+  assert choice["mean"][0.05] == pytest.approx(0.725)
   assert choice["best_per_arm"] == {"dense": 0.1, "random @ 0.95": 0.05}
   assert choice["worst"][0.1] == pytest.approx(0.1)
   assert "**0.05**" in lr_selection.markdown(choice)
+  # A noisy arm that fails everywhere does not decide the rate.
+  choice = lr_selection.choose({0.1: study(0.77, 0.21), 0.2: study(0.79, 0.20)})
+  assert choice["rate"] == 0.2 and choice["worst"][0.2] < choice["worst"][0.1]
 
 
 def test_a_study_workdir_refuses_another_config(tmp_path):
