@@ -6,7 +6,8 @@ r"""Finds a sparse ticket by any pruning method, then trains and evaluates it.
     --workdir=/tmp/awt/snip90
 
 Methods (``--config.pruning.method``): dense, random, erk, magnitude, snip,
-grasp, synflow (at initialization); one_shot, imp, hydra, dns (three-stage).
+grasp, synflow (at initialization); awt, ntt (the NTK-matching searches,
+``awt.pruning.awt``); one_shot, imp, hydra, dns (three-stage).
 The ticket (mask + starting weights) is saved to WORKDIR/ticket and described
 in WORKDIR/ticket.json, then trained with the config's objective (default PGD
 adversarial training) exactly like the dense network; results.json adds the
@@ -15,9 +16,9 @@ the dense net at init. By default the dense net with the same seed is trained
 alongside in the same vectorized program (same batches and attack
 randomness), and results.json's ``history`` holds the ticket's per-epoch
 function-space distance to it (--nodense_reference skips this).
---config.pruning.ablation=shuffle|reinit|invert|random_same_density applies
-a sanity check of Frankle et al. (ICLR 2021) to the ticket. --notrain stops
-after the ticket.
+--config.pruning.ablation=shuffle|reinit|init_weights|invert|random_same_density
+applies a sanity check of Frankle et al. (ICLR 2021) to the ticket.
+--notrain stops after the ticket.
 """
 
 from absl import flags

@@ -105,6 +105,29 @@ def test_reinit_keeps_the_mask_and_redraws_weights_at_init_scale():
     assert new[m == 1].std() == pytest.approx(init_std, rel=0.2)
 
 
+def test_init_weights_is_the_awt_search_started_at_init():
+  search = {"awt_steps": 4, "awt_mask_every": 2, "awt_batch": 8}
+  ctx, ticket = _found("awt", **search)
+  out = ablations.apply("init_weights", ticket, ctx, ABLATION_KEY)
+  _, at_init = _found("awt", awt_start="init", **search)
+  assert ticket.info["start"] == "searched" and at_init.info["start"] == "init"
+  for name in ("mask", "params", "batch_stats"):
+    got, want = _leaves(getattr(out, name)), _leaves(getattr(at_init, name))
+    assert got.keys() == want.keys()
+    for k in got:
+      np.testing.assert_array_equal(got[k], want[k])
+  # The mask is kept exactly; the weights are the initialization's.
+  for k, m in _leaves(ticket.mask).items():
+    np.testing.assert_array_equal(_leaves(out.mask)[k], m)
+    np.testing.assert_array_equal(
+      _leaves(out.params)[k], _leaves(ctx.params)[k] * m
+    )
+  assert any(
+    not np.array_equal(_leaves(out.params)[k], v)
+    for k, v in _leaves(ticket.params).items()
+  )
+
+
 def _bottom_k_reference(scores, k):
   """Indices of the k lowest scores, ties to the earlier position."""
   return set(np.argsort(scores, kind="stable")[:k].tolist())

@@ -10,9 +10,9 @@ from awt import attacks, data, masks, models, pruning, training
 from awt.pruning import awt as awt_search
 
 
-def _ctx(sparsity=0.8, scope="global", **pruning_kw):
+def _ctx(sparsity=0.8, scope="global", params=None, **pruning_kw):
   model = models.get("mlp", 10, widths=(24, 16))
-  params, bs = training.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  init, bs = training.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
   digits = data.load("digits").train
   split = data.Split(digits.images[:256], digits.labels[:256])
   config = ml_collections.ConfigDict(
@@ -40,7 +40,7 @@ def _ctx(sparsity=0.8, scope="global", **pruning_kw):
   )
   return pruning.PruningContext(
     model=model,
-    params=params,
+    params=init if params is None else params,
     batch_stats=bs,
     split=split,
     config=config,
@@ -49,12 +49,11 @@ def _ctx(sparsity=0.8, scope="global", **pruning_kw):
 
 
 def _held_out_loss(ctx, theta, mask, adversarial):
-  """The AWT loss (weights of ``_ctx``) on 64 points the search never saw."""
+  """The search loss (defaults, as in ``_ctx``) on 64 unseen points."""
   digits = data.load("digits").train
   x = jnp.asarray(digits.images[-64:], jnp.float32) / 255.0
   y = jnp.asarray(digits.labels[-64:])
   f = awt_search.eval_logits_fn(ctx.model, ctx.batch_stats)
-  kfn = awt_search.ntk_fn(f)
   if adversarial:
     x = attacks.pgd(
       lambda z: f(ctx.params, z),
@@ -66,31 +65,40 @@ def _held_out_loss(ctx, theta, mask, adversarial):
       steps=2,
       select="last",
     )
+  paths = masks.prunable_paths(ctx.params)
   output, ntk, l2 = awt_search.loss_terms(
-    f, kfn, theta, mask, x, f(ctx.params, x), kfn(x, None, ctx.params)
+    f,
+    theta,
+    mask,
+    x,
+    f(ctx.params, x),
+    awt_search.ntk_of(f, ctx.params, x),
+    l2_paths=paths,
   )
-  return float(output + ntk + 1e-5 / 0.2 * l2)
+  return float(output + 3.0 * ntk + 1e-4 / 0.2 * l2)
+
+
+def _start_mask(ctx, scope):
+  """The search's initial mask: the (normalized, if global) magnitudes."""
+  paths = masks.prunable_paths(ctx.params)
+  scales = awt_search.layer_scales(ctx.params, paths, scope == "global")
+  score = awt_search.magnitude_scores(ctx.params, paths, scales)
+  return masks.topk(score, 0.2, scope=scope, paths=paths)
 
 
 def test_loss_is_exactly_zero_for_the_dense_network():
   ctx = _ctx()
   f = awt_search.eval_logits_fn(ctx.model, ctx.batch_stats)
-  kfn = awt_search.ntk_fn(f)
   x = jnp.asarray(ctx.split.images[:8], jnp.float32) / 255.0
+  k0 = awt_search.ntk_of(f, ctx.params, x)
   output, ntk, _ = awt_search.loss_terms(
-    f,
-    kfn,
-    ctx.params,
-    masks.ones(ctx.params),
-    x,
-    f(ctx.params, x),
-    kfn(x, None, ctx.params),
+    f, ctx.params, masks.ones(ctx.params), x, f(ctx.params, x), k0
   )
   assert float(output) == 0.0 and float(ntk) == 0.0
   # A pruned student is at a positive distance.
   m = masks.topk(jax.tree.map(jnp.abs, ctx.params), 0.2)
   output, ntk, _ = awt_search.loss_terms(
-    f, kfn, ctx.params, m, x, f(ctx.params, x), kfn(x, None, ctx.params)
+    f, ctx.params, m, x, f(ctx.params, x), k0
   )
   assert float(output) > 0 and float(ntk) > 0
 
@@ -101,12 +109,14 @@ def test_search_reduces_the_loss_and_keeps_exact_density(method, scope):
   ctx = _ctx(scope=scope)
   ticket = pruning.find(method, ctx, jax.random.PRNGKey(1))
   hist = ticket.info["history"]
-  assert len(hist) == 3
+  assert [h["step"] for h in hist] == [4, 8, 12]
   paths = masks.prunable_paths(ctx.params)
   total = sum(np.size(masks._get(ctx.params, p)) for p in paths)
   for h in hist:  # after every mask update
     if scope == "global":
       assert h["kept"] == masks.num_to_keep(total, 0.2)
+    assert h["ntk_to_output"] == pytest.approx(3.0 * h["ntk"] / h["output"])
+    assert h["loss"] > h["output"] > 0 and h["ntk"] > 0 and h["l2"] > 0
   if scope == "layerwise":
     for p in paths:
       layer = np.asarray(masks._get(ticket.mask, p))
@@ -115,16 +125,162 @@ def test_search_reduces_the_loss_and_keeps_exact_density(method, scope):
   # On fixed held-out points (per-batch history means are too noisy over
   # 12 steps), the ticket is closer to the dense teacher than the
   # magnitude mask the search started from.
-  start = masks.topk(jax.tree.map(jnp.abs, ctx.params), 0.2, scope=scope)
   adv = method == "awt"
   assert _held_out_loss(ctx, ticket.params, ticket.mask, adv) < (
-    _held_out_loss(ctx, ctx.params, start, adv)
+    _held_out_loss(ctx, ctx.params, _start_mask(ctx, scope), adv)
   )
   # The ticket's weights are zero where the mask is.
   for p in paths:
     w = np.asarray(masks._get(ticket.params, p))
     assert np.all(w[np.asarray(masks._get(ticket.mask, p)) == 0] == 0)
   assert ticket.info["passes"] > 0
+  assert ticket.info["start"] == "searched" and ticket.info["steps"] == 12
+
+
+def _spy(monkeypatch):
+  """Records ``(length, mask, theta after)`` of every compiled chunk."""
+  calls = []
+  chunk = awt_search._chunk
+
+  def spy(theta, opt_state, mask, *args, **kw):
+    out = chunk(theta, opt_state, mask, *args, **kw)
+    calls.append((args[-1]["label"].shape[0], mask, out[0][0]))
+    return out
+
+  monkeypatch.setattr(awt_search, "_chunk", spy)
+  return calls
+
+
+def _same(a, b):
+  return all(
+    np.array_equal(np.asarray(u), np.asarray(v))
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
+
+
+def _reset(ctx, theta):
+  """The magnitude mask the search resets to (global, normalized)."""
+  paths = masks.prunable_paths(ctx.params)
+  scales = awt_search.layer_scales(ctx.params, paths, True)
+  return masks.topk(
+    awt_search.magnitude_scores(theta, paths, scales), 0.2, paths=paths
+  )
+
+
+def test_no_mask_update_in_the_final_period(monkeypatch):
+  calls = _spy(monkeypatch)
+  ctx = _ctx(awt_steps=10)
+  ticket = pruning.find("ntt", ctx, jax.random.PRNGKey(1))
+  assert [c[0] for c in calls] == [4, 4, 2]
+  (_, m0, th4), (_, m4, th8), (_, m8, th10) = calls
+  assert _same(m0, _start_mask(ctx, "global"))
+  paths = masks.prunable_paths(ctx.params)
+  total = sum(np.size(masks._get(ctx.params, p)) for p in paths)
+  for m in (m0, m4, m8):  # The density is exact after every update.
+    assert masks.counts(m, paths)[0] == masks.num_to_keep(total, 0.2)
+  # Resets after steps 4 and 8, to the top scores of the weights there.
+  assert _same(m4, _reset(ctx, th4)) and not _same(m4, m0)
+  assert _same(m8, _reset(ctx, th8)) and not _same(m8, m4)
+  # None after step 10: the final weights were trained under m8, returned.
+  assert not _same(_reset(ctx, th10), m8)
+  assert _same(ticket.mask, m8)
+  assert _same(ticket.params, masks.apply(th10, m8))
+  assert [h["step"] for h in ticket.info["history"]] == [4, 8, 10]
+  # The ticket's scores are those that chose its mask.
+  scales = awt_search.layer_scales(ctx.params, paths, True)
+  assert _same(ticket.scores, awt_search.magnitude_scores(th8, paths, scales))
+
+  # awt_final_update=True: the old behaviour, a reset after the last step.
+  calls.clear()
+  old = pruning.find(
+    "ntt", _ctx(awt_steps=10, awt_final_update=True), jax.random.PRNGKey(1)
+  )
+  th10_old = calls[-1][2]
+  assert _same(calls[-1][1], m8) and _same(th10_old, th10)
+  assert _same(old.mask, _reset(ctx, th10))
+  assert _same(old.params, masks.apply(th10, old.mask))
+
+
+def test_a_search_of_one_period_keeps_the_initial_mask(monkeypatch):
+  calls = _spy(monkeypatch)
+  ctx = _ctx(awt_steps=4)
+  ticket = pruning.find("ntt", ctx, jax.random.PRNGKey(1))
+  assert len(calls) == 1
+  assert _same(ticket.mask, _start_mask(ctx, "global"))
+  assert _same(ticket.params, masks.apply(calls[0][2], ticket.mask))
+
+
+def test_start_init_is_the_found_mask_on_the_initialization():
+  key = jax.random.PRNGKey(1)
+  searched = pruning.find("ntt", _ctx(), key)
+  ctx = _ctx(awt_start="init")
+  ticket = pruning.find("ntt", ctx, key)
+  assert ticket.info["start"] == "init"
+  assert _same(ticket.mask, searched.mask)
+  assert _same(ticket.params, masks.apply(ctx.params, searched.mask))
+  assert not _same(ticket.params, searched.params)
+
+
+@pytest.mark.parametrize("score", ["normalized", "raw"])
+def test_normalized_global_score_keeps_every_layer(score):
+  # fc2's weights start 100x smaller than the other layers'.
+  params = _ctx().params
+  params = {
+    **params,
+    "fc2": {**params["fc2"], "kernel": params["fc2"]["kernel"] * 0.01},
+  }
+  ctx = _ctx(0.95, params=params, awt_steps=8, awt_global_score=score)
+  ticket = pruning.find("ntt", ctx, jax.random.PRNGKey(1))
+  kept = {
+    p[0]: int(np.asarray(masks._get(ticket.mask, p)).sum())
+    for p in masks.prunable_paths(params)
+  }
+  assert sum(kept.values()) == masks.num_to_keep(64 * 24 + 24 * 16 + 160, 0.05)
+  if score == "normalized":
+    assert min(kept.values()) > 0, kept
+  else:  # the raw magnitudes empty fc2 (and it never comes back).
+    assert kept["fc2"] == 0, kept
+
+
+@pytest.mark.parametrize(
+  "key,value,known",
+  [
+    ("awt_init", "grad", "magnitude, snip"),
+    ("awt_kernel", "full", "cross_full, trace"),
+    ("awt_student_kernel", "sparse", "all, masked"),
+    ("awt_ntk_norm", "sum", "relative, mean"),
+    ("awt_l2_on", "biases", "weights, all"),
+    ("awt_start", "trained", "searched, init"),
+    ("awt_global_score", "std", "normalized, raw"),
+    ("awt_attack_against", "both", "teacher, student"),
+  ],
+)
+def test_bad_options_are_named(key, value, known):
+  with pytest.raises(ValueError) as e:
+    pruning.find("awt", _ctx(**{key: value}), jax.random.PRNGKey(0))
+  assert str(e.value) == f"unknown pruning.{key} {value!r}; known: {known}"
+
+
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
+    ("awt_final_update", "yes", "pruning.awt_final_update='yes' must be True"),
+    ("awt_mask_every", 0, "pruning.awt_mask_every=0 must be >= 1"),
+    ("awt_steps", 2.5, "pruning.awt_steps=2.5 must be an integer"),
+    ("awt_lr", -1.0, "pruning.awt_lr=-1.0 must be >= 0"),
+    ("awt_batch", 1000, "pruning.awt_batch=1000 must be between 2 and the"),
+  ],
+)
+def test_bad_numbers_are_named(key, value, message):
+  with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    pruning.find("awt", _ctx(**{key: value}), jax.random.PRNGKey(0))
+
+
+def test_search_length_in_epochs():
+  ctx = _ctx(awt_steps=0, awt_epochs=0.5, awt_batch=16)
+  s = awt_search._settings(ctx, True)
+  assert s.steps == round(0.5 * 256 / 16) == 8
+  assert awt_search._settings(_ctx(awt_epochs=0.5), True).steps == 12
 
 
 def test_adversarial_ntk_distance_is_zero_for_the_dense_net():
@@ -141,8 +297,3 @@ def test_adversarial_ntk_distance_is_zero_for_the_dense_net():
     ctx.params, masks.topk(jax.tree.map(jnp.abs, ctx.params), 0.1)
   )
   assert awt_search.adversarial_ntk_distance(*args, sparse, x, y, key, adv) > 0
-
-
-def test_bad_options_are_named():
-  with pytest.raises(ValueError, match="unknown pruning.awt_init 'grad'"):
-    pruning.find("awt", _ctx(awt_init="grad"), jax.random.PRNGKey(0))

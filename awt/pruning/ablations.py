@@ -14,6 +14,11 @@ modified one that is trained and evaluated exactly like the original:
 * ``reinit``: the same mask, fresh initial weights (and BatchNorm
   statistics) from the model's initializer with another key, times the
   mask.
+* ``init_weights``: the same mask on the network's original
+  initialization, ``θ0 ⊙ m`` with its BatchNorm statistics: for a ticket
+  that starts from searched or trained weights (``awt``, ``ntt``, the
+  three-stage methods), it separates the mask from the weights; for one
+  that starts from the initialization it changes nothing.
 * ``invert``: keep the *lowest* scores instead of the highest, with the
   same kept counts and scope (global: the ticket's total; layerwise: each
   layer's), starting from the initialization times the new mask. Needs the
@@ -24,8 +29,8 @@ modified one that is trained and evaluated exactly like the original:
 
 Prunable layers are ``awt.masks.prunable_paths`` of the initialization with
 ``config.pruning.keep_first`` / ``keep_last``; every other leaf (biases,
-BatchNorm, the kept-dense layers) is left as the ticket has it (``shuffle``,
-``invert``) or as the initialization has it (``reinit``,
+BatchNorm, the kept-dense layers) is left as the ticket has it (``shuffle``)
+or as the initialization has it (``reinit``, ``init_weights``, ``invert``,
 ``random_same_density``, which start from an initialization).
 
 References:
@@ -47,7 +52,14 @@ from awt.pruning._ticket import PruningContext, Ticket
 PyTree = Any
 Path = tuple[str, ...]
 
-ABLATIONS = ("none", "shuffle", "reinit", "invert", "random_same_density")
+ABLATIONS = (
+  "none",
+  "shuffle",
+  "reinit",
+  "init_weights",
+  "invert",
+  "random_same_density",
+)
 
 
 def _kept_counts(mask: PyTree, paths: tuple[Path, ...]) -> np.ndarray:
@@ -126,6 +138,32 @@ def reinit(ticket: Ticket, ctx: PruningContext, key: jax.Array) -> Ticket:
   )
   return ticket.replace(
     params=masks.apply(params, ticket.mask), batch_stats=batch_stats
+  )
+
+
+def init_weights(ticket: Ticket, ctx: PruningContext, key: jax.Array):
+  """Keeps the mask; starts from the network's original initialization.
+
+  ``params' = ctx.params ⊙ mask`` with ``ctx.batch_stats``: the weights
+  the search or pretraining started from, not the ones it ended at. For an
+  ``awt`` / ``ntt`` ticket this is the search run with
+  ``pruning.awt_start="init"``, derived without searching again; unlike
+  ``reinit``, no weights are redrawn.
+
+  Args:
+    ticket: the ticket to ablate.
+    ctx: the context it was found in (its ``params`` are the
+      initialization).
+    key: unused (nothing is random).
+
+  Returns:
+    The ticket on the initialization (mask and scores unchanged).
+  """
+  del key
+  return ticket.replace(
+    params=masks.apply(ctx.params, ticket.mask),
+    batch_stats=ctx.batch_stats,
+    info={**ticket.info, "start": "init"},
   )
 
 
@@ -216,6 +254,7 @@ _FUNCTIONS = {
   "none": _none,
   "shuffle": shuffle,
   "reinit": reinit,
+  "init_weights": init_weights,
   "invert": invert,
   "random_same_density": random_same_density,
 }
@@ -273,6 +312,7 @@ def apply(name: str, ticket: Ticket, ctx: PruningContext, key: jax.Array):
 __all__ = [
   "ABLATIONS",
   "apply",
+  "init_weights",
   "invert",
   "random_same_density",
   "reinit",

@@ -4,40 +4,100 @@ A sparse student is fitted at initialization to the dense teacher's
 adversarial training dynamics, in the NTK view of training (Jacot et al.
 2018; Lee et al. 2019): two networks whose outputs and empirical NTKs agree
 on the training points follow the same gradient-descent trajectory to first
-order. Carried to adversarial training, the points are adversarial ones.
-Following Neural Tangent Transfer (Liu & Zenke, ICML 2020, Eq. 3–5) and
-Shi et al. (AISTATS 2022), with DESIGN.md's formulation:
+order. Neural Tangent Transfer (NTT; Liu & Zenke, ICML 2020) fits them on
+clean points; the adversarial winning ticket (Shi et al., AISTATS 2022) on
+adversarial ones. The search minimizes, over the student's weights
+:math:`\theta` with a binary mask :math:`m` at density :math:`d`,
 
 .. math::
   L(\theta, m) = \frac{\|f(\tilde X; \theta \odot m)
     - f(\tilde X; \theta_0)\|^2}{n C}
-    + \lambda_K \frac{\|\Theta_m(\tilde X; \theta \odot m)
-    - \Theta(\tilde X; \theta_0)\|_F^2}{n^2}
-    + \frac{\lambda_2}{d} \|\theta \odot m\|^2
+    + \lambda_K \frac{\|\Theta_s(\tilde X_1, \tilde X_2)
+    - \Theta(\tilde X_1, \tilde X_2; \theta_0)\|_F^2}{Z}
+    + \frac{\lambda_2}{d} \|w \odot m\|^2
 
-where :math:`\tilde X = X + \delta` are PGD points of ``config.adversarial``
-against the teacher (``pruning.awt_attack_against="teacher"``, default) or
-the student, recomputed for every batch; :math:`\Theta` is the empirical NTK
-(neural-tangents, mean over the C logits) and :math:`\Theta_m` the sparse
-student's, over the weights it keeps (``masked_ntk``: the kernel its
-training follows); :math:`d` the target density.
-:math:`\theta` is optimized with Adam; every ``awt_mask_every`` steps the
-mask is reset to the top-d magnitudes of :math:`\theta` (global or
-layerwise). The ticket is :math:`(\theta \odot m, m)`, trained afterwards
-with PGD-AT from scratch like any other ticket. ``ntt`` is the same search on
-clean points.
+on a batch :math:`\tilde X = X + \delta` of ``n`` points: PGD points of
+``config.adversarial`` against the teacher
+(``pruning.awt_attack_against="teacher"``, default) or the student,
+recomputed for every batch (``awt``), or the clean points (``ntt``).
+:math:`\theta_0` are the teacher's (dense) weights at initialization,
+:math:`C` the number of logits, :math:`\Theta` the empirical NTK
+(neural-tangents). The terms are ``output``, ``ntk`` and ``l2`` of
+:func:`loss_terms`. Every option below is one key of ``config.pruning``;
+NTT's choice is the default unless marked as our deviation:
 
-Config (``config.pruning``, defaults in brackets): ``awt_steps`` [100],
-``awt_mask_every`` [10], ``awt_batch`` [32] points per step,
-``awt_lr`` [1e-3], ``awt_lambda_ntk`` [1.0], ``awt_lambda_l2`` [1e-5],
-``awt_init`` ["magnitude" | "snip"], ``awt_attack_against``
-["teacher" | "student"], ``awt_checkpoint_every`` [0: ``awt_mask_every``]
-steps between checkpoints when ``PruningContext.checkpoint_dir`` is set.
+* ``awt_kernel``: ``"cross_full"`` (NTT): :math:`\Theta` is the full
+  ``[n/2, n/2, C, C]`` cross-kernel between the first half
+  :math:`\tilde X_1` and the second half :math:`\tilde X_2` of the batch,
+  not traced over logits (neural-tangents ``trace_axes=()``);
+  ``"trace"``: the ``[n, n]`` kernel of the whole batch with itself
+  (diagonal included), mean over the logits.
+* ``awt_student_kernel``: ``"all"`` (NTT): :math:`\Theta_s` is the kernel
+  over all weights at :math:`\theta \odot m`; ``"masked"`` (our deviation):
+  :math:`J \operatorname{diag}(m) J^\top`, the kernel of
+  :math:`\theta \mapsto f(\theta \odot m)`, which the sparse network's
+  training follows (only the kept weights move).
+* ``awt_ntk_norm``: ``"relative"`` (our deviation, default):
+  :math:`Z = \|\Theta(\tilde X_1, \tilde X_2; \theta_0)\|_F^2`, so
+  :math:`\lambda_K` does not depend on the kernel's scale (network width,
+  input size); ``"mean"`` (NTT): :math:`Z` = the number of kernel entries.
+* ``awt_lambda_ntk`` [3.0]: :math:`\lambda_K`, chosen so that the logged
+  :math:`\lambda_K \cdot` ntk : output ratio at the start of the search is
+  in NTT's range (~1-10; NTT's MLP notebook logs ~6) on the digits and the
+  mnist5k MLPs (experiments/configs/digits_mlp.py); our deviation from
+  NTT's 1e-3, which goes with ``"mean"``.
+* ``awt_l2_on``: ``"weights"`` (NTT): :math:`w` are the prunable kernels
+  (``awt.pruning.scores.prunable``); ``"all"``: every parameter, biases
+  included. ``awt_lambda_l2`` [1e-4, NTT]: :math:`\lambda_2`.
+* ``awt_lr`` [5e-4], ``awt_batch`` [64], ``awt_epochs`` [20] (NTT's MLP
+  notebook; Adam): the search runs ``round(awt_epochs * N / awt_batch)``
+  steps on the ``N`` training examples, or ``awt_steps`` if positive.
+* ``awt_mask_every`` [100] (NTT): the mask is reset to the top-d scores of
+  :math:`\theta` after every multiple of ``awt_mask_every`` steps before
+  the last step, never after it: the final period optimizes the weights
+  under a fixed mask, and that mask is returned (NTT's code stops resetting
+  one multiple earlier, below ``steps - awt_mask_every``). A search
+  shorter than one period keeps its initial mask. ``awt_final_update``
+  [False]; True (our earlier deviation): reset also after the last step.
+* ``awt_init``: the initial mask, ``"magnitude"`` (NTT: the teacher's
+  magnitude mask, the same score as the resets) or ``"snip"``
+  (``awt.pruning.scores.snip``).
+* ``awt_global_score`` (``pruning.scope="global"`` only):
+  ``"normalized"`` (our deviation, default): the magnitude score of a
+  weight is :math:`|\theta| / \sigma_l`, :math:`\sigma_l` the standard
+  deviation of its layer's weights at initialization (1 where that is 0),
+  so layers with different initialization scales compete on equal terms
+  and none is emptied (a pruned weight gets no gradient through
+  :math:`\theta \odot m` and never comes back); ``"raw"`` (NTT):
+  :math:`|\theta|`. A layerwise ranking is unaffected by a per-layer
+  constant and uses :math:`|\theta|`.
+* ``awt_start``: the ticket's starting weights, ``"searched"`` (NTT):
+  :math:`\theta \odot m` from the search; ``"init"``: the found mask on the
+  network's original initialization, :math:`\theta_0 \odot m`. Recorded in
+  ``info["start"]``.
+* ``awt_checkpoint_every`` [0: ``awt_mask_every``]: steps between search
+  checkpoints when ``PruningContext.checkpoint_dir`` is set.
+
+The search starts at the teacher's weights with the initial mask and
+optimizes :math:`\theta` with Adam. The ticket is then trained with
+PGD-AT from its starting weights like any other ticket. The NTK argument
+is about gradient descent; a kernel match at initialization says nothing
+about Adam's trajectory, which is checked, not assumed (the distances
+below, ``awt.ntk_report``).
 
 A killed search resumes bit-identically: step ``t`` draws its batch from
 ``(key, t)`` (``batch_indices``) and its attack starts from ``(key, t, i)``,
-so the saved state is only the student, the mask, Adam's state, the step
-and the history.
+so the saved state is only the student, the mask and its scores, Adam's
+state, the step and the history.
+
+References:
+  Liu & Zenke, "Finding trainable sparse networks through Neural Tangent
+  Transfer", ICML 2020 (reference code: fmi-basel/neural-tangent-transfer).
+  Shi, Zheng, Ding, Gao & Zhang, "Finding Dynamics Preserving Adversarial
+  Winning Tickets", AISTATS 2022.
+  Jacot, Gabriel & Hongler, "Neural Tangent Kernel", NeurIPS 2018; Lee et
+  al., "Wide Neural Networks of Any Depth Evolve as Linear Models Under
+  Gradient Descent", NeurIPS 2019.
 """
 
 import functools
@@ -60,8 +120,33 @@ from awt.pruning._ticket import (
 )
 
 PyTree = Any
+Path = tuple[str, ...]
+
 INITS = ("magnitude", "snip")
 AGAINST = ("teacher", "student")
+KERNELS = ("cross_full", "trace")
+STUDENT_KERNELS = ("all", "masked")
+NTK_NORMS = ("relative", "mean")
+L2_ON = ("weights", "all")
+STARTS = ("searched", "init")
+GLOBAL_SCORES = ("normalized", "raw")
+_TRACE_AXES = {"cross_full": (), "trace": (-1,)}
+# The empirical-NTK implementation of the search: ``awt.ntk``'s cost model
+# picks one from the shapes (NTK-vector products for Dense MLPs, Jacobian
+# contraction for conv nets). Measured per search step (PGD-10 points,
+# batch 64, the gradient through the student's kernel included; 2 CPU
+# cores shared with other jobs, best of 4-8 chunks): NTK-vector products
+# take 0.11 s against 0.26 s on the digits MLP (cross_full), 0.26 s
+# against 1.6 s on the mnist5k MLP (cross_full), 0.76 s against 2.4 s
+# (trace); on LeNet-5 (mnist5k, cross_full) both take ~4 s, and the
+# NTK-vector products of the trace form needed over 12 GB.
+IMPLEMENTATION = "auto"
+# The adversarial-NTK distances reported for every ticket.
+DISTANCE_IMPLEMENTATION = "jacobian_contraction"
+
+
+# ---------------------------------------------------------------------------
+# The loss.
 
 
 def eval_logits_fn(model, batch_stats):
@@ -75,74 +160,216 @@ def eval_logits_fn(model, batch_stats):
   return f
 
 
-def ntk_fn(f):
-  """Empirical NTK ``(x1, x2, params) -> [N1, N2]``, mean over logits.
+def ntk_fn(f, trace_axes=(-1,), implementation=DISTANCE_IMPLEMENTATION):
+  """Empirical NTK ``(x1, x2, params)``, in neural-tangents' argument order.
 
-  ``awt.ntk.empirical_fn`` with the Jacobian-contraction implementation,
-  in neural-tangents' argument order.
+  ``awt.ntk.empirical_fn``: ``[N1, N2]`` (mean over logits,
+  ``trace_axes=(-1,)``) or ``[N1, N2, C, C]`` (``trace_axes=()``).
   """
   kernel = ntk.empirical_fn(
-    f, trace_axes=(-1,), implementation="jacobian_contraction"
+    f, trace_axes=trace_axes, implementation=implementation
   )
   return lambda x1, x2, params: kernel(params, x1, x2)
+
+
+def halves(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(x[:n // 2], x[n // 2:])``: the two sides of the cross-kernel."""
+  n = x.shape[0] // 2
+  return x[:n], x[n:]
+
+
+def ntk_of(
+  f,
+  params,
+  x,
+  *,
+  kernel: str = "cross_full",
+  implementation: str = IMPLEMENTATION,
+) -> jax.Array:
+  r"""The kernel over all weights of ``f`` at ``params`` on the batch ``x``.
+
+  Args:
+    f: ``f(params, x) -> [n, C]``.
+    params: the weights the kernel is evaluated at.
+    x: ``[n, ...]`` points.
+    kernel: ``"cross_full"``: ``[n/2, n - n/2, C, C]`` between
+      ``halves(x)``; ``"trace"``: ``[n, n]`` of ``x`` with itself, mean
+      over the logits.
+    implementation: of ``awt.ntk.empirical_fn`` (``"auto"``: the cheaper).
+
+  Returns:
+    The kernel, :math:`\Theta_{ij(cd)} = \sum_p J_{icp} J_{jdp}` (trace:
+    :math:`\frac1C \sum_{c,p} J_{icp} J_{jcp}`).
+  """
+  kfn = ntk_fn(f, _TRACE_AXES[kernel], implementation)
+  if kernel == "trace":
+    return kfn(x, None, params)
+  return kfn(*halves(x), params)
 
 
 def _masked(tree, mask):
   return jax.tree.map(lambda t, m: t * m, tree, mask)
 
 
-def masked_ntk(f, theta, mask, x) -> jax.Array:
-  """NTK of the sparse network ``θ ↦ f(θ ⊙ m)``: ``J diag(m) Jᵀ``, ``[n, n]``.
+def masked_ntk(
+  f,
+  theta,
+  mask,
+  x,
+  *,
+  kernel: str = "trace",
+  implementation: str = IMPLEMENTATION,
+) -> jax.Array:
+  """NTK of the sparse network ``θ ↦ f(θ ⊙ m)``: ``J diag(m) Jᵀ``.
 
-  The empirical NTK over the weights a masked network trains (mean over
-  logits), at ``θ ⊙ m``: the chain rule through ``θ ⊙ m`` multiplies each
-  Jacobian column by its mask entry (``m² = m`` for a binary mask).
+  The empirical NTK over the weights a masked network trains, at
+  ``θ ⊙ m``: the chain rule through ``θ ⊙ m`` multiplies each Jacobian
+  column by its mask entry (``m² = m`` for a binary mask). ``kernel`` as
+  in :func:`ntk_of`: ``"trace"`` (default) gives ``[n, n]`` (mean over
+  logits), ``"cross_full"`` ``[n/2, n - n/2, C, C]``.
   """
-  kernel = ntk_fn(lambda th, z: f(_masked(th, mask), z))
-  return kernel(x, None, theta)
+  return ntk_of(
+    lambda th, z: f(_masked(th, mask), z),
+    theta,
+    x,
+    kernel=kernel,
+    implementation=implementation,
+  )
 
 
-def loss_terms(f, kfn, theta, mask, x, f0, k0):
-  r"""The output, NTK and L2 terms of the AWT loss (before weighting).
+def student_ntk(
+  f,
+  theta,
+  mask,
+  x,
+  *,
+  kernel: str,
+  student: str,
+  implementation: str = IMPLEMENTATION,
+):
+  r"""The student's kernel :math:`\Theta_s` (``awt_student_kernel``).
+
+  ``"all"``: :func:`ntk_of` at ``θ ⊙ m`` (all weights); ``"masked"``:
+  :func:`masked_ntk` (``J diag(m) Jᵀ``).
+  """
+  kw = {"kernel": kernel, "implementation": implementation}
+  if student == "masked":
+    return masked_ntk(f, theta, mask, x, **kw)
+  return ntk_of(f, _masked(theta, mask), x, **kw)
+
+
+def kernel_distance(k: jax.Array, k0: jax.Array, norm: str) -> jax.Array:
+  """``||k − k0||²_F / Z``: ``Z = ||k0||²_F`` (``"relative"``) or ``k0.size``.
+
+  ``relative · ||k0||²_F`` and ``mean · k0.size`` are the same sum.
+  """
+  squared = jnp.sum((k - k0) ** 2)
+  if norm == "relative":
+    return squared / jnp.sum(k0**2)
+  return squared / k0.size
+
+
+def l2_norm(theta, mask, paths: tuple[Path, ...] | None) -> jax.Array:
+  """``||θ ⊙ m||²`` over the leaves at ``paths`` (None: every leaf)."""
+  eff = _masked(theta, mask)
+  if paths is None:
+    leaves = jax.tree.leaves(eff)
+  else:
+    leaves = [scores._get(eff, p) for p in paths]
+  return sum(jnp.sum(leaf**2) for leaf in leaves)
+
+
+def loss_terms(
+  f,
+  theta,
+  mask,
+  x,
+  f0,
+  k0,
+  *,
+  kernel: str = "cross_full",
+  student: str = "all",
+  ntk_norm: str = "relative",
+  l2_paths: tuple[Path, ...] | None = None,
+  implementation: str = IMPLEMENTATION,
+):
+  r"""The output, NTK and L2 terms of the search loss (before weighting).
 
   Args:
     f: ``f(params, x) -> [n, C]``.
-    kfn: ``kfn(x1, x2, params) -> [n, n]`` (``ntk_fn(f)``).
     theta: student weights (full tree); the network uses ``theta * mask``.
     mask: the current mask.
-    x: ``[n, H, W, C]`` points (adversarial for awt, clean for ntt).
+    x: ``[n, ...]`` points (adversarial for awt, clean for ntt).
     f0: ``[n, C]`` teacher outputs at ``x``.
-    k0: ``[n, n]`` teacher NTK at ``x``.
-
-  The student's kernel is the NTK of the *sparse* network, the kernel its
-  training follows: only the kept weights move, so it is
-  :math:`J \operatorname{diag}(m) J^\top` with :math:`J` the Jacobian at
-  :math:`\theta \odot m` (``masked_ntk``), not the kernel over all weights
-  (``kfn`` at ``θ ⊙ m``), which also counts the directions of pruned weights
-  that the ticket can never use. ``kfn`` is unused and kept for callers.
+    k0: the teacher's kernel, ``ntk_of(f, θ0, x, kernel=kernel)``.
+    kernel: ``"cross_full"`` or ``"trace"`` (``awt_kernel``).
+    student: ``"all"`` or ``"masked"`` (``awt_student_kernel``).
+    ntk_norm: ``"relative"`` or ``"mean"`` (``awt_ntk_norm``).
+    l2_paths: the leaves of the L2 term (``awt_l2_on="weights"``: the
+      prunable kernels); None: every leaf.
+    implementation: of the kernels (``awt.ntk.empirical_fn``).
 
   Returns:
-    ``(output, ntk, l2)``: ``||f - f0||² / (n C)``, ``||Θ_m - Θ0||²_F / n²``
-    and ``||θ ⊙ m||²``.
+    ``(output, ntk, l2)``: ``||f(θ⊙m) − f0||² / (n C)``,
+    ``kernel_distance(Θ_s, k0, ntk_norm)`` and ``||θ ⊙ m||²`` on
+    ``l2_paths``.
   """
-  del kfn
-  eff = _masked(theta, mask)
-  out = f(eff, x)
-  n, c = out.shape
-  output = jnp.sum((out - f0) ** 2) / (n * c)
-  ntk = jnp.sum((masked_ntk(f, theta, mask, x) - k0) ** 2) / (n * n)
-  l2 = sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(eff))
-  return output, ntk, l2
+  out = f(_masked(theta, mask), x)
+  output = jnp.mean((out - f0) ** 2)
+  k = student_ntk(
+    f,
+    theta,
+    mask,
+    x,
+    kernel=kernel,
+    student=student,
+    implementation=implementation,
+  )
+  return (
+    output,
+    kernel_distance(k, k0, ntk_norm),
+    l2_norm(theta, mask, l2_paths),
+  )
 
 
-def _option(ctx, name, default, kind=float, choices=None):
-  value = kind(ctx.config["pruning"].get(name, default))
-  if choices is not None and value not in choices:
-    raise ValueError(
-      f"unknown pruning.{name} {value!r}; known: {', '.join(choices)}"
-    )
-  if kind in (int, float) and value < 0:
-    raise ValueError(f"pruning.{name}={value} must be >= 0")
+# ---------------------------------------------------------------------------
+# Options.
+
+
+def _convert(name: str, raw, kind):
+  """``raw`` as ``kind``, or a one-line ValueError naming the key."""
+  if kind is bool:
+    if isinstance(raw, (bool, np.bool_)):
+      return bool(raw)
+    raise ValueError(f"pruning.{name}={raw!r} must be True or False")
+  what = "an integer" if kind is int else "a number"
+  if isinstance(raw, float) and kind is int and raw.is_integer():
+    raw = int(raw)
+  ok = isinstance(raw, (int, np.integer))
+  if kind is float:
+    ok = ok or isinstance(raw, (float, np.floating))
+  if not ok or isinstance(raw, (bool, np.bool_)):
+    raise ValueError(f"pruning.{name}={raw!r} must be {what}")
+  return kind(raw)
+
+
+def _option(ctx, name, default, kind=float, choices=None, lo=0):
+  """``config.pruning[name]`` (else ``default``), checked.
+
+  Raises:
+    ValueError: one line naming the key, the value and the known choices
+      (or the lower bound ``lo`` of a number).
+  """
+  raw = ctx.config["pruning"].get(name, default)
+  if choices is not None:
+    if raw not in choices:
+      raise ValueError(
+        f"unknown pruning.{name} {raw!r}; known: {', '.join(choices)}"
+      )
+    return str(raw)
+  value = _convert(name, raw, kind)
+  if kind in (int, float) and value < lo:
+    raise ValueError(f"pruning.{name}={value} must be >= {lo}")
   return value
 
 
@@ -153,6 +380,224 @@ class _Hyper(NamedTuple):
   adversarial: bool
   against: str
   attack: tuple | None  # (eps, step_size, steps, norm) of the PGD points.
+  kernel: str
+  student: str
+  ntk_norm: str
+  l2_paths: tuple[Path, ...] | None  # None: every leaf.
+  implementation: str  # Of the empirical NTKs.
+
+
+class _Settings(NamedTuple):
+  """Everything ``search`` reads from the context, checked."""
+
+  method: str
+  steps: int
+  every: int
+  ckpt_every: int
+  batch: int
+  lr: float
+  lambda_ntk: float
+  lambda_l2: float
+  init: str
+  l2_on: str
+  final_update: bool
+  start: str
+  global_score: str
+  density: float
+  scope: str
+  paths: tuple[Path, ...]
+  hyper: _Hyper
+
+
+def _attack(ctx, adversarial: bool) -> tuple | None:
+  """``(eps, step_size, steps, norm)`` of ``config.adversarial``, or None."""
+  if not adversarial:
+    return None
+  adv = ctx.config["adversarial"]
+  return (
+    float(adv["eps"]),
+    float(adv["step_size"]),
+    int(adv.get("steps", 1)),
+    str(adv.get("norm", "linf")),
+  )
+
+
+def _num_steps(ctx, batch: int) -> int:
+  """``awt_steps`` if positive, else ``round(awt_epochs · N / batch)``."""
+  steps = _option(ctx, "awt_steps", 0, int)
+  epochs = _option(ctx, "awt_epochs", 20.0)
+  if steps == 0 and epochs > 0:
+    steps = max(1, round(epochs * ctx.split.num_examples / batch))
+  return steps
+
+
+def _settings(ctx: PruningContext, adversarial: bool) -> _Settings:
+  """Parses and checks ``config.pruning``'s search options.
+
+  Raises:
+    ValueError: a bad option (one line: key, value, known choices).
+  """
+  every = _option(ctx, "awt_mask_every", 100, int, lo=1)
+  # 0 (the configs' default) means: at every mask reset.
+  ckpt_every = _option(ctx, "awt_checkpoint_every", 0, int) or every
+  batch = _option(ctx, "awt_batch", 64, int, lo=1)
+  kernel = _option(ctx, "awt_kernel", "cross_full", choices=KERNELS)
+  if batch > ctx.split.num_examples or (kernel == "cross_full" and batch < 2):
+    raise ValueError(
+      f"pruning.awt_batch={batch} must be between "
+      f"{2 if kernel == 'cross_full' else 1} and the "
+      f"{ctx.split.num_examples} training examples"
+    )
+  steps = _num_steps(ctx, batch)
+  paths = scores.prunable(ctx)
+  l2_on = _option(ctx, "awt_l2_on", "weights", choices=L2_ON)
+  against = _option(ctx, "awt_attack_against", "teacher", choices=AGAINST)
+  return _Settings(
+    method="awt" if adversarial else "ntt",
+    steps=steps,
+    every=every,
+    ckpt_every=ckpt_every,
+    batch=batch,
+    lr=_option(ctx, "awt_lr", 5e-4),
+    lambda_ntk=_option(ctx, "awt_lambda_ntk", 3.0),
+    lambda_l2=_option(ctx, "awt_lambda_l2", 1e-4),
+    init=_option(ctx, "awt_init", "magnitude", choices=INITS),
+    l2_on=l2_on,
+    final_update=_option(ctx, "awt_final_update", False, bool),
+    start=_option(ctx, "awt_start", "searched", choices=STARTS),
+    global_score=_option(
+      ctx, "awt_global_score", "normalized", choices=GLOBAL_SCORES
+    ),
+    density=scores.target_density(ctx),
+    scope=scores._scope(ctx),
+    paths=paths,
+    hyper=_Hyper(
+      model=ctx.model,
+      adversarial=adversarial,
+      against=against if adversarial else "teacher",
+      attack=_attack(ctx, adversarial),
+      kernel=kernel,
+      student=_option(
+        ctx, "awt_student_kernel", "all", choices=STUDENT_KERNELS
+      ),
+      ntk_norm=_option(ctx, "awt_ntk_norm", "relative", choices=NTK_NORMS),
+      l2_paths=paths if l2_on == "weights" else None,
+      implementation=IMPLEMENTATION,
+    ),
+  )
+
+
+def _fingerprint(s: _Settings, ctx: PruningContext, key) -> dict:
+  """What a checkpoint must match to be resumed (JSON-able)."""
+  h = s.hyper
+  return {
+    "method": s.method,
+    "key": key_words(key),
+    "steps": s.steps,
+    "num_examples": int(ctx.split.num_examples),
+    "density": s.density,
+    "scope": s.scope,
+    "paths": [list(p) for p in s.paths],
+    "mask_every": s.every,
+    "checkpoint_every": s.ckpt_every,
+    "batch": s.batch,
+    "lr": s.lr,
+    "lambda_ntk": s.lambda_ntk,
+    "lambda_l2": s.lambda_l2,
+    "init": s.init,
+    "kernel": h.kernel,
+    "student_kernel": h.student,
+    "ntk_norm": h.ntk_norm,
+    "l2_on": s.l2_on,
+    "final_update": s.final_update,
+    "global_score": s.global_score,
+    "against": h.against if h.adversarial else None,
+    "attack": list(h.attack) if h.adversarial else None,
+  }
+
+
+# ---------------------------------------------------------------------------
+# The mask.
+
+
+def layer_scales(params, paths, normalized: bool) -> tuple[jax.Array, ...]:
+  """Per-layer factors of the magnitude score: ``1 / std`` of each layer.
+
+  Args:
+    params: the weights at initialization.
+    paths: the prunable layers.
+    normalized: False gives ones (the raw ``|θ|`` score).
+
+  Returns:
+    One float32 scalar per path: ``1 / std(params[path])``, 1 where the
+    standard deviation is 0 (or ``normalized`` is False).
+  """
+  stds = [float(np.std(np.asarray(scores._get(params, p)))) for p in paths]
+  return tuple(
+    jnp.float32(1.0 / std if normalized and std > 0 else 1.0) for std in stds
+  )
+
+
+def magnitude_scores(theta, paths, scales) -> PyTree:
+  """``|θ|``, times ``scales[i]`` on the layer at ``paths[i]``."""
+  layers = {
+    p: jnp.abs(scores._get(theta, p)) * s
+    for p, s in zip(paths, scales, strict=True)
+  }
+  return scores._with_layers(theta, layers, jnp.abs)
+
+
+@functools.partial(jax.jit, static_argnames=("paths", "scope"))
+def _magnitude_mask(theta, scales, counts, *, paths, scope):
+  """``(mask, scores)``: the top ``counts`` of ``magnitude_scores``."""
+  score = magnitude_scores(theta, paths, scales)
+  return scores._mask_from_counts(score, paths, counts, scope), score
+
+
+def _reset(theta, s: _Settings, scales):
+  """``(mask, scores)`` of ``theta``: the top-d (scaled) magnitudes."""
+  counts = scores.keep_counts(scores._sizes(theta, s.paths), s.density, s.scope)
+  return _magnitude_mask(theta, scales, counts, paths=s.paths, scope=s.scope)
+
+
+def _scales(ctx: PruningContext, s: _Settings):
+  """The score's layer factors: ``1/σ_l`` for a normalized global score."""
+  normalized = s.scope == "global" and s.global_score == "normalized"
+  return layer_scales(ctx.params, s.paths, normalized)
+
+
+def _initial_mask(ctx: PruningContext, s: _Settings, key, scales):
+  """``(mask, scores, passes)`` the search starts from (``awt_init``)."""
+  if s.init == "snip":
+    first = scores.snip(ctx, key)
+    return first.mask, first.scores, int(first.info["passes"])
+  mask, score = _reset(ctx.params, s, scales)
+  return mask, score, 0
+
+
+# ---------------------------------------------------------------------------
+# The compiled steps.
+
+
+def _points(f, hyper: _Hyper, teacher, student, batch):
+  """The batch's points: clean (ntt) or PGD against teacher/student."""
+  x = batch["image"]
+  if not hyper.adversarial:
+    return x
+  target = teacher if hyper.against == "teacher" else student
+  eps, step_size, steps, norm = hyper.attack
+  x = attacks.pgd(
+    lambda z: f(target, z),
+    x,
+    batch["label"],
+    batch["keys"],
+    eps=eps,
+    step_size=step_size,
+    steps=steps,
+    norm=norm,
+    select="last",
+  )
+  return jax.lax.stop_gradient(x)
 
 
 @functools.partial(jax.jit, static_argnames=("hyper",))
@@ -162,8 +607,8 @@ def _chunk(
   """``S`` search steps with a fixed mask as one compiled ``lax.scan``.
 
   Module-level and keyed by the hashable ``hyper``, so searches of the same
-  network and attack (a resumed one, a sweep over the coefficients)
-  compile once.
+  network, attack and loss options (a resumed one, a sweep over the
+  coefficients) compile once.
 
   Args:
     theta: the student's weights; ``opt_state`` its Adam state.
@@ -180,44 +625,38 @@ def _chunk(
     ``ntk`` and ``l2``.
   """
   f = eval_logits_fn(hyper.model, batch_stats)
-  kfn = ntk_fn(f)
   tx = optax.adam(coefs["lr"])
-
-  def points(th, x, y, keys):
-    if not hyper.adversarial:
-      return x
-    target = teacher if hyper.against == "teacher" else _masked(th, mask)
-    eps, step_size, steps, norm = hyper.attack
-    return attacks.pgd(
-      lambda z: f(target, z),
-      x,
-      y,
-      keys,
-      eps=eps,
-      step_size=step_size,
-      steps=steps,
-      norm=norm,
-      select="last",
-    )
+  options = {
+    "kernel": hyper.kernel,
+    "student": hyper.student,
+    "ntk_norm": hyper.ntk_norm,
+    "l2_paths": hyper.l2_paths,
+    "implementation": hyper.implementation,
+  }
 
   def step(carry, batch):
     th, opt = carry
-    x = jax.lax.stop_gradient(
-      points(th, batch["image"], batch["label"], batch["keys"])
+    x = _points(f, hyper, teacher, _masked(th, mask), batch)
+    k0 = ntk_of(
+      f,
+      teacher,
+      x,
+      kernel=hyper.kernel,
+      implementation=hyper.implementation,
     )
-    f0, k0 = f(teacher, x), kfn(x, None, teacher)
+    f0 = f(teacher, x)
 
     def total(w):
-      output, ntk, l2 = loss_terms(f, kfn, w, mask, x, f0, k0)
-      loss = output + coefs["lambda_ntk"] * ntk + coefs["lambda_l2"] * l2
-      return loss, (output, ntk, l2)
+      terms = loss_terms(f, w, mask, x, f0, k0, **options)
+      output, ntk_term, l2 = terms
+      loss = output + coefs["lambda_ntk"] * ntk_term
+      return loss + coefs["lambda_l2"] * l2, terms
 
-    (loss, (output, ntk, l2)), grads = jax.value_and_grad(total, has_aux=True)(
-      th
-    )
+    (loss, terms), grads = jax.value_and_grad(total, has_aux=True)(th)
     updates, opt = tx.update(grads, opt, th)
     th = optax.apply_updates(th, updates)
-    return (th, opt), {"loss": loss, "output": output, "ntk": ntk, "l2": l2}
+    metrics = dict(zip(("output", "ntk", "l2"), terms, strict=True))
+    return (th, opt), {"loss": loss, **metrics}
 
   return jax.lax.scan(step, (theta, opt_state), stacked)
 
@@ -240,9 +679,241 @@ def batch_indices(seed: int, step: int, num_examples: int, n: int):
   return rng.choice(num_examples, n, replace=False)
 
 
+def _stacked(ctx, n: int, done: int, length: int, data_seed, attack_key):
+  """Steps ``done + 1 .. done + length``'s batches and attack keys."""
+  images, labels = ctx.split.images, ctx.split.labels
+  idx = np.stack(
+    [
+      batch_indices(data_seed, t, len(labels), n)
+      for t in range(done, done + length)
+    ]
+  )
+  ids = done * n + np.arange(length * n).reshape(length, n)
+  fold = jax.vmap(jax.vmap(lambda i: jax.random.fold_in(attack_key, i)))
+  return {
+    "image": jnp.asarray(images[idx], jnp.float32) / 255.0,
+    "label": jnp.asarray(labels[idx]),
+    "keys": fold(jnp.asarray(ids)),
+  }
+
+
 def _boundary(done: int, steps: int, *periods: int) -> int:
   """The first step after ``done`` that ends a period (or ``steps``)."""
   return min([steps] + [(done // p + 1) * p for p in periods])
+
+
+# ---------------------------------------------------------------------------
+# The search loop.
+
+
+class _State(NamedTuple):
+  """The search's progress: what a checkpoint holds."""
+
+  done: int
+  theta: PyTree
+  opt_state: PyTree
+  mask: PyTree
+  scores: PyTree  # The scores that chose ``mask`` (the ticket's).
+  history: list
+  pending: dict  # Per-step metrics of the current mask period.
+  passes: int  # Of the initial mask.
+  earlier_s: float  # Wall time of earlier attempts.
+
+
+def _arrays(state: _State) -> dict:
+  return {
+    "theta": state.theta,
+    "opt_state": state.opt_state,
+    "mask": state.mask,
+    "scores": state.scores,
+  }
+
+
+def _fresh(ctx, s: _Settings, key, scales) -> _State:
+  """The state at step 0: the teacher's weights and the initial mask."""
+  mask, score, passes = _initial_mask(ctx, s, key, scales)
+  opt_state = optax.adam(s.lr).init(ctx.params)
+  return _State(0, ctx.params, opt_state, mask, score, [], {}, passes, 0.0)
+
+
+def _restore(ckpt, ctx, s: _Settings, log) -> _State | None:
+  """The newest complete checkpoint's state, or None.
+
+  Raises:
+    CheckpointError: a checkpoint past ``s.steps`` (or of another search,
+      from ``SearchCheckpoints.restore``).
+  """
+  template = {
+    "theta": ctx.params,
+    "opt_state": optax.adam(s.lr).init(ctx.params),
+    "mask": masks.ones(ctx.params),
+    "scores": ctx.params,
+  }
+  restored = ckpt.restore(template)
+  if restored is None:
+    return None
+  done, arrays, meta = restored
+  if done > s.steps:
+    raise checkpoints.CheckpointError(
+      f"search checkpoint in {ctx.checkpoint_dir} is at step {done}, "
+      f"past the search's {s.steps} steps"
+    )
+  log(
+    f"{s.method} search: resuming at step {done} of {s.steps} from "
+    f"{ckpt.directory}"
+  )
+  pending = {k: np.asarray(v, np.float32) for k, v in meta["pending"].items()}
+  return _State(
+    done=done,
+    history=meta["history"],
+    pending=pending,
+    passes=meta["init_passes"],
+    earlier_s=meta["wall_time_s"],
+    **arrays,
+  )
+
+
+def _save(ckpt, state: _State, start: float) -> None:
+  ckpt.save(
+    state.done,
+    _arrays(state),
+    {
+      "history": state.history,
+      "pending": {k: v.tolist() for k, v in state.pending.items()},
+      "init_passes": int(state.passes),
+      "wall_time_s": state.earlier_s + time.perf_counter() - start,
+    },
+  )
+
+
+def _advance(ctx, s: _Settings, state: _State, data_seed, attack_key):
+  """Runs the steps up to the next mask period or checkpoint end.
+
+  Raises:
+    FloatingPointError: the loss stopped being finite.
+  """
+  end = _boundary(state.done, s.steps, s.every, s.ckpt_every)
+  stacked = _stacked(
+    ctx, s.batch, state.done, end - state.done, data_seed, attack_key
+  )
+  coefs = {
+    "lr": jnp.float32(s.lr),
+    "lambda_ntk": jnp.float32(s.lambda_ntk),
+    "lambda_l2": jnp.float32(s.lambda_l2 / s.density),
+  }
+  (theta, opt_state), metrics = _chunk(
+    state.theta,
+    state.opt_state,
+    state.mask,
+    ctx.params,
+    ctx.batch_stats,
+    coefs,
+    stacked,
+    hyper=s.hyper,
+  )
+  metrics = jax.device_get(metrics)
+  bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
+  if bad.size:
+    raise FloatingPointError(
+      f"{s.method} search loss is {metrics['loss'][bad[0]]} at step "
+      f"{state.done + bad[0] + 1}; stopping, last good checkpoint kept"
+    )
+  pending = {
+    k: np.concatenate([state.pending.get(k, np.zeros(0, np.float32)), v])
+    for k, v in metrics.items()
+  }
+  return state._replace(
+    done=end, theta=theta, opt_state=opt_state, pending=pending
+  )
+
+
+def _resets_at(s: _Settings, done: int) -> bool:
+  """Whether the mask is reset after step ``done`` (``awt_mask_every``).
+
+  At multiples of ``awt_mask_every`` strictly before the last step; with
+  ``awt_final_update`` also after the last step.
+  """
+  period_end = done % s.every == 0 or done == s.steps
+  return period_end and (done < s.steps or s.final_update)
+
+
+def _history_row(s: _Settings, state: _State) -> dict:
+  """The mask period's row: mean loss terms, the ratio, the kept count."""
+  row = {"step": state.done, "kept": masks.counts(state.mask, s.paths)[0]}
+  row.update({k: float(np.mean(v)) for k, v in state.pending.items()})
+  weighted = s.lambda_ntk * row["ntk"]
+  row["ntk_to_output"] = weighted / row["output"] if row["output"] else None
+  return row
+
+
+def _progress(s: _Settings, row: dict, rate: float) -> str:
+  ratio = row["ntk_to_output"]
+  ratio = "n/a" if ratio is None else f"{ratio:.3g}"
+  return (
+    f"{s.method} search step {row['step']}/{s.steps}: loss {row['loss']:.4g} "
+    f"(output {row['output']:.4g}, ntk {row['ntk']:.4g}, l2 "
+    f"{row['l2']:.4g}, lambda_K*ntk/output {ratio}), kept {row['kept']}, "
+    f"{rate:.2f} steps/s, ETA {(s.steps - row['step']) / max(rate, 1e-9):.0f}s"
+  )
+
+
+def _end_period(s: _Settings, state: _State, scales, clock, log):
+  """At a period's end: the mask reset (if due), the row, the progress line.
+
+  Returns:
+    ``(state, clock)``, ``clock = (time, step)`` of this period's end.
+  """
+  if _resets_at(s, state.done):
+    mask, score = _reset(state.theta, s, scales)
+    state = state._replace(mask=mask, scores=score)
+  row = _history_row(s, state)
+  now = time.perf_counter()
+  rate = (state.done - clock[1]) / max(now - clock[0], 1e-9)
+  log(_progress(s, row, rate))
+  return state._replace(history=[*state.history, row], pending={}), (
+    now,
+    state.done,
+  )
+
+
+def _passes(ctx, s: _Settings, state: _State) -> int:
+  """Forward+backward passes: the initial mask's and the search's.
+
+  Per step: PGD (attack steps), the student's output (1) and the NTK
+  terms: Jacobians of teacher and student (C passes each) and the
+  gradient through the student's kernel (about 2C more) -- an estimate.
+  """
+  f = eval_logits_fn(ctx.model, ctx.batch_stats)
+  x = jnp.zeros((1, *ctx.image_shape))
+  num_classes = jax.eval_shape(f, ctx.params, x).shape[-1]
+  attack_steps = s.hyper.attack[2] if s.hyper.adversarial else 0
+  return int(state.passes + s.steps * (attack_steps + 1 + 4 * num_classes))
+
+
+def _ticket(ctx, s: _Settings, state: _State, start: float) -> Ticket:
+  """The ticket: the returned mask on the searched weights or on θ0."""
+  origin = state.theta if s.start == "searched" else ctx.params
+  params = _masked(origin, state.mask)
+  jax.block_until_ready(params)
+  h = s.hyper
+  return Ticket(
+    mask=state.mask,
+    params=params,
+    batch_stats=ctx.batch_stats,
+    scores=state.scores,
+    info={
+      "method": s.method,
+      "passes": _passes(ctx, s, state),
+      "wall_time_s": state.earlier_s + time.perf_counter() - start,
+      "sparsity": float(ctx.config["pruning"]["sparsity"]),
+      "scope": s.scope,
+      "start": s.start,
+      "steps": s.steps,
+      "mask_init": s.init,
+      "attack_against": h.against if h.adversarial else None,
+      "history": state.history,
+    },
+  )
 
 
 def search(ctx: PruningContext, key: jax.Array, *, adversarial: bool) -> Ticket:
@@ -254,8 +925,9 @@ def search(ctx: PruningContext, key: jax.Array, *, adversarial: bool) -> Ticket:
   started again with the same settings continues from the newest complete
   checkpoint: its ticket and history are bit-identical to an uninterrupted
   run's. Steps between two mask updates or checkpoints run as one compiled
-  ``lax.scan``; progress (loss terms, rate, ETA) goes to ``ctx.log`` once
-  per mask period.
+  ``lax.scan``; once per mask period the loss terms, the ratio
+  ``lambda_K * ntk / output``, rate and ETA go to ``ctx.log`` and a row to
+  ``info["history"]``.
 
   Raises:
     ValueError: a bad option; ``awt.checkpoints.CheckpointError`` for a
@@ -263,203 +935,21 @@ def search(ctx: PruningContext, key: jax.Array, *, adversarial: bool) -> Ticket:
       being finite (the last good checkpoint is kept).
   """
   start = time.perf_counter()
-  method = "awt" if adversarial else "ntt"
+  s = _settings(ctx, adversarial)
   log = ctx.log or logging.info
-  steps = _option(ctx, "awt_steps", 100, int)
-  every = max(1, _option(ctx, "awt_mask_every", 10, int))
-  # 0 (the configs' default) means: at every mask reset.
-  ckpt_every = _option(ctx, "awt_checkpoint_every", every, int) or every
-  n = _option(ctx, "awt_batch", 32, int)
-  lr = _option(ctx, "awt_lr", 1e-3)
-  lam_k = _option(ctx, "awt_lambda_ntk", 1.0)
-  lam_2 = _option(ctx, "awt_lambda_l2", 1e-5)
-  init = _option(ctx, "awt_init", "magnitude", str, INITS)
-  against = _option(ctx, "awt_attack_against", "teacher", str, AGAINST)
-  if ckpt_every < 1:
-    raise ValueError(f"pruning.awt_checkpoint_every={ckpt_every} must be >= 1")
-  if n > ctx.split.num_examples:
-    raise ValueError(
-      f"pruning.awt_batch={n} is larger than the {ctx.split.num_examples} "
-      "training examples"
-    )
-  density = scores.target_density(ctx)
-  paths = scores.prunable(ctx)
-  scope = ctx.config["pruning"].get("scope", "global")
-  teacher = ctx.params
-  f = eval_logits_fn(ctx.model, ctx.batch_stats)
-  adv = ctx.config["adversarial"]
-  attack_steps = int(adv.get("steps", 1)) if adversarial else 0
-  adv_norm = str(adv.get("norm", "linf"))
   init_key, data_key, attack_key = jax.random.split(key, 3)
-  tx = optax.adam(lr)
-  hyper = _Hyper(
-    model=ctx.model,
-    adversarial=adversarial,
-    against=against,
-    attack=(
-      (float(adv["eps"]), float(adv["step_size"]), attack_steps, adv_norm)
-      if adversarial
-      else None
-    ),
-  )
-  coefs = {
-    "lr": jnp.float32(lr),
-    "lambda_ntk": jnp.float32(lam_k),
-    "lambda_l2": jnp.float32(lam_2 / density),
-  }
-
   data_seed = _data_seed(data_key)
-  settings = {
-    "method": method,
-    "key": key_words(key),
-    "steps": steps,
-    "num_examples": int(ctx.split.num_examples),
-    "density": density,
-    "scope": scope,
-    "paths": [list(p) for p in paths],
-    "mask_every": every,
-    "checkpoint_every": ckpt_every,
-    "batch": n,
-    "lr": lr,
-    "lambda_ntk": lam_k,
-    "lambda_l2": lam_2,
-    "init": init,
-    "against": against if adversarial else None,
-    "attack": (
-      {k: adv.get(k) for k in ("norm", "eps", "step_size", "steps")}
-      if adversarial
-      else None
-    ),
-  }
-  images, labels = ctx.split.images, ctx.split.labels
-  with SearchCheckpoints(ctx.checkpoint_dir, settings) as ckpt:
-    template = {
-      "theta": teacher,
-      "opt_state": tx.init(teacher),
-      "mask": masks.ones(teacher),
-    }
-    restored = ckpt.restore(template)
-    if restored is None:
-      if init == "snip":
-        first = scores.snip(ctx, init_key)
-        mask, passes = first.mask, first.info["passes"]
-      else:
-        mask = masks.topk(
-          jax.tree.map(jnp.abs, teacher), density, scope=scope, paths=paths
-        )
-        passes = 0
-      theta, opt_state = teacher, tx.init(teacher)
-      done, history, earlier_s = 0, [], 0.0
-      pending = {}
-    else:
-      done, state, meta = restored
-      if done > steps:
-        raise checkpoints.CheckpointError(
-          f"search checkpoint in {ctx.checkpoint_dir} is at step {done}, "
-          f"past pruning.awt_steps={steps}"
-        )
-      theta, opt_state, mask = state["theta"], state["opt_state"], state["mask"]
-      passes, history = meta["init_passes"], meta["history"]
-      earlier_s = meta["wall_time_s"]
-      pending = {
-        k: np.asarray(v, np.float32) for k, v in meta["pending"].items()
-      }
-      log(
-        f"{method} search: resuming at step {done} of {steps} from "
-        f"{ckpt.directory}"
-      )
-    t_last, done_last = time.perf_counter(), done
-    while done < steps:
-      length = _boundary(done, steps, every, ckpt_every) - done
-      idx = np.stack(
-        [
-          batch_indices(data_seed, t, len(labels), n)
-          for t in range(done, done + length)
-        ]
-      )
-      ids = done * n + np.arange(length * n).reshape(length, n)
-      stacked = {
-        "image": jnp.asarray(images[idx], jnp.float32) / 255.0,
-        "label": jnp.asarray(labels[idx]),
-        "keys": jax.vmap(jax.vmap(lambda i: jax.random.fold_in(attack_key, i)))(
-          jnp.asarray(ids)
-        ),
-      }
-      (theta, opt_state), metrics = _chunk(
-        theta,
-        opt_state,
-        mask,
-        teacher,
-        ctx.batch_stats,
-        coefs,
-        stacked,
-        hyper=hyper,
-      )
-      metrics = jax.device_get(metrics)
-      bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
-      if bad.size:
-        raise FloatingPointError(
-          f"{method} search loss is {metrics['loss'][bad[0]]} at step "
-          f"{done + bad[0] + 1}; stopping, last good checkpoint kept"
-        )
-      done += length
-      pending = {
-        k: np.concatenate([pending.get(k, np.zeros(0, np.float32)), v])
-        for k, v in metrics.items()
-      }
-      if done % every == 0 or done == steps:
-        mask = masks.topk(
-          jax.tree.map(jnp.abs, theta), density, scope=scope, paths=paths
-        )
-        row = {"step": done, "kept": masks.counts(mask, paths)[0]}
-        row.update({k: float(np.mean(v)) for k, v in pending.items()})
-        history.append(row)
-        pending = {}
-        now = time.perf_counter()
-        rate = (done - done_last) / max(now - t_last, 1e-9)
-        log(
-          f"{method} search step {done}/{steps}: loss {row['loss']:.4g} "
-          f"(output {row['output']:.4g}, ntk {row['ntk']:.4g}, l2 "
-          f"{row['l2']:.4g}), kept {row['kept']}, {rate:.2f} steps/s, "
-          f"ETA {(steps - done) / max(rate, 1e-9):.0f}s"
-        )
-        t_last, done_last = now, done
-      if done % ckpt_every == 0 or done == steps:
-        ckpt.save(
-          done,
-          {"theta": theta, "opt_state": opt_state, "mask": mask},
-          {
-            "history": history,
-            "pending": {k: v.tolist() for k, v in pending.items()},
-            "init_passes": int(passes),
-            "wall_time_s": earlier_s + time.perf_counter() - start,
-          },
-        )
-  # Per step: PGD (attack_steps passes), the student's output (1), and the
-  # NTK terms: Jacobians of teacher and student (C passes each) and the
-  # gradient through the student's kernel (about 2C more) -- an estimate.
-  num_classes = jax.eval_shape(
-    f, teacher, jnp.zeros((1, *ctx.image_shape))
-  ).shape[-1]
-  passes += steps * (attack_steps + 1 + 4 * num_classes)
-  params = _masked(theta, mask)
-  jax.block_until_ready(params)
-  return Ticket(
-    mask=mask,
-    params=params,
-    batch_stats=ctx.batch_stats,
-    scores=jax.tree.map(jnp.abs, theta),
-    info={
-      "method": method,
-      "passes": int(passes),
-      "wall_time_s": earlier_s + time.perf_counter() - start,
-      "sparsity": float(ctx.config["pruning"]["sparsity"]),
-      "start": "init",
-      "mask_init": init,
-      "attack_against": against if adversarial else None,
-      "history": history,
-    },
-  )
+  scales = _scales(ctx, s)
+  with SearchCheckpoints(ctx.checkpoint_dir, _fingerprint(s, ctx, key)) as ck:
+    state = _restore(ck, ctx, s, log) or _fresh(ctx, s, init_key, scales)
+    clock = (time.perf_counter(), state.done)
+    while state.done < s.steps:
+      state = _advance(ctx, s, state, data_seed, attack_key)
+      if state.done % s.every == 0 or state.done == s.steps:
+        state, clock = _end_period(s, state, scales, clock, log)
+      if state.done % s.ckpt_every == 0 or state.done == s.steps:
+        _save(ck, state, start)
+  return _ticket(ctx, s, state, start)
 
 
 def awt(ctx: PruningContext, key: jax.Array) -> Ticket:
@@ -470,6 +960,10 @@ def awt(ctx: PruningContext, key: jax.Array) -> Ticket:
 def ntt(ctx: PruningContext, key: jax.Array) -> Ticket:
   """Neural Tangent Transfer (Liu & Zenke 2020): the search on clean points."""
   return search(ctx, key, adversarial=False)
+
+
+# ---------------------------------------------------------------------------
+# Adversarial-NTK distances of any ticket (trace-form kernels).
 
 
 @functools.partial(jax.jit, static_argnames=("model", "attack"))
@@ -494,8 +988,11 @@ def _ntk_distances(model, batch_stats, dense, params, mask, x, y, key, attack):
     select="last",
   )
   k_dense = kfn(x_adv, None, dense)
+  sparse = masked_ntk(
+    f, params, mask, x_adv, implementation=DISTANCE_IMPLEMENTATION
+  )
   return (
-    ntk.relative_distance(masked_ntk(f, params, mask, x_adv), k_dense),
+    ntk.relative_distance(sparse, k_dense),
     ntk.relative_distance(kfn(x_adv, None, params), k_dense),
   )
 
@@ -507,9 +1004,10 @@ def adversarial_ntk_distances(
 
   ``||Θ(X̃) − Θ_dense(X̃)||_F / ||Θ_dense(X̃)||_F`` with ``X̃`` PGD points of
   ``adversarial`` (a config block) against the dense network, so every
-  ticket is compared on the same points; ``Θ`` is first the sparse
-  network's kernel ``J diag(m) Jᵀ`` (``masked_ntk``, the one its training
-  follows), then the kernel over all weights at ``params``.
+  ticket is compared on the same points; ``Θ`` is the ``[n, n]`` kernel
+  (mean over logits), first the sparse network's ``J diag(m) Jᵀ``
+  (``masked_ntk``, the one its training follows), then the kernel over all
+  weights at ``params``.
 
   Returns:
     ``(masked, all_weights)`` floats.

@@ -18,6 +18,9 @@ def _common(batch_size: int, num_epochs: int, dataset: str, model: dict):
   c.data = ml_collections.ConfigDict()
   c.data.name = dataset  # TFDS, prepared offline.
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # Training examples held out as the evaluation split (0: the test set);
+  # for choosing hyperparameters without looking at the test set.
+  c.data.validation = 0
 
   c.model = ml_collections.ConfigDict(model)
 
@@ -33,7 +36,7 @@ def _common(batch_size: int, num_epochs: int, dataset: str, model: dict):
   c.pruning.keep_first = False
   c.pruning.keep_last = False
   # Sanity check applied to the found ticket (Frankle et al. ICLR 2021):
-  # none | shuffle | reinit | invert | random_same_density.
+  # none | shuffle | reinit | init_weights | invert | random_same_density.
   c.pruning.ablation = "none"
 
   c.eval = ml_collections.ConfigDict()
