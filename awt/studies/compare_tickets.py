@@ -284,6 +284,9 @@ def _row(r, method, ablation, sparsity, seed, find) -> dict:
     "find_wall_time_s": find["find_cost"]["wall_time_s"] if find else 0.0,
     "find_passes": find["find_cost"]["passes"] if find else 0,
     "ntk_distance_at_init": find["ntk_distance_at_init"] if find else 0.0,
+    "ntk_distance_at_init_all_weights": (
+      find.get("ntk_distance_at_init_all_weights") if find else 0.0
+    ),
     "function_distance_adv_early": _mean_over_epochs(
       history, "function_distance_adv", 0.0, EARLY
     ),
@@ -427,7 +430,7 @@ def markdown_table(out: dict) -> str:
     + [f"{a} %" for a in order]
     + [f"Δ {main} vs dense", f"Δ {main} vs SNIP"] * bool(main)
     + [
-      "NTK dist. at init",
+      "NTK dist. at init (J diag(m) Jᵀ / all weights)",
       "fn. dist. early",
       "fn. dist. final",
       "loss drop, last ¼",
@@ -453,7 +456,9 @@ def markdown_table(out: dict) -> str:
       _fmt(e, "clean_accuracy"),
       *(_fmt(e, f"robust/{a}") for a in order),
       *([_fmt_diff(e, DENSE, key), _fmt_diff(e, "snip", key)] * bool(main)),
-      _fmt(e, "ntk_distance_at_init", 1.0, 3),
+      _fmt(e, "ntk_distance_at_init", 1.0, 2)
+      + " / "
+      + _fmt(e, "ntk_distance_at_init_all_weights", 1.0, 2),
       _fmt(e, "function_distance_adv_early", 1.0, 2),
       _fmt(e, "function_distance_adv_final", 1.0, 2),
       _fmt(e, "train_loss_drop_last_quarter", 100.0, 1) + " %",
