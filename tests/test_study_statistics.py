@@ -140,3 +140,28 @@ def test_a_study_workdir_refuses_another_config(tmp_path):
     config.optimizer.learning_rate = 0.2
   with pytest.raises(ValueError, match="optimizer.learning_rate: 0.05 there"):
     compare_tickets.run(config, str(tmp_path), **kw)
+
+
+def test_kernel_correlations_rank_tickets_by_ntk_distance():
+  rows = []
+  for i in range(6):
+    rows.append(
+      {
+        "method": "snip",
+        "ablation": "none",
+        "target_sparsity": 0.9,
+        "seed": i,
+        "ntk_distance_at_init": 0.1 * i,
+        "ntk_distance_at_init_all_weights": None,
+        "function_distance_adv_early": 1.0 + i,  # same order: rho = +1
+        "function_distance_adv_final": 5.0 - i,  # reversed: rho = -1
+        "robust/pgd40": 0.5,
+      }
+    )
+  corr = compare_tickets.kernel_correlations(rows, "pgd40")
+  by_target = {c["target"]: c for c in corr}
+  assert by_target["function_distance_adv_early"]["rho"] == pytest.approx(1.0)
+  assert by_target["function_distance_adv_final"]["rho"] == pytest.approx(-1.0)
+  assert all(c["kernel"] == "ntk_distance_at_init" for c in corr)
+  assert by_target["function_distance_adv_early"]["n"] == 6
+  assert "robust/pgd40" not in by_target  # constant accuracy: undefined

@@ -381,7 +381,48 @@ def summarize(rows: list[dict], attacks: Sequence[str]) -> dict:
     "summary": summary,
     "attacks": list(attacks),
     "headline": headline(attacks),
+    "correlations": kernel_correlations(rows, headline(attacks)),
   }
+
+
+def kernel_correlations(rows: list[dict], main: str | None) -> list[dict]:
+  """Does the NTK distance at init predict how a ticket trains?
+
+  Per sparsity, over every ticket row (all methods, ablations and seeds),
+  Spearman's rank correlation of each NTK distance at init with the
+  function-space distance to the dense run (early and final) and with the
+  headline accuracy. The NTK argument predicts a positive correlation with
+  the function distances and a negative one with accuracy.
+
+  Returns:
+    ``[{"sparsity", "kernel", "target", "rho", "p", "n"}, ...]``.
+  """
+  from scipy import stats  # noqa: PLC0415 (slow to import)
+
+  targets = ["function_distance_adv_early", "function_distance_adv_final"]
+  targets += [f"robust/{main}"] if main else []
+  kernels = ("ntk_distance_at_init", "ntk_distance_at_init_all_weights")
+  out = []
+  for s in sorted({r["target_sparsity"] for r in rows if r["method"] != DENSE}):
+    at_s = [
+      r for r in rows if r["method"] != DENSE and r["target_sparsity"] == s
+    ]
+    for k in kernels:
+      for t in targets:
+        pairs = [
+          (r[k], r[t])
+          for r in at_s
+          if r.get(k) is not None and r.get(t) is not None
+        ]
+        a, b = zip(*pairs, strict=True) if pairs else ((), ())
+        if len(pairs) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
+          continue  # too few tickets, or a constant: rho is undefined
+        rho, p = stats.spearmanr(a, b)
+        out.append(
+          {"sparsity": s, "kernel": k, "target": t, "rho": float(rho),
+           "p": float(p), "n": len(pairs)}
+        )  # fmt: skip
+  return out
 
 
 def write_outputs(out: dict, workdir: str) -> None:
@@ -466,6 +507,24 @@ def markdown_table(out: dict) -> str:
       str(len(e["seeds"])),
     ]
     lines.append("| " + " | ".join(cells) + " |")
+  corr = out.get("correlations") or []
+  if corr:
+    lines += [
+      "",
+      "Spearman rank correlation over every ticket and seed (p-value): NTK "
+      "distance at init against how the ticket trained.",
+      "",
+      "| sparsity | kernel | vs | rho | p | tickets |",
+      "|---|---|---|---|---|---|",
+    ]
+    for c in corr:
+      kernel = (
+        "all weights" if c["kernel"].endswith("weights") else "J diag(m) Jᵀ"
+      )
+      lines.append(
+        f"| {c['sparsity']:g} | {kernel} | {c['target']} | {c['rho']:+.2f} "
+        f"| {c['p']:.2g} | {c['n']} |"
+      )
   return "\n".join(lines) + "\n"
 
 
