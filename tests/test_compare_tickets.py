@@ -109,3 +109,33 @@ def test_bad_grid_is_one_line(tmp_path, flag, message):
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last
+
+
+def test_method_entries_carry_option_overrides():
+  from awt import config as config_lib
+  from awt.studies import compare_tickets
+  from experiments.configs import compare_tickets as configs
+
+  config = configs.get_config("smoke")
+  spec = "awt:awt_kernel=trace,awt_epochs=5,awt_final_update=true"
+  assert compare_tickets.parse_method(spec) == (
+    "awt",
+    {"awt_kernel": "trace", "awt_epochs": "5", "awt_final_update": "true"},
+  )
+  c = compare_tickets._cell_config(
+    config, seed=1, method=spec, sparsity=0.9, ablation="none"
+  )
+  assert c.pruning.method == "awt" and c.pruning.awt_kernel == "trace"
+  assert c.pruning.awt_epochs == 5.0 and c.pruning.awt_final_update is True
+  assert config.pruning.awt_kernel == "cross_full"  # the base is untouched
+  for bad, message in (
+    ("awt:awt_kernl=trace", "unknown option pruning.awt_kernl"),
+    ("awt:awt_epochs=many", "is not a float"),
+    ("awt:awt_epochs", "is not <option>=<value>"),
+  ):
+    with pytest.raises(config_lib.ConfigError, match=message):
+      compare_tickets._cell_config(
+        config, seed=0, method=bad, sparsity=0.9, ablation="none"
+      )
+  with pytest.raises(config_lib.ConfigError, match="unknown sweep.methods"):
+    compare_tickets.validate(config, ["snipp:x=1"], [0.9], [0], ["none"])

@@ -57,18 +57,63 @@ from awt.studies import _sweep
 DENSE = "dense"
 
 
+def parse_method(spec: str) -> tuple[str, dict[str, str]]:
+  """``"awt:awt_kernel=trace,awt_epochs=5"`` -> ``("awt", {options})``.
+
+  A sweep entry is a registered method name, optionally followed by
+  ``:`` and comma-separated ``pruning.<option>=<value>`` overrides, so one
+  study can compare variants of a method side by side (each variant is
+  its own arm, labelled by its entry).
+  """
+  name, _, rest = spec.partition(":")
+  options = {}
+  for item in filter(None, rest.split(",")):
+    key, eq, value = item.partition("=")
+    if not eq or not key:
+      raise config_lib.ConfigError(
+        f"sweep.methods entry {spec!r}: {item!r} is not <option>=<value>"
+      )
+    options[key.strip()] = value.strip()
+  return name, options
+
+
 def _cell_config(config, *, seed, method, sparsity, ablation):
+  name, options = parse_method(method)
   c = copy.deepcopy(config)
   with c.unlocked():
     c.seed = int(seed)
-    c.pruning.method = method
+    c.pruning.method = name
     c.pruning.sparsity = float(sparsity)
     c.pruning.ablation = ablation
+  for key, value in options.items():
+    if key not in c.pruning:
+      raise config_lib.ConfigError(
+        f"sweep.methods entry {method!r}: unknown option pruning.{key}"
+      )
+    current = c.pruning[key]
+    kind = type(current) if current is not None else str
+    try:
+      c.pruning[key] = (
+        (value.lower() == "true") if kind is bool else kind(value)
+      )
+    except ValueError:
+      raise config_lib.ConfigError(
+        f"sweep.methods entry {method!r}: pruning.{key}={value!r} is not "
+        f"a {kind.__name__}"
+      ) from None
   return c
 
 
 def _label(method: str, ablation: str) -> str:
   return method if ablation == "none" else f"{method}/{ablation}"
+
+
+def _dirname(method: str, ablation: str) -> str:
+  """A directory-safe form of an arm's label."""
+  label = _label(method, ablation)
+  return label.translate(
+    str.maketrans({"/": "-", ":": "_", "=": "-", ",": "_"})
+  )
 
 
 def arm_name(entry: dict) -> str:
@@ -161,7 +206,7 @@ def _find_tickets(config, workdir, arms, sparsities, seeds, log):
   tickets = {}
   t0 = time.perf_counter()
   for i, (s, m, a, seed) in enumerate(cells):
-    name = f"{_label(m, a).replace('/', '-')}_s{_sparsity_name(s)}_seed{seed}"
+    name = f"{_dirname(m, a)}_s{_sparsity_name(s)}_seed{seed}"
     c = _cell_config(config, seed=seed, method=m, sparsity=s, ablation=a)
     tickets[(s, m, a, seed)] = experiment.find_ticket(
       c,
@@ -196,7 +241,7 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
     described[name] = (DENSE, "none", None)
   for m, a in arms:
     for seed in seeds:
-      name = f"{_label(m, a).replace('/', '-')}_seed{seed}"
+      name = f"{_dirname(m, a)}_seed{seed}"
       tree, info = tickets[(s, m, a, seed)]
       members.append(
         experiment.Member(
@@ -225,7 +270,7 @@ def validate(config, methods, sparsities, seeds, ablations) -> None:
   from awt.pruning import ablations as ablations_lib  # noqa: PLC0415
 
   for m in methods:
-    if m not in pruning.names():
+    if parse_method(m)[0] not in pruning.names():
       raise config_lib.ConfigError(
         f"unknown sweep.methods entry {m!r}; known: "
         f"{', '.join(pruning.names())}"

@@ -13,6 +13,8 @@ Variants (``--config=experiments/configs/compare_tickets.py:V1,V2``):
   decisive  the decisive study's grid (README): 5 seeds, every method,
             awt's ablations; run one sparsity per invocation with
             ``--config.sweep.sparsities='(0.95,)'``.
+  options   the AWT search's options one at a time (NTT's recipe against
+            each deviation), 95% sparsity, 5 seeds.
   mnist5k   on mnist5k's real 28x28 digits with the paper's LeNet-300-100
             (``mnist5k_mlp.py``); combine with ``decisive``.
   adam      train every arm with Adam 1e-3 (the earlier protocol), an
@@ -24,10 +26,23 @@ import ml_collections
 
 from experiments.configs import digits_mlp, mnist5k_mlp
 
-VARIANTS = ("decisive", "mnist5k", "adam", "smoke")
+VARIANTS = ("decisive", "options", "mnist5k", "adam", "smoke")
 # The decisive study's methods: the AWT search, its clean-point version
 # NTT, the pruning-at-init baselines and the three-stage pipelines.
 DECISIVE = ("awt", "ntt", "random", "snip", "synflow", "imp", "hydra")
+# Which of the search's choices matter: NTT's recipe (the default) against
+# each of our deviations and each of its parts, one at a time.
+OPTIONS = (
+  "awt",
+  "awt:awt_student_kernel=masked",  # J diag(m) J^T, our deviation
+  "awt:awt_kernel=trace",  # logit-traced [n, n] kernel
+  "awt:awt_ntk_norm=mean,awt_lambda_ntk=0.001",  # NTT's own scaling
+  "awt:awt_epochs=5",  # a quarter of NTT's search length
+  "awt:awt_global_score=raw",  # global top-|w| (collapses layers)
+  "awt:awt_final_update=true",  # mask reset after the last step
+  "snip",
+  "random",
+)
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -66,6 +81,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.sweep.methods = DECISIVE
     c.sweep.seeds = (0, 1, 2, 3, 4)
     c.sweep.ablations = ("none", "init_weights", "shuffle", "reinit")
+  if "options" in chosen:
+    c.sweep.methods = OPTIONS
+    c.sweep.sparsities = (0.95,)
+    c.sweep.seeds = (0, 1, 2, 3, 4)
+    c.sweep.ablations = ("none", "init_weights")
+    c.sweep.ablated_methods = ("awt",)
   if "smoke" in chosen:
     c.num_epochs = 1
     c.batch_size = 64
