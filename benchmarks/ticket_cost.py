@@ -15,7 +15,8 @@ training, ``pgd_at``): ``imp`` is adversarial IMP (``imp_rounds`` rounds of
 ``num_epochs`` epochs each, rewinding to init), ``hydra`` pretrains
 ``num_epochs`` epochs and then learns scores for ``num_epochs`` epochs;
 ``awt`` runs ``awt_steps`` search steps. ``--num_epochs`` and
-``--awt_steps`` default to the config's values (60 epochs, 100 steps).
+``--awt_steps`` default to the config's values (60 epochs; the search's
+``awt_epochs``, 20 epochs of steps of 64 points, unless ``awt_steps`` > 0).
 
 Wall time is what a user waits for, compilation included (the first call
 of each compiled program is part of the search), measured around
@@ -116,7 +117,7 @@ def find_cost(config, method: str) -> dict:
     "wall_time_s": round(wall, 3),
     "passes": int(ticket.info["passes"]),
     "num_epochs": config.num_epochs,
-    "awt_steps": config.pruning.awt_steps,
+    "awt_steps": ticket.info.get("steps", config.pruning.awt_steps),
     "imp_rounds": int(config.pruning.get("imp_rounds", 5)),
     "load_before": load_before,
     "load_after": _common.load_average(),
