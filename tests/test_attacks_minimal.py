@@ -1,8 +1,10 @@
 """Tests for the minimal-perturbation and black-box attacks.
 
 DeepFool and Carlini-Wagner L2 are checked against closed forms on affine
-classifiers (the distance to a hyperplane) and must fool an undefended
-64-64-10 MLP trained on scikit-learn's digits; the Square Attack must fool
+classifiers (the distance to a hyperplane; for a 10-class model, C&W at the
+sparsity sweep's budget within 5% of the exact distance on 95% of the
+points) and must fool an undefended 64-64-10 MLP trained on scikit-learn's
+digits; the Square Attack must fool
 that MLP through a logits function that cannot be differentiated, stay in the
 eps-ball and [0, 1], never return a point of lower loss than the clean one,
 climb a linear margin towards its maximum over the ball, and give the same
@@ -21,9 +23,11 @@ import pytest
 from sklearn.datasets import load_digits
 
 from awt.attacks import _common
-from awt.attacks.cw import cw_l2
+from awt.attacks.cw import cw_l2, nearest_boundary
 from awt.attacks.deepfool import _STABILITY, deepfool
 from awt.attacks.square import square
+from awt.studies import sparsity_robustness as sweep_lib
+from experiments.configs import sparsity_robustness as sweep_config
 
 # The module (the package re-exports the function under the same name).
 square_lib = importlib.import_module("awt.attacks.square")
@@ -193,6 +197,69 @@ def test_cw_l2_on_linear_binary_model_matches_distance_to_boundary():
   found = _norms(np.asarray(x_adv, np.float64) - x, "l2")
   assert np.all(found >= d * (1 - 1e-4)), (found, d)
   assert np.all(found <= d * 1.05), found / d
+
+
+def _linear_multiclass(seed, n, *, dim=64, classes=10, lo=0.02, hi=0.3):
+  """A random affine 10-class model and ``n`` interior points near it.
+
+  Returns ``((w [D, K], b [K]), x [n, 8, 8, 1] float32, y [n], exact [n],
+  nearest [n])``: ``y`` the predicted class, ``exact`` the float64 l_2
+  distance to the decision boundary, ``min_{j != y} (z_y - z_j) / ||w_y -
+  w_j||``, and ``nearest`` its minimizing class. Points lie in [0.35, 0.65]
+  with ``lo < exact < hi <= 0.35``, so the minimal perturbation moves no
+  pixel out of [0, 1]: the box does not bind.
+  """
+  rng = np.random.default_rng(seed)
+  w = rng.normal(size=(dim, classes))
+  b = rng.normal(size=classes)
+  x = rng.uniform(0.35, 0.65, size=(20 * n, dim)).astype(np.float32)
+  z = x.astype(np.float64) @ w + b
+  y = z.argmax(axis=1)
+  rows = np.arange(len(y))
+  diff_w = w.T[None, :, :] - w.T[y][:, None, :]  # [N, K, D]
+  dist = (z[rows, y][:, None] - z) / np.maximum(
+    np.linalg.norm(diff_w, axis=2), 1e-300
+  )
+  dist[rows, y] = np.inf
+  exact, nearest = dist.min(axis=1), dist.argmin(axis=1)
+  keep = np.flatnonzero((exact > lo) & (exact < hi))[:n]
+  assert len(keep) == n and hi <= 0.35
+  x = x[keep].reshape(n, 8, 8, 1)
+  return (w, b), x, y[keep], exact[keep], nearest[keep]
+
+
+def test_nearest_boundary_is_the_closed_form_on_an_affine_model():
+  (w, b), x, y, _, nearest = _linear_multiclass(0, 64)
+  got = jax.jit(functools.partial(nearest_boundary, _affine(w, b)))(
+    jnp.asarray(x), jnp.asarray(y, jnp.int32)
+  )
+  np.testing.assert_array_equal(np.asarray(got), nearest)
+
+
+def test_sweep_budget_cw_and_deepfool_match_a_linear_boundary():
+  """C&W at the sparsity sweep's budget and DeepFool on an affine model.
+
+  The exact l_2 distance to the decision boundary of a 10-class affine
+  model is ``min_{j != y} (z_y - z_j) / ||w_y - w_j||``. C&W, with the
+  sweep's settings (``sparsity_robustness.cw_attack``), never goes below it
+  and is within 5% of it on at least 95% of the points; DeepFool takes one
+  step to the nearest hyperplane, so its distance is the exact one times
+  its overshoot ``1 + eta`` (plus its 1e-4 stability term).
+  """
+  (w, b), x, y, exact, _ = _linear_multiclass(1, 100)
+  f = _affine(w, b)
+  x, y = jnp.asarray(x), jnp.asarray(y, jnp.int32)
+  sweep = sweep_config.get_config("mnist5k").sweep
+  cw = _Jitted(functools.partial(sweep_lib.cw_attack(sweep), f))(x, y)
+  df = _Jitted(functools.partial(deepfool, f, norm="l2"))(x, y)
+  for x_adv in (cw, df):
+    _assert_valid(x_adv, x)
+    assert np.all(_fooled(f, x_adv, y))
+  found = _norms(np.asarray(cw, np.float64) - np.asarray(x), "l2")
+  assert np.all(found >= exact * (1 - 1e-4)), (found / exact).min()
+  assert np.mean(found <= 1.05 * exact) >= 0.95, np.sort(found / exact)[-8:]
+  found = _norms(np.asarray(df, np.float64) - np.asarray(x), "l2")
+  np.testing.assert_allclose(found, 1.02 * (exact + _STABILITY), rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------
@@ -459,6 +526,7 @@ def test_square_l2_update_pattern_is_a_unit_signed_bump(s):
     (square, {"eps": 0.1, "targeted": True}, "needs target"),
     (square, {"eps": 0.1, "queries": 0}, "queries must be >= 1"),
     (deepfool, {"norm": "l0"}, "unknown norm 'l0'"),
+    (cw_l2, {"towards": "far"}, "unknown towards 'far'; known: max, nearest"),
   ],
 )
 def test_invalid_arguments_raise(fn, kwargs, match):
