@@ -2,8 +2,10 @@
 
 Attacks are named as in the papers' tables: ``fgsm``; ``pgd40`` (PGD, 40
 steps, random start, step size 2.5·eps/steps as Madry et al. 2018 advise);
-``pgd40r5`` (5 restarts); ``bim10`` (PGD without random start, Kurakin et al.
-2017); ``apgd-ce`` / ``apgd-dlr`` (Croce & Hein 2020, 100 steps); ``apgd-t``
+``pgd40r5`` (5 restarts); ``bim10`` (PGD started at ``x`` instead of a
+random point, PGD's step and best iterate: BIM-like, not Kurakin et al.
+2017's exact schedule, which ``awt.studies.sparsity_robustness`` runs);
+``apgd-ce`` / ``apgd-dlr`` (Croce & Hein 2020, 100 steps); ``apgd-t``
 (APGD on the targeted DLR loss against each of the top ``min(9, K - 1)``
 other classes); ``square1000`` (Square attack with 1000 queries). ``a+b+c``
 is the ensemble of attacks ``a``, ``b``, ``c`` that keeps, per example, the
