@@ -429,8 +429,17 @@ def test_batch_stats_are_all_reduced_under_pmap():
     axis_name="batch",
     in_axes=(None, 0),
   )(variables, x.reshape((n, -1) + x.shape[1:]))
+  # Per-device statistics (no all-reduce) move the logits by O(0.1); a
+  # different fp32 summation order across 20 normalized layers moves them by
+  # O(1e-5) (3e-5 seen on a loaded 2-core machine).
+  unsynced = models.get("resnet18", 10, **BN_KW)
+  u_logits, _ = jax.pmap(
+    functools.partial(unsynced.apply, train=True, mutable=["batch_stats"]),
+    in_axes=(None, 0),
+  )(variables, x.reshape((n, -1) + x.shape[1:]))
+  assert np.max(np.abs(u_logits.reshape(logits.shape) - logits)) > 1e-2
   np.testing.assert_allclose(
-    p_logits.reshape(logits.shape), logits, rtol=1e-4, atol=1e-5
+    p_logits.reshape(logits.shape), logits, rtol=1e-4, atol=2e-4
   )
   for device in range(n):
     jax.tree.map(

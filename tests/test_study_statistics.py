@@ -4,6 +4,8 @@ In-process checks on fabricated rows (no training): the numbers a README
 table rests on are computed from these functions.
 """
 
+import re
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -136,9 +138,11 @@ def test_a_study_workdir_refuses_another_config(tmp_path):
   _sweep.check_config(
     str(tmp_path), {k: v for k, v in config.to_dict().items() if k != "sweep"}
   )
+  before = config.optimizer.learning_rate
   with config.unlocked():
-    config.optimizer.learning_rate = 0.2
-  with pytest.raises(ValueError, match="optimizer.learning_rate: 0.05 there"):
+    config.optimizer.learning_rate = before / 2
+  message = f"optimizer.learning_rate: {before} there, {before / 2} now"
+  with pytest.raises(ValueError, match=re.escape(message)):
     compare_tickets.run(config, str(tmp_path), **kw)
 
 
