@@ -86,6 +86,29 @@ def test_summary_pairs_by_seed_against_dense_and_snip():
   assert "| awt | 0.9 |" in table and "-8.5 [" in table
 
 
+def test_tickets_pair_with_the_dense_nets_of_their_own_program():
+  # Two programs (0.9 and 0.95), each training its own dense nets; the
+  # 0.95 program's dense nets ran elsewhere and score 0.02 lower.
+  rows = []
+  for program, shift in ((0.9, 0.0), (0.95, -0.02)):
+    for r in _rows():
+      if r["method"] == "snip" or (r["method"] == "awt" and program == 0.9):
+        continue
+      r = dict(r, trained_at=program)
+      if r["method"] == "dense":
+        r["robust/pgd40+apgd-t"] += shift
+      else:
+        r["target_sparsity"] = program
+      rows.append(r)
+  out = compare_tickets.summarize(rows, ["pgd40+apgd-t"])
+  dense = [e for e in out["summary"] if e["method"] == "dense"]
+  assert len(dense) == 1  # the table shows the first program's
+  assert dense[0]["robust/pgd40+apgd-t"]["mean"] == pytest.approx(0.82)
+  awt = next(e for e in out["summary"] if e["method"] == "awt")
+  d = awt["vs_dense"]["robust/pgd40+apgd-t"]
+  assert d["mean"] == pytest.approx(-0.085 + 0.02)
+
+
 def test_loss_drop_is_zero_on_a_flat_curve_and_large_on_a_falling_one():
   flat = [{"epoch": e, "train_loss": 0.3} for e in range(1, 21)]
   falling = [{"epoch": e, "train_loss": 2.0 - 0.09 * e} for e in range(1, 21)]

@@ -183,9 +183,7 @@ def run(
   tickets = _find_tickets(config, workdir, arms, sparsities, seeds, log)
   rows = []
   for s in sparsities:
-    trained = _train_sparsity(config, workdir, s, arms, seeds, tickets, log)
-    # Every program trains the same dense nets; report the first program's.
-    rows += [r for r in trained if r["method"] != DENSE or s == sparsities[0]]
+    rows += _train_sparsity(config, workdir, s, arms, seeds, tickets, log)
   out = summarize(rows, list(config.eval.attacks))
   out["eval_eps"] = config.eval.eps
   out["eval_split"] = config_lib.load_data(config).held_out
@@ -322,6 +320,9 @@ def _row(r, method, ablation, sparsity, seed, find) -> dict:
     "method": method,
     "ablation": ablation,
     "target_sparsity": float(sparsity) if method != DENSE else 0.0,
+    # The program (one per sparsity) the row was trained in: its dense rows
+    # are the matched control of its tickets.
+    "trained_at": float(sparsity),
     "sparsity": r["sparsity"],
     "seed": seed,
     "clean_accuracy": r["clean_accuracy"],
@@ -390,22 +391,52 @@ def summarize(rows: list[dict], attacks: Sequence[str]) -> dict:
   and the paired per-seed differences against dense and SNIP.
 
   Every accuracy gets ``vs_<reference>``: ``_sweep.paired_difference`` of
-  the group's per-seed values minus the reference's at the same seed (the
-  reference at the same sparsity; dense is sparsity 0), a 95% t-interval.
+  the group's per-seed values minus the reference's at the same seed (SNIP
+  at the same sparsity; the dense nets trained in the same program as the
+  group, where rows say so with ``trained_at``), a 95% t-interval.
 
   Returns:
     ``{"rows", "summary", "attacks", "headline"}``.
   """
-  flat = [{k: v for k, v in r.items() if k != "layer_densities"} for r in rows]
-  summary = _sweep.aggregate(flat, GROUP)
+  flat = [
+    {k: v for k, v in r.items() if k not in ("layer_densities", "trained_at")}
+    for r in rows
+  ]
+  # Every program trains the same dense nets: the table shows the first
+  # program's; each ticket is paired with the dense nets of its own program
+  # (the same schedule on the same device).
+  programs = [r.get("trained_at") for r in rows if r["method"] == DENSE]
+  summary = _sweep.aggregate(
+    [
+      f
+      for f, r in zip(flat, rows, strict=True)
+      if r["method"] != DENSE or r.get("trained_at") == programs[0]
+    ],
+    GROUP,
+  )
+  dense_of = {
+    p: _sweep.aggregate(
+      [
+        f
+        for f, r in zip(flat, rows, strict=True)
+        if r["method"] == DENSE and r.get("trained_at") == p
+      ],
+      GROUP,
+    )[0]
+    for p in set(programs)
+  }
   metrics = ["clean_accuracy"] + [f"robust/{a}" for a in attacks]
   by_key = {tuple(g[k] for k in GROUP): g for g in summary}
   for g in summary:
     for ref in REFERENCES:
       if g["method"] == ref and g["ablation"] == "none":
         continue
-      sparsity = 0.0 if ref == DENSE else g["target_sparsity"]
-      other = by_key.get((ref, "none", sparsity))
+      if ref == DENSE:
+        other = dense_of.get(
+          g["target_sparsity"], by_key.get((DENSE, "none", 0.0))
+        )
+      else:
+        other = by_key.get((ref, "none", g["target_sparsity"]))
       if other is None:
         continue
       ref_index = {seed: i for i, seed in enumerate(other["seeds"])}
