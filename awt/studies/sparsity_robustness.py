@@ -1718,15 +1718,27 @@ def plot(
           color=line[0].get_color(),
         )
     ax.set_title(name, fontsize=8)
-    ax.set_xticks(range(len(sparsities)))
-    ax.set_xticklabels([f"{100 * s:g}" for s in sparsities], fontsize=7)
-    ax.set_xlabel("sparsity % (0: matched control; not to scale)", fontsize=7)
-    ax.grid(alpha=0.3)
-  for ax in axes.ravel()[len(cols) :]:
+    _sparsity_axis(ax, sparsities, "0: matched control; not to scale")
+  _finish(fig, axes, len(cols), f"{title} (error bars: std over seeds)", path)
+
+
+def _sparsity_axis(ax, sparsities: Sequence[float], note: str) -> None:
+  """Evenly spaced sparsity ticks (in %) on ``ax``'s x axis, and a grid."""
+  ax.set_xticks(range(len(sparsities)))
+  ax.set_xticklabels([f"{100 * s:g}" for s in sparsities], fontsize=7)
+  ax.set_xlabel(f"sparsity % ({note})", fontsize=7)
+  ax.grid(alpha=0.3)
+
+
+def _finish(fig, axes, used: int, suptitle: str, path: str) -> None:
+  """Hides the unused panels, adds the legend and title, saves ``path``."""
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  for ax in axes.ravel()[used:]:
     ax.axis("off")
   if axes.ravel()[0].has_data():
     axes.ravel()[0].legend(fontsize=6, loc="lower left")
-  fig.suptitle(f"{title} (error bars: std over seeds)")
+  fig.suptitle(suptitle)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=110)
@@ -1781,16 +1793,11 @@ def plot_paired(
     ax.axhline(0.0, color="k", lw=0.8)
     unit = "" if "rho2" in metric else " (points)"
     ax.set_title(f"{name}: minus control{unit}", fontsize=8)
-    ax.set_xticks(range(len(sparsities)))
-    ax.set_xticklabels([f"{100 * s:g}" for s in sparsities], fontsize=7)
-    ax.set_xlabel("sparsity % (not to scale)", fontsize=7)
-    ax.grid(alpha=0.3)
-  for ax in axes.ravel()[len(cols) :]:
-    ax.axis("off")
-  if axes.ravel()[0].has_data():
-    axes.ravel()[0].legend(fontsize=6, loc="lower left")
-  fig.suptitle(f"{title}: paired differences vs matched control (95% CI)")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    _sparsity_axis(ax, sparsities, "not to scale")
+  _finish(
+    fig,
+    axes,
+    len(cols),
+    f"{title}: paired differences vs matched control (95% CI)",
+    path,
+  )
