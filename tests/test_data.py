@@ -120,9 +120,10 @@ def test_digits_split_is_stratified(digits):
   assert (np.abs(test_counts - proportional) <= 1).all(), test_counts
 
 
-def test_digits_split_is_fixed(digits):
-  again = data.load("digits")
-  for a, b in ((digits.train, again.train), (digits.test, again.test)):
+@pytest.mark.parametrize("name", ["digits", "mnist5k"])
+def test_bundled_split_is_fixed(name):
+  first, again = data.load(name), data.load(name)
+  for a, b in ((first.train, again.train), (first.test, again.test)):
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
 
@@ -181,13 +182,6 @@ def test_mnist5k_is_a_stratified_partition_of_mlxtends_digits(mnist5k):
   # 500 digits per class: 400 train and 100 test of each.
   np.testing.assert_array_equal(np.bincount(mnist5k.test.labels), [100] * 10)
   np.testing.assert_array_equal(np.bincount(mnist5k.train.labels), [400] * 10)
-
-
-def test_mnist5k_split_is_fixed(mnist5k):
-  again = data.load("mnist5k")
-  for a, b in ((mnist5k.train, again.train), (mnist5k.test, again.test)):
-    np.testing.assert_array_equal(a.images, b.images)
-    np.testing.assert_array_equal(a.labels, b.labels)
 
 
 # --- Validation split ------------------------------------------------------
