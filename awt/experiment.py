@@ -65,11 +65,6 @@ def _stack_and_shard(group, n_dev):
   return out
 
 
-def _fmt_time(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def _all_finite(tree) -> bool:
   return all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(tree))
 
@@ -449,7 +444,7 @@ def _train(config, workdir, members, *, vectorized, log):
         log(
           f"step {step}/{total_steps} epoch {epoch + 1} "
           f"loss {m['train/loss']:.4f} acc {m['train/accuracy']:.3f} "
-          f"{rate * len(members):.0f} img/s ETA {_fmt_time(eta)}"
+          f"{rate * len(members):.0f} img/s ETA {workdir_lib.fmt_duration(eta)}"
         )
         t_last, step_last = now, step
         if ckpt_every and step // ckpt_every > prev // ckpt_every:

@@ -174,3 +174,27 @@ def plot_members(
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def first_difference(there, here, name: str = ""):
+  """``(name, there, here)`` of the first difference of two JSON values.
+
+  Dicts are compared key by key in ``here``'s order, then the keys only
+  ``there`` has (a key missing on one side compares as None); ``name`` is
+  the dotted path of the difference. None where the values are equal.
+  """
+  if isinstance(there, dict) and isinstance(here, dict):
+    for k in [*here, *(k for k in there if k not in here)]:
+      diff = first_difference(
+        there.get(k), here.get(k), f"{name}.{k}" if name else k
+      )
+      if diff:
+        return diff
+    return None
+  return None if there == here else (name, there, here)
+
+
+def fmt_duration(seconds: float) -> str:
+  """``h:mm:ss`` of a non-negative duration (for progress lines)."""
+  seconds = int(round(max(seconds, 0.0)))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import struct
 
-from awt import checkpoints
+from awt import checkpoints, workdir
 from awt import data as data_lib
 
 PyTree = Any
@@ -145,7 +145,7 @@ class SearchCheckpoints:
       raise checkpoints.CheckpointError(
         f"{self.directory} holds no awt search checkpoint"
       )
-    diff = _first_difference(meta["settings"], self.settings)
+    diff = workdir.first_difference(meta["settings"], self.settings)
     if diff:
       name, there, here = diff
       raise checkpoints.CheckpointError(
@@ -153,7 +153,7 @@ class SearchCheckpoints:
         f"search ({name}: {_short(there)} there, {_short(here)} here); "
         "remove it to start over"
       )
-    diff = _first_difference(meta.get("shapes"), _shapes(template))
+    diff = workdir.first_difference(meta.get("shapes"), _shapes(template))
     if diff:
       name, there, here = diff
       raise checkpoints.CheckpointError(
@@ -176,23 +176,6 @@ def _shapes(tree: PyTree) -> dict[str, list[int]]:
     jax.tree_util.keystr(path, simple=True, separator="/"): list(np.shape(x))
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
   }
-
-
-def _first_difference(there, here, name: str = ""):
-  """``(name, there, here)`` of the first difference of two JSON values.
-
-  Dicts are compared key by key in ``here``'s order (a search lists its
-  method first), then the keys only ``there`` has.
-  """
-  if isinstance(there, dict) and isinstance(here, dict):
-    for k in [*here, *(k for k in there if k not in here)]:
-      diff = _first_difference(
-        there.get(k), here.get(k), f"{name}.{k}" if name else k
-      )
-      if diff:
-        return diff
-    return None
-  return None if there == here else (name, there, here)
 
 
 def _shape(value) -> str:

@@ -19,7 +19,6 @@ from awt.studies._sweep import (
   aggregate,
   cell_dir,
   check_config,
-  fmt_duration,
   metric_names,
   paired_difference,
   read_csv,
@@ -27,6 +26,7 @@ from awt.studies._sweep import (
   write_csv,
   write_table_json,
 )
+from awt.workdir import fmt_duration
 
 __all__ = [
   "Cell",

@@ -72,19 +72,6 @@ def _normalized(obj):
   return json.loads(json.dumps(workdir_lib._jsonable(obj), sort_keys=True))
 
 
-def _first_difference(old, new, prefix=""):
-  if isinstance(old, dict) and isinstance(new, dict):
-    for k in sorted(set(old) | set(new)):
-      where = f"{prefix}.{k}" if prefix else k
-      if k not in old or k not in new:
-        return where, old.get(k), new.get(k)
-      found = _first_difference(old[k], new[k], where)
-      if found:
-        return found
-    return None
-  return None if old == new else (prefix, old, new)
-
-
 def check_config(workdir: str, config: Mapping[str, Any]) -> None:
   """Records a sweep's config, or checks a restarted sweep has the same one.
 
@@ -107,19 +94,13 @@ def check_config(workdir: str, config: Mapping[str, Any]) -> None:
     return
   with open(path) as f:
     old = json.load(f)
-  diff = _first_difference(old, new)
+  diff = workdir_lib.first_difference(old, new)
   if diff:
     key, was, now = diff
     raise ValueError(
       f"workdir {workdir!r} holds a sweep with another config ({key}: "
       f"{was!r} there, {now!r} now); use a new --workdir"
     )
-
-
-def fmt_duration(seconds: float) -> str:
-  """``h:mm:ss`` of a non-negative duration."""
-  seconds = int(round(max(seconds, 0.0)))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def run_cells(
@@ -183,7 +164,7 @@ def run_cells(
     log(
       f"cell {i + 1}/{total} {c.name}: done in {seconds:.1f}s; "
       f"{60.0 / max(per_cell, 1e-9):.2f} cells/min, "
-      f"ETA {fmt_duration(per_cell * left)} for {left} more"
+      f"ETA {workdir_lib.fmt_duration(per_cell * left)} for {left} more"
     )
   return done
 

@@ -1091,7 +1091,7 @@ class _Model:
         self.log(
           f"dns ticket {found}/{todo} ({name}): sparsity "
           f"{info['sparsity']:.4f}; {rate * 60:.1f}/min, ETA "
-          f"{_sweep.fmt_duration((todo - found) / rate)}"
+          f"{workdir_lib.fmt_duration((todo - found) / rate)}"
         )
         tickets[name] = {
           k: info[k]
