@@ -406,11 +406,12 @@ def summarize(rows: list[dict], attacks: Sequence[str]) -> dict:
   # program's; each ticket is paired with the dense nets of its own program
   # (the same schedule on the same device).
   programs = [r.get("trained_at") for r in rows if r["method"] == DENSE]
+  first = programs[0] if programs else None
   summary = _sweep.aggregate(
     [
       f
       for f, r in zip(flat, rows, strict=True)
-      if r["method"] != DENSE or r.get("trained_at") == programs[0]
+      if r["method"] != DENSE or r.get("trained_at") == first
     ],
     GROUP,
   )
