@@ -64,7 +64,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # (Madry et al. 2018) beside it.
   c.eval.attacks = ("pgd40+apgd-ce+apgd-t", "pgd40")
   # The AWT search: NTT's schedule in full on digits (20 epochs, 449 steps,
-  # ~30 s a ticket); on mnist5k 3 epochs (187 steps, ~1 min a ticket), a
+  # ~48 s a ticket); on mnist5k 3 epochs (187 steps, ~1 min a ticket), a
   # deviation forced by the 2-core time budget (README: what the length
   # changes, measured on digits).
   c.pruning.awt_epochs = 3 if "mnist5k" in chosen else 20
