@@ -1662,19 +1662,8 @@ def plot(
   sparsity-0 point of each method (hollow marker) is its matched control;
   the dotted line is the dense net before retraining or surgery.
   """
-  import matplotlib  # noqa: PLC0415 (lazy: only binaries plot)
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  cols = panels(sweep)
-  sparsities = sorted({float(g["sparsity"]) for g in summary})
+  fig, axes, cols, sparsities = _grid(summary, sweep)
   pos = {s: i for i, s in enumerate(sparsities)}
-  ncol = 4
-  nrow = -(-len(cols) // ncol)
-  fig, axes = plt.subplots(
-    nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False
-  )
   curves = _curves(summary)
   colors = {}
   for ax, (metric, name) in zip(axes.ravel(), cols, strict=False):
@@ -1722,6 +1711,22 @@ def plot(
   _finish(fig, axes, len(cols), f"{title} (error bars: std over seeds)", path)
 
 
+def _grid(rows: Sequence[Mapping], sweep: Mapping):
+  """``(fig, axes [nrow, 4], panels(sweep), sorted sparsities of rows)``."""
+  import matplotlib  # noqa: PLC0415 (lazy: only binaries plot)
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  cols = panels(sweep)
+  ncol = 4
+  nrow = -(-len(cols) // ncol)
+  fig, axes = plt.subplots(
+    nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False
+  )
+  return fig, axes, cols, sorted({float(r["sparsity"]) for r in rows})
+
+
 def _sparsity_axis(ax, sparsities: Sequence[float], note: str) -> None:
   """Evenly spaced sparsity ticks (in %) on ``ax``'s x axis, and a grid."""
   ax.set_xticks(range(len(sparsities)))
@@ -1749,19 +1754,8 @@ def plot_paired(
   paired: Sequence[Mapping], path: str, sweep: Mapping, title: str = ""
 ) -> None:
   """Paired differences against the matched control, 95% t-intervals."""
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  cols = panels(sweep)
-  sparsities = sorted({float(d["sparsity"]) for d in paired})
+  fig, axes, cols, sparsities = _grid(paired, sweep)
   pos = {s: i for i, s in enumerate(sparsities)}
-  ncol = 4
-  nrow = -(-len(cols) // ncol)
-  fig, axes = plt.subplots(
-    nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False
-  )
   curves: dict[tuple, list] = {}
   for d in paired:
     curves.setdefault((d["model"], d["method"], d["metric"]), []).append(d)
