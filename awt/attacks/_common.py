@@ -168,6 +168,34 @@ def targeted_dlr_loss(
   return (z_t - z_y) / scale
 
 
+def linearized_boundaries(
+  logits_fn: LogitsFn, x: jax.Array, y: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  r"""Every class's linearized decision boundary against ``y`` at ``x``.
+
+  ``w_k = \nabla z_k(x) - \nabla z_y(x)`` and ``f_k = z_k(x) - z_y(x)``
+  (DeepFool, Moosavi-Dezfooli et al. 2016, Alg. 2): the boundary with
+  class ``k`` is ``f_k + w_k . r = 0``. One forward pass and ``K``
+  vector-Jacobian products.
+
+  Args:
+    logits_fn: pure ``x [B, ...] -> logits [B, K]``, examples independent.
+    x: ``[B, ...]`` float32.
+    y: ``[B]`` int32 true labels.
+
+  Returns:
+    ``(w [B, K, D], f [B, K])`` with ``D = x[0].size``; row ``y`` is 0.
+  """
+  b = x.shape[0]
+  z, vjp = jax.vjp(logits_fn, x)
+  k = z.shape[-1]
+  cot = jnp.broadcast_to(jnp.eye(k, dtype=z.dtype)[:, None], (k, b, k))
+  grads = jnp.moveaxis(jax.vmap(vjp)(cot)[0].reshape(k, b, -1), 0, 1)
+  w = grads - jnp.take_along_axis(grads, y[:, None, None], axis=1)
+  f = z - jnp.take_along_axis(z, y[:, None], axis=1)
+  return w, f
+
+
 def check_loss(loss: str) -> None:
   """Raises a one-line ValueError for an unknown attack loss name."""
   if loss not in LOSSES:

@@ -33,13 +33,8 @@ def nearest_boundary(
   Returns:
     ``[B]`` int32 classes, never ``y``.
   """
-  b = x.shape[0]
-  z, vjp = jax.vjp(logits_fn, x)
-  k = z.shape[-1]
-  cot = jnp.broadcast_to(jnp.eye(k, dtype=z.dtype)[:, None], (k, b, k))
-  grads = jnp.moveaxis(jax.vmap(vjp)(cot)[0].reshape(k, b, -1), 0, 1)
-  w = grads - jnp.take_along_axis(grads, y[:, None, None], axis=1)
-  f = z - jnp.take_along_axis(z, y[:, None], axis=1)
+  w, f = _common.linearized_boundaries(logits_fn, x, y)
+  k = f.shape[-1]
   dist = jnp.abs(f) / jnp.maximum(jnp.sqrt(jnp.sum(w * w, axis=-1)), 1e-12)
   dist = jnp.where(jax.nn.one_hot(y, k, dtype=bool), jnp.inf, dist)
   return jnp.argmin(dist, axis=1).astype(jnp.int32)

@@ -100,15 +100,10 @@ def deepfool(
   if num_classes is not None and num_classes < k:
     rank = jnp.argsort(jnp.argsort(-z0, axis=1), axis=1)
     candidate = candidate & (rank < num_classes)
-  cotangents = jnp.broadcast_to(jnp.eye(k, dtype=z0.dtype)[:, None], (k, b, k))
 
   def step(x_i):
-    """The DeepFool step ``r_i`` at ``x_i`` ``[B, D]``."""
-    z, vjp = jax.vjp(logits_fn, x_i)
-    grads = jax.vmap(vjp)(cotangents)[0].reshape(k, b, -1)
-    grads = jnp.moveaxis(grads, 0, 1)  # [B, K, D]
-    w = grads - jnp.take_along_axis(grads, y[:, None, None], axis=1)
-    f = z - jnp.take_along_axis(z, y[:, None], axis=1)  # [B, K]
+    """The DeepFool step ``r_i`` ``[B, D]`` at ``x_i``."""
+    w, f = _common.linearized_boundaries(logits_fn, x_i, y)  # [B, K, D]
     if norm == "l2":
       w_norm = jnp.sqrt(jnp.sum(w * w, axis=-1))
     else:
