@@ -1,11 +1,36 @@
-"""Plots of tickets: which layers each pruning method thins.
+"""Plots: which layers each pruning method thins, and the study helpers.
 
 Matplotlib with the Agg backend (no display), imported lazily so that
-``import awt`` does not load it.
+``import awt`` does not load it: ``pyplot()`` gives ``matplotlib.pyplot``
+with that backend, ``save(fig, path)`` writes and closes a figure. The
+studies (``awt.studies``) draw their figures with these two.
 """
 
 import os
 from collections.abc import Mapping
+
+DPI = 110  # every PNG the project writes
+
+
+def pyplot():
+  """``matplotlib.pyplot`` on the Agg backend (imported on first use)."""
+  import matplotlib  # noqa: PLC0415 (lazy: only binaries plot)
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  return plt
+
+
+def save(fig, path: str) -> None:
+  """Lays out ``fig``, writes it to the PNG ``path`` and closes it.
+
+  ``path``'s directory is created.
+  """
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=DPI)
+  pyplot().close(fig)
 
 
 def plot_layer_densities(
@@ -24,11 +49,7 @@ def plot_layer_densities(
     path: the PNG to write; its directory is created.
     title: figure title.
   """
-  import matplotlib  # noqa: PLC0415 (lazy: only binaries plot)
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
+  plt = pyplot()
   layers = list(dict.fromkeys(k for d in densities.values() for k in d))
   methods = list(densities)
   width = 0.8 / max(len(methods), 1)
@@ -48,7 +69,4 @@ def plot_layer_densities(
   if methods:
     ax.legend(fontsize=8)
   ax.set_title(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save(fig, path)

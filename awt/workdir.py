@@ -5,6 +5,7 @@ epoch), TensorBoard event files under ``tb/``, ``checkpoints/`` (see
 ``awt.checkpoints``), ``results.json`` and ``plots/*.png``.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -12,6 +13,10 @@ import tempfile
 from collections.abc import Mapping
 
 import numpy as np
+
+# The process's umask (read once; os.umask can only be read by setting it).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class WorkdirError(OSError):
@@ -47,13 +52,56 @@ def _jsonable(v):
   return v
 
 
+@contextlib.contextmanager
+def atomic_write(path: str, *, newline: str | None = None):
+  """Opens a temp file beside ``path`` for writing; renames it on success.
+
+  The temp file is in ``path``'s directory (so ``os.replace`` is one
+  rename on the same file system): a reader sees the old file or the new
+  one, never a half-written one, and a writer that raises (or a process
+  killed mid-write) leaves the old file as it was and no temp file behind
+  (when it raises).
+
+  Args:
+    path: the file to (re)write; its directory must exist.
+    newline: passed to ``open`` (``""`` for the ``csv`` module).
+
+  Yields:
+    The temp file, open for text writing.
+
+  Examples:
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "t.txt")
+    >>> with atomic_write(p) as f:
+    ...   _ = f.write("new")
+    >>> open(p).read()
+    'new'
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(
+    dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+  )
+  try:
+    os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it
+    with os.fdopen(fd, "w", newline=newline) as f:
+      yield f
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
 def write_json(path: str, obj) -> None:
-  """Writes ``obj`` as indented JSON, atomically (temp file + rename)."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
+  """Writes ``obj`` as indented JSON, atomically (``atomic_write``)."""
+  with atomic_write(path) as f:
     json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
     f.write("\n")
-  os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes ``text`` to ``path``, atomically (``atomic_write``)."""
+  with atomic_write(path) as f:
+    f.write(text)
 
 
 def read_jsonl(path: str) -> list[dict]:

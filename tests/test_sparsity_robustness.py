@@ -131,9 +131,16 @@ def test_csv_and_json_round_trip(tmp_path):
   summary = _sweep.aggregate(rows, ["m"])
   _sweep.write_csv(str(tmp_path / "t.csv"), summary, ["m"], first=["y"])
   (line,) = _sweep.read_csv(str(tmp_path / "t.csv"))
-  assert list(line) == ["m", "n_seeds", "y_mean", "y_std", "x_mean", "x_std"]
+  assert list(line) == [
+    "m",
+    "n_seeds",
+    "y_mean",
+    "y_sample_std",
+    "x_mean",
+    "x_sample_std",
+  ]
   assert line["n_seeds"] == "2" and float(line["x_mean"]) == pytest.approx(0.6)
-  assert float(line["y_mean"]) == 2.0 and float(line["y_std"]) == 0.0
+  assert float(line["y_mean"]) == 2.0 and float(line["y_sample_std"]) == 0.0
   _sweep.write_table_json(str(tmp_path / "t.json"), rows, summary, note="n")
   back = json.loads((tmp_path / "t.json").read_text())
   assert back["rows"] == rows and back["note"] == "n"

@@ -1,21 +1,33 @@
-"""Generic helpers of the sweep studies: resumable cells, seed statistics.
+"""The study skeleton: resumable cells, seed statistics, atomic tables.
 
-A sweep is a sequence of *cells*, each a unit of work with its own
-sub-workdir ``WORKDIR/cells/<name>/`` (one ``train_members`` program over
-several seeds, a ticket search, an evaluation). ``run_cells`` runs them in
-order and writes each cell's results to ``cells/<name>/results.json`` when it
-finishes; a cell whose ``results.json`` exists is loaded instead of run, so a
-sweep killed at any point and started again with the same workdir continues
-where it stopped (a cell that was running resumes from the checkpoints in its
-own sub-workdir). One progress line per cell gives the rate and the ETA.
+Every study in ``awt.studies`` is built from these pieces (docs/design.md,
+"How to add", "A study"); nothing here knows about models or training.
 
-Results are rows (flat dicts, one per trained network: a seed of one
-configuration); ``aggregate`` groups them by their configuration keys into
-mean ± std over seeds, keeping the per-seed values, and ``write_csv`` /
-``write_table_json`` save both.
+- **Cells and resume.** A study is a sequence of *cells*, each a unit of
+  work with a name and its own sub-workdir ``WORKDIR/cells/<name>/`` (one
+  ``train_members`` program over several seeds, a ticket search, an
+  evaluation). ``run_cells`` runs them in order and writes each cell's
+  results to ``cells/<name>/results.json`` when it finishes (its done
+  marker); a cell whose ``results.json`` exists is loaded instead of run
+  (``load_results``), so a study killed at any point and started again with
+  the same workdir continues where it stopped (a cell that was running
+  resumes from the checkpoints in its own sub-workdir). ``check_config``
+  refuses, in one line naming the first differing key, a workdir written by
+  another config. One progress line per cell gives the rate and the ETA.
+- **Statistics.** Results are rows (flat dicts, one per trained network: a
+  seed of one configuration); ``aggregate`` groups them by their
+  configuration keys into mean ± *sample* standard deviation (ddof 1) over
+  seeds, keeping the per-seed values; ``STATISTIC``/``statistic_note`` say
+  so in every table a study writes, ``fmt_mean_std`` formats a cell.
+  ``paired_by_seed`` and ``paired_difference`` give the mean same-seed
+  difference of two arms with a Student-t interval.
+- **Tables.** ``write_csv`` (one line per group), ``write_rows_csv`` (any
+  rows) and ``write_table_json`` write atomically (``workdir.atomic_write``:
+  a temp file in the same directory, then ``os.replace``), so a killed study
+  never leaves a half-written table.
 
-Shared by the study modules of ``awt.studies``; nothing here knows about
-models or training.
+The plotting helpers studies share (``pyplot``, ``save``) are in
+``awt.plots``.
 """
 
 import csv
@@ -34,6 +46,8 @@ from awt import workdir as workdir_lib
 CELLS_DIR = "cells"
 RESULTS = "results.json"
 CONFIG = "config.json"
+# What "±" means in every table a study writes: ``aggregate``'s statistic.
+STATISTIC = "mean ± sample std (ddof 1)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +71,19 @@ class Cell:
 def cell_dir(workdir: str, name: str) -> str:
   """``<workdir>/cells/<name>``, the sub-workdir of cell ``name``."""
   return os.path.join(workdir, CELLS_DIR, name)
+
+
+def load_results(path: str) -> dict | None:
+  """A finished cell's results: ``<path>/results.json``, or None if absent.
+
+  ``results.json`` is written atomically after the cell's work returned, so
+  its existence is the cell's done marker.
+  """
+  results_path = os.path.join(path, RESULTS)
+  if not os.path.exists(results_path):
+    return None
+  with open(results_path) as f:
+    return json.load(f)
 
 
 def _check_name(name: str) -> None:
@@ -144,10 +171,9 @@ def run_cells(
   total = len(cells)
   for i, c in enumerate(cells):
     path = cell_dir(workdir, c.name)
-    results_path = os.path.join(path, RESULTS)
-    if os.path.exists(results_path):
-      with open(results_path) as f:
-        done[c.name] = json.load(f)
+    finished = load_results(path)
+    if finished is not None:
+      done[c.name] = finished
       log(f"cell {i + 1}/{total} {c.name}: finished earlier, loaded")
       continue
     os.makedirs(path, exist_ok=True)
@@ -155,9 +181,8 @@ def run_cells(
     t0 = time.perf_counter()
     results = c.run(path, dict(done))
     seconds = time.perf_counter() - t0
-    workdir_lib.write_json(results_path, results)
-    with open(results_path) as f:  # as a restarted sweep will see them
-      done[c.name] = json.load(f)
+    workdir_lib.write_json(os.path.join(path, RESULTS), results)
+    done[c.name] = load_results(path)  # as a restarted sweep will see them
     ran, ran_s = ran + 1, ran_s + seconds
     per_cell = ran_s / ran
     left = total - i - 1
@@ -195,7 +220,8 @@ def aggregate(
     \bar v = \frac{1}{n}\sum_i v_i, \qquad
     s = \sqrt{\frac{1}{n - 1}\sum_i (v_i - \bar v)^2}
 
-  (the sample standard deviation; 0 for a single value, None for none).
+  (the sample standard deviation, ddof 1: ``STATISTIC``; 0 for a single
+  value, None for none). Tables say so with ``statistic_note``.
 
   Args:
     rows: flat dicts, one per seed of a configuration.
@@ -245,6 +271,42 @@ def aggregate(
       }
     out.append(entry)
   return out
+
+
+def statistic_note(summary: Sequence[Mapping[str, Any]]) -> str:
+  """``"mean ± sample std (ddof 1) over n seeds"`` for a table's header.
+
+  ``n`` is the number of seeds of ``aggregate``'s groups: one number where
+  every group has as many, else their range (``"over 3–5 seeds"``).
+
+  Examples:
+    >>> statistic_note([{"seeds": [0, 1, 2]}, {"seeds": [3, 4, 5]}])
+    'mean ± sample std (ddof 1) over 3 seeds'
+  """
+  counts = sorted({len(g["seeds"]) for g in summary})
+  if not counts:
+    return f"{STATISTIC} over seeds"
+  n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+  return f"{STATISTIC} over {n} seed{'s' * (n != '1')}"
+
+
+def fmt_mean_std(
+  stat: Mapping[str, Any] | None,
+  fmt: Callable[[float], str],
+  *,
+  missing: str = "–",
+) -> str:
+  """``"<mean> ± <std>"`` of one ``aggregate`` metric, each through ``fmt``.
+
+  ``missing`` where the metric or its mean is absent.
+
+  Examples:
+    >>> fmt_mean_std({"mean": 0.5, "std": 0.01}, lambda v: f"{100 * v:.1f}")
+    '50.0 ± 1.0'
+  """
+  if not stat or stat.get("mean") is None:
+    return missing
+  return f"{fmt(stat['mean'])} ± {fmt(stat['std'])}"
 
 
 def paired_difference(
@@ -303,6 +365,33 @@ def paired_difference(
   return out
 
 
+def paired_by_seed(
+  a: Mapping[Any, float | None],
+  b: Mapping[Any, float | None],
+  *,
+  confidence: float = 0.95,
+) -> dict | None:
+  """``paired_difference`` of two arms, paired by seed.
+
+  Args:
+    a, b: seed -> value of the two arms; the seeds of ``a`` that ``b`` has
+      are paired, in ``a``'s order (a seed of one arm only is dropped).
+    confidence: the interval's coverage.
+
+  Returns:
+    ``paired_difference``'s dict, or None for no complete pair.
+
+  Examples:
+    >>> d = paired_by_seed({0: 0.8, 1: 0.7, 2: 0.9}, {1: 0.6, 0: 0.7})
+    >>> [round(v, 6) for v in d["values"]]
+    [0.1, 0.1]
+  """
+  seeds = [s for s in a if s in b]
+  return paired_difference(
+    [a[s] for s in seeds], [b[s] for s in seeds], confidence=confidence
+  )
+
+
 def metric_names(summary: Sequence[Mapping[str, Any]]) -> list[str]:
   """The metric fields of ``aggregate``'s groups, in first-seen order."""
   names: list[str] = []
@@ -311,6 +400,20 @@ def metric_names(summary: Sequence[Mapping[str, Any]]) -> list[str]:
       if isinstance(v, Mapping) and "mean" in v and k not in names:
         names.append(k)
   return names
+
+
+def write_rows_csv(
+  path: str, header: Sequence[str], lines: Sequence[Sequence[Any]]
+) -> None:
+  """Writes a CSV file (``header``, then ``lines``), atomically.
+
+  ``workdir.atomic_write``: a temp file in ``path``'s directory, renamed over
+  ``path`` once complete; a writer that fails leaves the old file intact.
+  """
+  with workdir_lib.atomic_write(path, newline="") as f:
+    w = csv.writer(f)
+    w.writerow(list(header))
+    w.writerows(lines)
 
 
 def write_csv(
@@ -323,12 +426,13 @@ def write_csv(
   """Writes ``aggregate``'s groups as CSV, one line per group.
 
   Columns: the ``keys``, ``n_seeds``, then ``<metric>_mean`` and
-  ``<metric>_std`` for every metric (empty where undefined): the metrics
-  named in ``first`` in that order, then the others in first-seen order.
-  The per-seed values are in the JSON (``write_table_json``).
+  ``<metric>_sample_std`` (ddof 1; the column says which std) for every
+  metric (empty where undefined): the metrics named in ``first`` in that
+  order, then the others in first-seen order. The per-seed values are in
+  the JSON (``write_table_json``).
 
   Args:
-    path: the CSV file to write (atomically: temp file + rename).
+    path: the CSV file to write (atomically, ``write_rows_csv``).
     summary: ``aggregate``'s output.
     keys: the configuration fields, as given to ``aggregate``.
     first: metrics to put first.
@@ -338,20 +442,15 @@ def write_csv(
   metrics += [m for m in found if m not in metrics]
   header = [*keys, "n_seeds"]
   for m in metrics:
-    header += [f"{m}_mean", f"{m}_std"]
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(header)
-    for g in summary:
-      line = [g[k] for k in keys] + [len(g["seeds"])]
-      for m in metrics:
-        stat = g.get(m) or {}
-        line += [
-          "" if stat.get(s) is None else stat[s] for s in ("mean", "std")
-        ]
-      w.writerow(line)
-  os.replace(tmp, path)
+    header += [f"{m}_mean", f"{m}_sample_std"]
+  lines = []
+  for g in summary:
+    line = [g[k] for k in keys] + [len(g["seeds"])]
+    for m in metrics:
+      stat = g.get(m) or {}
+      line += ["" if stat.get(s) is None else stat[s] for s in ("mean", "std")]
+    lines.append(line)
+  write_rows_csv(path, header, lines)
 
 
 def read_csv(path: str) -> list[dict[str, str]]:
@@ -366,7 +465,17 @@ def write_table_json(
   summary: Sequence[Mapping[str, Any]],
   **extra,
 ) -> None:
-  """Writes ``{"rows": per-seed rows, "summary": groups, **extra}`` as JSON."""
+  """Writes ``{"rows", "summary", "statistic", **extra}`` as JSON, atomically.
+
+  ``rows`` are the per-seed rows, ``summary`` ``aggregate``'s groups and
+  ``statistic`` says what their ``mean``/``std`` are (``STATISTIC``).
+  """
   workdir_lib.write_json(
-    path, {"rows": list(rows), "summary": list(summary), **extra}
+    path,
+    {
+      "rows": list(rows),
+      "summary": list(summary),
+      "statistic": STATISTIC,
+      **extra,
+    },
   )

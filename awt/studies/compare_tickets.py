@@ -41,7 +41,6 @@ and ``ablated_methods`` (the methods the ablations apply to).
 """
 
 import copy
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ import numpy as np
 from absl import logging
 
 from awt import config as config_lib
-from awt import experiment
+from awt import experiment, plots
 from awt import workdir as workdir_lib
 from awt.studies import _sweep
 
@@ -305,12 +304,12 @@ def validate(config, methods, sparsities, seeds, ablations) -> None:
 
 
 def _load_finished(train_dir: str, names: list[str]) -> dict | None:
-  path = os.path.join(train_dir, "results.json")
-  if not os.path.exists(path):
+  """``{name: results}`` of a finished ``train_members`` program that
+  trained every member of ``names``, else None (``_sweep.load_results``)."""
+  finished = _sweep.load_results(train_dir)
+  if finished is None:
     return None
-  with open(path) as f:
-    members = json.load(f).get("members", [])
-  results = {r["name"]: r for r in members}
+  results = {r["name"]: r for r in finished.get("members", [])}
   return results if set(names) <= set(results) else None
 
 
@@ -440,18 +439,14 @@ def summarize(rows: list[dict], attacks: Sequence[str]) -> dict:
         other = by_key.get((ref, "none", g["target_sparsity"]))
       if other is None:
         continue
-      ref_index = {seed: i for i, seed in enumerate(other["seeds"])}
       diffs = {}
       for m in metrics:
         if m not in g or m not in other:
           continue
-        pairs = [
-          (v, other[m]["values"][ref_index[seed]])
-          for seed, v in zip(g["seeds"], g[m]["values"], strict=True)
-          if seed in ref_index
-        ]
-        if pairs:
-          diffs[m] = _sweep.paired_difference(*zip(*pairs, strict=True))
+        mine = dict(zip(g["seeds"], g[m]["values"], strict=True))
+        theirs = dict(zip(other["seeds"], other[m]["values"], strict=True))
+        if mine.keys() & theirs.keys():
+          diffs[m] = _sweep.paired_by_seed(mine, theirs)
       g[f"vs_{ref}"] = diffs
   return {
     "rows": rows,
@@ -504,25 +499,27 @@ def kernel_correlations(rows: list[dict], main: str | None) -> list[dict]:
 
 def write_outputs(out: dict, workdir: str) -> None:
   """``compare_tickets.json``, ``compare_tickets.csv``, ``table.md``, plots."""
-  workdir_lib.write_json(os.path.join(workdir, "compare_tickets.json"), out)
+  rest = {k: v for k, v in out.items() if k not in ("rows", "summary")}
+  _sweep.write_table_json(
+    os.path.join(workdir, "compare_tickets.json"),
+    out["rows"],
+    out["summary"],
+    **rest,
+  )
   _sweep.write_csv(
     os.path.join(workdir, "compare_tickets.csv"),
     out["summary"],
     GROUP,
     first=["clean_accuracy"] + [f"robust/{a}" for a in out["attacks"]],
   )
-  tmp = os.path.join(workdir, "table.md.tmp")
-  with open(tmp, "w") as f:
-    f.write(markdown_table(out))
-  os.replace(tmp, os.path.join(workdir, "table.md"))
+  workdir_lib.write_text(os.path.join(workdir, "table.md"), markdown_table(out))
   plot_all(out, os.path.join(workdir, "plots"))
 
 
 def _fmt(entry, key, scale=100.0, digits=1):
-  v = entry.get(key)
-  if v is None or v.get("mean") is None:
-    return "–"
-  return f"{scale * v['mean']:.{digits}f} ± {scale * v['std']:.{digits}f}"
+  return _sweep.fmt_mean_std(
+    entry.get(key), lambda v: f"{scale * v:.{digits}f}"
+  )
 
 
 def _fmt_diff(entry, ref, key):
@@ -537,7 +534,8 @@ def _fmt_diff(entry, ref, key):
 def markdown_table(out: dict) -> str:
   """The summary as a Markdown table; its header says what ± means.
 
-  Accuracies in %, mean ± sample standard deviation over seeds; Δ columns:
+  Accuracies in %, ``_sweep.statistic_note``: mean ± sample standard
+  deviation (ddof 1) over the seeds; Δ columns:
   mean paired (same-seed) difference of the headline accuracy against
   dense and SNIP, with its 95% t-interval in brackets.
   """
@@ -557,9 +555,9 @@ def markdown_table(out: dict) -> str:
     ]
   )
   lines = [
-    f"Accuracies in % on the {out.get('eval_split', 'test')} split, mean ± "
-    "sample std over seeds; Δ: mean same-seed difference [95% t-interval], "
-    "in points.",
+    f"Accuracies in % on the {out.get('eval_split', 'test')} split, "
+    f"{_sweep.statistic_note(out['summary'])}; Δ: mean same-seed "
+    "difference [95% t-interval], in points.",
     "",
     "| " + " | ".join(head) + " |",
     "|" + "---|" * len(head),
@@ -607,9 +605,6 @@ def markdown_table(out: dict) -> str:
 
 def plot_all(out: dict, plot_dir: str) -> None:
   """Robust accuracy vs sparsity, curves vs dense, distances, densities."""
-  import matplotlib  # noqa: PLC0415 (lazy)
-
-  matplotlib.use("Agg")
   os.makedirs(plot_dir, exist_ok=True)
   _plot_accuracy(out, plot_dir)
   sparsities = sorted(
@@ -625,9 +620,8 @@ def _labels(entries) -> list[str]:
 
 
 def _plot_accuracy(out: dict, plot_dir: str) -> None:
-  """Clean and robust accuracy vs sparsity (dense: band of ± 1 std)."""
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
+  """Clean and robust accuracy vs sparsity (dense: band of ± 1 sample std)."""
+  plt = plots.pyplot()
   summary, attacks = out["summary"], out["attacks"]
   keys = ["clean_accuracy"] + [f"robust/{a}" for a in attacks]
   fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
@@ -657,12 +651,12 @@ def _plot_accuracy(out: dict, plot_dir: str) -> None:
         label=label,
       )
     ax.set_xlabel("sparsity %")
-    ax.set_title(key.replace("robust/", "robust ") + " (%), ± std", fontsize=9)
+    ax.set_title(
+      key.replace("robust/", "robust ") + " (%), ± sample std", fontsize=9
+    )
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(plot_dir, "accuracy_vs_sparsity.png"), dpi=110)
-  plt.close(fig)
+  plots.save(fig, os.path.join(plot_dir, "accuracy_vs_sparsity.png"))
 
 
 _CURVES = (
@@ -678,10 +672,7 @@ def _plot_dynamics(rows: list[dict], s: float, plot_dir: str) -> None:
   The loss panel draws every seed (thin lines), so a reader sees whether
   each arm's training loss has flattened; the others the mean over seeds.
   """
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  from awt import plots  # noqa: PLC0415
-
+  plt = plots.pyplot()
   at_s = [r for r in rows if r["target_sparsity"] == s or r["method"] == DENSE]
   labels = _labels(at_s)
   colors = {lb: f"C{i % 10}" for i, lb in enumerate(lb for lb in labels)}
@@ -717,11 +708,7 @@ def _plot_dynamics(rows: list[dict], s: float, plot_dir: str) -> None:
       ax.set_yscale("log")
   axes[0].legend(fontsize=7)
   fig.suptitle(f"sparsity {s:g}")
-  fig.tight_layout()
-  fig.savefig(
-    os.path.join(plot_dir, f"dynamics_s{_sparsity_name(s)}.png"), dpi=110
-  )
-  plt.close(fig)
+  plots.save(fig, os.path.join(plot_dir, f"dynamics_s{_sparsity_name(s)}.png"))
 
   densities = {}
   for r in at_s:
@@ -737,10 +724,9 @@ def _plot_dynamics(rows: list[dict], s: float, plot_dir: str) -> None:
 
 
 def _plot_ntk_distance(summary, sparsities, plot_dir: str) -> None:
-  """Bars of the adversarial-NTK distance to dense at init, per sparsity."""
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  fig, ax = plt.subplots(figsize=(7, 3.6))
+  """Bars of the adversarial-NTK distance to dense at init, per sparsity
+  (error bars: sample std over seeds)."""
+  fig, ax = plots.pyplot().subplots(figsize=(7, 3.6))
   width = 0.8 / max(1, len(sparsities))
   ticket_labels = [lb for lb in _labels(summary) if lb != DENSE]
   for j, s in enumerate(sparsities):
@@ -765,6 +751,4 @@ def _plot_ntk_distance(summary, sparsities, plot_dir: str) -> None:
   ax.set_ylabel("relative adv.-NTK distance to dense")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3, axis="y")
-  fig.tight_layout()
-  fig.savefig(os.path.join(plot_dir, "ntk_distance_at_init.png"), dpi=110)
-  plt.close(fig)
+  plots.save(fig, os.path.join(plot_dir, "ntk_distance_at_init.png"))

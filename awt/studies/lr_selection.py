@@ -137,7 +137,6 @@ def run(
   choice["diverged"] = diverged
   workdir_lib.write_json(os.path.join(workdir, "select_lr.json"), choice)
   table = markdown(choice)
-  with open(os.path.join(workdir, "select_lr.md"), "w") as f:
-    f.write(table)
+  workdir_lib.write_text(os.path.join(workdir, "select_lr.md"), table)
   log("learning-rate selection:\n" + table)
   return choice

@@ -99,11 +99,11 @@ points of each (model, seed) (``l2_points``).
 
 Each step of each model is a resumable cell of ``awt.studies._sweep``
 (``WORKDIR/cells/<model>-<step>/``). Outputs: ``sparsity_robustness.csv``
-(mean ± std over seeds per (model, method, sparsity)),
+(mean ± sample std over seeds per (model, method, sparsity), ``_sweep``),
 ``sparsity_robustness.json`` (per-seed rows, the summary, the paired
 differences, the trend tests, the C&W check),
 ``sparsity_robustness_paired.csv``, ``table.md``, and the figures
-``plots/sparsity_robustness.png`` (means ± std; the matched controls are
+``plots/sparsity_robustness.png`` (means ± sample std; the matched controls are
 the hollow sparsity-0 points, the dense nets the dotted lines) and
 ``plots/sparsity_robustness_paired.png`` (paired differences, 95% CIs).
 
@@ -118,7 +118,6 @@ References:
   Moosavi-Dezfooli, Fawzi & Frossard, *DeepFool*, CVPR 2016, Eq. (15).
 """
 
-import csv
 import functools
 import math
 import os
@@ -139,6 +138,7 @@ from awt import (
   experiment,
   masks,
   models,
+  plots,
   pruning,
   training,
 )
@@ -1274,8 +1274,7 @@ def run_sweep(
     "cw_check": cw_check,
     **paths,
   }
-  with open(paths["table"], "w") as f:
-    f.write(format_report(out, config) + "\n")
+  workdir_lib.write_text(paths["table"], format_report(out, config) + "\n")
   title = _title(config, dataset)
   plot(summary, paths["plot"], config.sweep, title=title)
   plot_paired(paired, paths["paired_plot"], config.sweep, title=title)
@@ -1358,9 +1357,9 @@ def paired_differences(
   Returns:
     One dict per (model, method, sparsity > 0, metric) of the methods that
     have a sparsity-0 row: ``model``, ``method``, ``sparsity``, ``metric``
-    and ``_sweep.paired_difference``'s ``mean``, ``lo``, ``hi``, ``std``,
-    ``n``, ``values`` (seeds paired by ``seed``), plus ``control`` (the
-    control's mean).
+    and ``_sweep.paired_by_seed``'s ``mean``, ``lo``, ``hi``, ``std`` (the
+    sample std of the differences), ``n``, ``values``, plus ``control`` (the
+    control's mean) and ``seeds``.
 
   Examples:
     >>> rows = [{"model": "m", "method": "a", "sparsity": s, "seed": i,
@@ -1380,12 +1379,12 @@ def paired_differences(
       continue
     seeds = [s for s in group if s in control]
     for m in metric_names:
-      a = [group[s].get(m) for s in seeds]
-      b = [control[s].get(m) for s in seeds]
-      d = _sweep.paired_difference(a, b, confidence=confidence)
+      a = {s: group[s].get(m) for s in seeds}
+      b = {s: control[s].get(m) for s in seeds}
+      d = _sweep.paired_by_seed(a, b, confidence=confidence)
       if d is None:
         continue
-      ctrl = [float(v) for v in b if v is not None]
+      ctrl = [float(v) for v in b.values() if v is not None]
       out.append(
         {
           "model": model,
@@ -1463,15 +1462,14 @@ def _verdict(ci: Mapping) -> str:
 
 
 def _write_paired_csv(path: str, paired: Sequence[Mapping]) -> None:
+  """One line per paired difference; ``sample_std``: of the differences."""
   cols = ["model", "method", "sparsity", "metric", "control", "mean", "lo"]
   cols += ["hi", "std", "n"]
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(cols)
-    for d in paired:
-      w.writerow(["" if d.get(c) is None else d[c] for c in cols])
-  os.replace(tmp, path)
+  _sweep.write_rows_csv(
+    path,
+    [c if c != "std" else "sample_std" for c in cols],
+    [["" if d.get(c) is None else d[c] for c in cols] for d in paired],
+  )
 
 
 # ----------------------------------------------------------------- reports
@@ -1516,7 +1514,8 @@ def _fmt(metric: str, v) -> str:
 
 
 def format_table(summary: Sequence[Mapping], sweep: Mapping) -> str:
-  """Markdown table of the means ± std (percent for accuracies)."""
+  """Markdown table of the means ± sample std over seeds (``_sweep.aggregate``;
+  percent for accuracies)."""
   cols = panels(sweep)
   head = ["model", "method", "sparsity", *(m for m, _ in cols)]
   head += ["deepfool_failure_rate", "cw_l2_failure_rate", "l2_points"]
@@ -1533,7 +1532,7 @@ def format_table(summary: Sequence[Mapping], sweep: Mapping) -> str:
       elif m == "l2_points":
         cells.append(f"{s['mean']:.0f}")
       else:
-        cells.append(f"{_fmt(m, s['mean'])} ± {_fmt(m, s['std'])}")
+        cells.append(_sweep.fmt_mean_std(s, functools.partial(_fmt, m)))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -1625,8 +1624,9 @@ def format_report(out: Mapping, config) -> str:
   sw = config.sweep
   n_test = {r.get("num_test_points") for r in out["rows"]}
   parts = [
-    "Means ± std over seeds (accuracies in %). Sparsity 0 of each method "
-    "is its matched control; `dense` is the trained starting point.",
+    f"{_sweep.statistic_note(out['summary']).capitalize()} (accuracies in "
+    "%). Sparsity 0 of each method is its matched control; `dense` is the "
+    "trained starting point.",
     "",
     format_table(out["summary"], sw),
     "",
@@ -1656,7 +1656,8 @@ def _curves(summary: Sequence[Mapping]) -> dict[tuple, list]:
 def plot(
   summary: Sequence[Mapping], path: str, sweep: Mapping, title: str = ""
 ) -> None:
-  """Every metric vs sparsity, a line per (model, method); std error bars.
+  """Every metric vs sparsity, a line per (model, method); error bars: the
+  sample std over seeds.
 
   Sparsities are placed at equal spacing (labelled; not to scale). The
   sparsity-0 point of each method (hollow marker) is its matched control;
@@ -1685,17 +1686,7 @@ def plot(
         )
         continue
       x, y, e = zip(*sorted(pts), strict=True)
-      line = ax.errorbar(
-        x,
-        y,
-        yerr=e,
-        marker="o" if model != "linear" else "s",
-        ls="-" if method != "dns" else "--",
-        ms=3.5,
-        lw=1.2,
-        capsize=2,
-        label=f"{model} / {method}",
-      )
+      line = ax.errorbar(x, y, yerr=e, **_style(model, method))
       colors.setdefault(model, line[0].get_color())
       if x[0] == 0:
         ax.plot(
@@ -1708,20 +1699,29 @@ def plot(
         )
     ax.set_title(name, fontsize=8)
     _sparsity_axis(ax, sparsities, "0: matched control; not to scale")
-  _finish(fig, axes, len(cols), f"{title} (error bars: std over seeds)", path)
+  _finish(
+    fig, axes, len(cols), f"{title} (error bars: sample std over seeds)", path
+  )
+
+
+def _style(model: str, method: str) -> dict:
+  """``errorbar`` style of a (model, method) curve, the same in both plots."""
+  return {
+    "marker": "o" if model != "linear" else "s",
+    "ls": "-" if method != "dns" else "--",
+    "ms": 3.5,
+    "lw": 1.2,
+    "capsize": 2,
+    "label": f"{model} / {method}",
+  }
 
 
 def _grid(rows: Sequence[Mapping], sweep: Mapping):
   """``(fig, axes [nrow, 4], panels(sweep), sorted sparsities of rows)``."""
-  import matplotlib  # noqa: PLC0415 (lazy: only binaries plot)
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
   cols = panels(sweep)
   ncol = 4
   nrow = -(-len(cols) // ncol)
-  fig, axes = plt.subplots(
+  fig, axes = plots.pyplot().subplots(
     nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False
   )
   return fig, axes, cols, sorted({float(r["sparsity"]) for r in rows})
@@ -1737,17 +1737,12 @@ def _sparsity_axis(ax, sparsities: Sequence[float], note: str) -> None:
 
 def _finish(fig, axes, used: int, suptitle: str, path: str) -> None:
   """Hides the unused panels, adds the legend and title, saves ``path``."""
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
   for ax in axes.ravel()[used:]:
     ax.axis("off")
   if axes.ravel()[0].has_data():
     axes.ravel()[0].legend(fontsize=6, loc="lower left")
   fig.suptitle(suptitle)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
 def plot_paired(
@@ -1773,17 +1768,7 @@ def plot_paired(
       y = [scale * d["mean"] for d in pts]
       lo = [scale * (d["mean"] - (d["lo"] or d["mean"])) for d in pts]
       hi = [scale * ((d["hi"] or d["mean"]) - d["mean"]) for d in pts]
-      ax.errorbar(
-        x,
-        y,
-        yerr=[lo, hi],
-        marker="o" if model != "linear" else "s",
-        ls="-" if method != "dns" else "--",
-        ms=3.5,
-        lw=1.2,
-        capsize=2,
-        label=f"{model} / {method}",
-      )
+      ax.errorbar(x, y, yerr=[lo, hi], **_style(model, method))
     ax.axhline(0.0, color="k", lw=0.8)
     unit = "" if "rho2" in metric else " (points)"
     ax.set_title(f"{name}: minus control{unit}", fontsize=8)
