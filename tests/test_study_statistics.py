@@ -4,6 +4,7 @@ In-process checks on fabricated rows (no training): the numbers a README
 table rests on are computed from these functions.
 """
 
+import json
 import re
 
 import numpy as np
@@ -192,3 +193,87 @@ def test_kernel_correlations_rank_tickets_by_ntk_distance():
   assert all(c["kernel"] == "ntk_distance_at_init" for c in corr)
   assert by_target["function_distance_adv_early"]["n"] == 6
   assert "robust/pgd40" not in by_target  # constant accuracy: undefined
+
+
+# ------------------------------------------------------- the study skeleton
+
+
+def test_aggregate_is_the_sample_std_and_says_so():
+  values = [0.61, 0.70, 0.64, 0.83]
+  rows = [{"arm": "a", "seed": i, "acc": v} for i, v in enumerate(values)]
+  (g,) = _sweep.aggregate(rows, ["arm"])
+  assert g["acc"]["std"] == pytest.approx(np.std(values, ddof=1))
+  assert g["acc"]["std"] == pytest.approx(stats.tstd(values))
+  assert g["acc"]["std"] != pytest.approx(np.std(values))  # not ddof 0
+  assert "sample std (ddof 1)" in _sweep.STATISTIC
+  assert _sweep.statistic_note([g]) == f"{_sweep.STATISTIC} over 4 seeds"
+  assert _sweep.statistic_note([g, {"seeds": [0, 1]}]).endswith("2–4 seeds")
+  assert _sweep.fmt_mean_std(g["acc"], "{:.3f}".format) == (
+    f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+  )
+
+
+def test_every_table_states_its_statistic(tmp_path):
+  out = compare_tickets.summarize(_rows(), ["pgd40+apgd-t", "pgd40"])
+  header = compare_tickets.markdown_table(out).splitlines()[0]
+  assert "mean ± sample std (ddof 1) over 2 seeds" in header
+  _sweep.write_csv(
+    str(tmp_path / "t.csv"), out["summary"], compare_tickets.GROUP
+  )
+  columns = list(_sweep.read_csv(str(tmp_path / "t.csv"))[0])
+  assert "robust/pgd40_sample_std" in columns
+  assert not [c for c in columns if c.endswith("_std") and "sample" not in c]
+  _sweep.write_table_json(str(tmp_path / "t.json"), out["rows"], [])
+  saved = json.loads((tmp_path / "t.json").read_text())
+  assert saved["statistic"] == _sweep.STATISTIC
+
+
+def test_paired_by_seed_pairs_the_same_seeds_whatever_their_order():
+  rng = np.random.default_rng(1)
+  a = dict(enumerate(rng.normal(0.8, 0.02, size=6)))
+  b = {s: a[s] - rng.normal(0.03, 0.01) for s in (5, 3, 1, 0, 2)}  # no 4
+  got = _sweep.paired_by_seed(a, b)
+  seeds = [0, 1, 2, 3, 5]
+  ref = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+  ci = ref.confidence_interval(0.95)
+  assert got["n"] == 5
+  assert got["values"] == pytest.approx([a[s] - b[s] for s in seeds])
+  assert (got["lo"], got["hi"]) == (
+    pytest.approx(ci.low),
+    pytest.approx(ci.high),
+  )
+  assert _sweep.paired_by_seed({0: 0.5}, {1: 0.4}) is None
+
+
+def test_a_finished_cell_is_loaded_not_run_again(tmp_path):
+  calls = []
+
+  def cell(name):
+    return _sweep.Cell(name, lambda path, done: calls.append(name) or {"n": 1})
+
+  cells = [cell("a"), cell("b")]
+  first = _sweep.run_cells(str(tmp_path), cells, log=lambda s: None)
+  assert calls == ["a", "b"]
+  assert _sweep.load_results(_sweep.cell_dir(str(tmp_path), "a")) == {"n": 1}
+  assert _sweep.load_results(str(tmp_path / "nowhere")) is None
+  lines = []
+  again = _sweep.run_cells(str(tmp_path), cells, log=lines.append)
+  assert calls == ["a", "b"] and again == first  # nothing recomputed
+  assert all("finished earlier, loaded" in line for line in lines)
+
+
+def test_a_changed_config_is_refused_in_one_line(tmp_path):
+  config = {"optimizer": {"learning_rate": 0.2, "momentum": 0.9}, "seed": 0}
+  _sweep.check_config(str(tmp_path), config)
+  _sweep.run_cells(
+    str(tmp_path), [_sweep.Cell("a", lambda p, d: {"x": 1})], log=print
+  )
+  changed = {"optimizer": {"learning_rate": 0.4, "momentum": 0.9}, "seed": 0}
+  with pytest.raises(ValueError) as err:
+    _sweep.check_config(str(tmp_path), changed)
+  message = str(err.value)
+  assert "\n" not in message
+  assert "(optimizer.learning_rate: 0.2 there, 0.4 now)" in message
+  # The refused study wrote nothing: the recorded config stays the first.
+  saved = json.loads((tmp_path / _sweep.CONFIG).read_text())
+  assert saved["optimizer"]["learning_rate"] == 0.2
