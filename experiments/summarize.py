@@ -1,9 +1,16 @@
-r"""Prints a markdown table of the results.json of several workdirs.
+r"""Prints markdown tables of finished workdirs.
 
   python -m experiments.summarize /tmp/awt/table/*
+  python -m experiments.summarize /tmp/awt/decisive_mnist5k
 
-One row per workdir: method, sparsity, clean and robust accuracies, the
-adversarial-NTK distance at init and the cost of finding the ticket.
+A ticket or training workdir (``results.json``) is one row of a table:
+method, sparsity, clean and robust accuracies, the adversarial-NTK distance
+at init and the cost of finding the ticket. A study workdir
+(``compare_tickets.json``, ``sparsity_robustness.json``) gets its study's
+table again, recomputed from the per-seed rows it saved with the current
+statistics (``awt.studies._sweep``: mean ± sample std over seeds, paired
+t-intervals), so a README table can be regenerated without rerunning the
+study.
 """
 
 import json
@@ -30,12 +37,73 @@ def _row(workdir: str) -> str | None:
   )
 
 
+def _load(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def compare_tickets_table(workdir: str) -> str:
+  """``table.md`` of a ``compare_tickets`` workdir, from its saved rows."""
+  from awt.studies import compare_tickets  # noqa: PLC0415 (slow import)
+
+  saved = _load(os.path.join(workdir, "compare_tickets.json"))
+  out = compare_tickets.summarize(saved["rows"], saved["attacks"])
+  out["eval_split"] = saved.get("eval_split", "test")
+  return compare_tickets.markdown_table(out)
+
+
+def sparsity_robustness_table(workdir: str) -> str:
+  """``table.md`` of a ``sparsity_robustness`` workdir, from its saved rows
+  and the config it recorded (``config.json``)."""
+  import ml_collections  # noqa: PLC0415
+
+  from awt.studies import _sweep  # noqa: PLC0415 (slow import)
+  from awt.studies import sparsity_robustness as sr  # noqa: PLC0415
+
+  saved = _load(os.path.join(workdir, "sparsity_robustness.json"))
+  config = ml_collections.ConfigDict(
+    _load(os.path.join(workdir, "config.json"))
+  )
+  paired = sr.paired_differences(saved["rows"], sr.metrics(config.sweep))
+  out = {
+    "rows": saved["rows"],
+    "summary": _sweep.aggregate(saved["rows"], sr.KEYS),
+    "paired": paired,
+    "trend_tests": sr.trend_tests(paired, config.sweep),
+    "cw_check": saved.get("cw_check", {}),
+  }
+  return sr.format_report(out, config) + "\n"
+
+
+STUDIES = {
+  "compare_tickets.json": compare_tickets_table,
+  "sparsity_robustness.json": sparsity_robustness_table,
+}
+
+
 def main(argv):
-  rows = [r for r in map(_row, argv[1:]) if r]
+  studies, workdirs = [], []
+  for workdir in argv[1:]:
+    found = [f for f in STUDIES if os.path.exists(os.path.join(workdir, f))]
+    if found:
+      studies.append((workdir, STUDIES[found[0]]))
+    else:
+      workdirs.append(workdir)
+  for workdir, table in studies:
+    print(f"{workdir}:\n\n{table(workdir)}")
+  rows = [r for r in map(_row, workdirs) if r]
   if not rows:
+    if studies:
+      return 0
     print("error: no results.json in the given workdirs", file=sys.stderr)
     return 1
-  first = json.load(open(os.path.join(argv[1], "results.json")))
+  first = _load(
+    next(
+      os.path.join(w, "results.json")
+      for w in workdirs
+      if os.path.exists(os.path.join(w, "results.json"))
+    )
+  )
   attacks = " / ".join(first["robust_accuracy"])
   print(
     f"| method | sparsity | clean | {attacks} | adv-NTK distance at init "

@@ -277,3 +277,29 @@ def test_a_changed_config_is_refused_in_one_line(tmp_path):
   # The refused study wrote nothing: the recorded config stays the first.
   saved = json.loads((tmp_path / _sweep.CONFIG).read_text())
   assert saved["optimizer"]["learning_rate"] == 0.2
+
+
+def test_summarize_regenerates_a_study_table_from_its_saved_rows(
+  tmp_path, capsys
+):
+  from experiments import summarize
+
+  out = compare_tickets.summarize(_rows(), ["pgd40+apgd-t", "pgd40"])
+  out["eval_split"] = "test"
+  # A workdir written when "±" was the population std (ddof 0).
+  stale = json.loads(json.dumps(out["summary"]))
+  for g in stale:
+    for v in g.values():
+      if isinstance(v, dict) and v.get("values"):
+        v["std"] = float(np.std([x for x in v["values"] if x is not None]))
+  rest = {k: v for k, v in out.items() if k not in ("rows", "summary")}
+  _sweep.write_table_json(
+    str(tmp_path / "compare_tickets.json"), out["rows"], stale, **rest
+  )
+  table = summarize.compare_tickets_table(str(tmp_path))
+  assert table == compare_tickets.markdown_table(out)
+  awt = [line for line in table.splitlines() if line.startswith("| awt |")]
+  want = 100 * np.std([0.71, 0.78], ddof=1)
+  assert f"± {want:.1f} |" in awt[0]  # pgd40: the sample std again
+  assert summarize.main(["summarize", str(tmp_path)]) == 0
+  assert table in capsys.readouterr().out
