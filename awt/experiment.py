@@ -1,7 +1,10 @@
-"""``train_and_evaluate(config, workdir)``: one training run, start to finish.
+"""Training: ``train_and_evaluate`` (one run) and ``train_members`` (several).
 
-The binary ``experiments/train.py``, the notebooks and the tests call this
-same function. It validates the config before any compute, data-parallelizes
+A single run is a vectorized run of one member: one code path trains both,
+as named steps (``_prepare``, ``_initial_state``, ``_Checkpoints``,
+``_fit``, ``_evaluate_members``, ``_write_results``). A run starts from a
+ticket ``awt.tickets.find`` made (or the dense network at init); this module
+does not prune. It validates the config before any compute, data-parallelizes
 over all local devices with ``jax.pmap``, resumes from the newest complete
 checkpoint in ``workdir``, logs progress with rate and ETA, stops at the
 first non-finite loss without saving over the last good checkpoint, and
@@ -10,7 +13,6 @@ writes the workdir layout of docs/design.md.
 
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -21,11 +23,10 @@ import numpy as np
 from absl import logging
 from flax import jax_utils
 
-from awt import attacks, checkpoints, evaluation, masks, pruning, training
+from awt import attacks, checkpoints, evaluation, masks, training
 from awt import config as config_lib
 from awt import data as data_lib
 from awt import workdir as workdir_lib
-from awt.pruning import awt as pruning_awt
 
 AXIS = "batch"
 
@@ -77,15 +78,15 @@ class Member:
     name: unique name; the member's results go to ``members/<name>/``.
     seed: as ``config.seed`` for a single run: initialization (when
       ``initial`` is None), data order and attack randomness.
-    initial: ``{"params", "batch_stats", "mask"}`` to start from (a ticket),
-      or None to initialize from ``seed`` and mask by ``config.pruning``.
+    initial: the ticket to start from (``awt.tickets.find``), or None for
+      the dense network at ``seed``'s initialization.
     reference: the name of another member; the function-space distance to
       it is measured every epoch (see ``function_distance``).
   """
 
   name: str
   seed: int
-  initial: dict | None = None
+  initial: masks.Ticket | None = None
   reference: str | None = None
 
 
@@ -128,20 +129,6 @@ def initialize(model, seed: int, image_shape) -> tuple[Any, Any, RunKeys]:
   return params, batch_stats, keys
 
 
-def check_ablation(config) -> str:
-  """``config.pruning.ablation`` (default ``"none"``), checked before any
-  compute; raises ``ConfigError`` naming an unknown one."""
-  from awt.pruning import ablations  # noqa: PLC0415
-
-  ablation = config.pruning.get("ablation", "none")
-  if ablation not in ablations.ABLATIONS:
-    raise config_lib.ConfigError(
-      f"unknown pruning.ablation {ablation!r}; known: "
-      f"{', '.join(ablations.ABLATIONS)}"
-    )
-  return ablation
-
-
 def function_distance(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
   """Mean Euclidean distance between two networks' logits on a probe set.
 
@@ -171,7 +158,7 @@ def train_and_evaluate(
   config,
   workdir: str,
   *,
-  initial: dict | None = None,
+  initial: masks.Ticket | None = None,
   log: Callable[[str], None] = logging.info,
 ) -> dict:
   """Trains the configured model, evaluates it, and writes ``workdir``.
@@ -179,9 +166,10 @@ def train_and_evaluate(
   Args:
     config: an ``ml_collections.ConfigDict`` following docs/design.md's schema.
     workdir: output directory; an existing checkpoint there is resumed.
-    initial: optional ``{"params", "batch_stats", "mask"}`` to start from (a
-      ticket); by default the model is initialized from ``config.seed`` and
-      masked by ``config.pruning`` (dense, random or magnitude at init).
+    initial: the ticket to start from (``awt.tickets.find``); None: the
+      dense network at ``config.seed``'s initialization (then
+      ``config.pruning.method`` must be ``"dense"``: ``awt.tickets.train``
+      finds the mask of any other method first).
     log: receives progress lines.
 
   Returns:
@@ -194,7 +182,7 @@ def train_and_evaluate(
     NonFiniteError: each with a one-line message.
   """
   member = Member("run", int(config.seed), initial)
-  return _train(config, workdir, [member], vectorized=False, log=log)[0].results
+  return _train(config, workdir, [member], single=True, log=log)[0].results
 
 
 def train_members(
@@ -243,252 +231,366 @@ def train_members(
       raise config_lib.ConfigError(
         f"member {m.name!r} references unknown member {m.reference!r}"
       )
-  return _train(config, workdir, list(members), vectorized=True, log=log)
+  return _train(config, workdir, list(members), single=False, log=log)
 
 
-def _train(config, workdir, members, *, vectorized, log):
-  """``train_and_evaluate`` (one member, no vmap) and ``train_members``."""
+def _train(config, workdir, members, *, single, log) -> list[MemberResult]:
+  """Every run is a vectorized run of its members (one for a single run)."""
   start = time.perf_counter()
-  with_ticket = any(m.initial is not None for m in members)
-  if with_ticket:
-    config_lib.validate(config, pruning_methods=pruning.names())
-  else:
-    config_lib.validate(config)
+  run = _prepare(config, workdir, members, single)
+  state, eval_keys = _initial_state(run)
+  ckpt = _Checkpoints(run, state, log)
+  writer = workdir_lib.MetricsWriter(run.workdir, resume_step=ckpt.resume_step)
+  try:
+    state = _fit(run, ckpt.restored(state), ckpt, writer, log)
+    final = ckpt.save(state)
+  finally:
+    ckpt.close()
+    writer.close()
+  histories = _read_histories(writer.path, run)
+  results = _evaluate_members(
+    run, final, eval_keys, histories, time.perf_counter() - start, start, log
+  )
+  _write_results(run, results)
+  return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What a training run resolved its config to, before any step."""
+
+  config: Any
+  workdir: str
+  members: list[Member]
+  single: bool  # one run: results at the top of ``workdir``, no member names
+  dataset: data_lib.Dataset
+  model: Any  # with the pmap axis (BatchNorm statistics synced over it)
+  eval_model: Any
+  tx: Any
+  steps_per_epoch: int
+  devices: list
+
+  @property
+  def total_steps(self) -> int:
+    return self.steps_per_epoch * self.config.num_epochs
+
+  @property
+  def shared_data(self) -> bool:
+    """All members see the same batches (one data stream, not vmapped)."""
+    return len({m.seed for m in self.members}) == 1
+
+  def prefix(self, i: int) -> str:
+    """Metric-key prefix of member ``i``: ``""`` or ``"members/<name>/"``."""
+    return "" if self.single else f"members/{self.members[i].name}/"
+
+
+def _prepare(config, workdir, members, single) -> _Run:
+  """Validates the config, loads the data, builds model and optimizer."""
+  # A ticket's method was checked by whoever found it (awt.tickets).
+  methods = (
+    (config.pruning.method,)
+    if all(m.initial is not None for m in members)
+    else ("dense",)
+  )
+  config_lib.validate(config, pruning_methods=methods)
   workdir = workdir_lib.prepare(workdir)
   devices = jax.local_devices()
-  n_dev = len(devices)
-  if config.batch_size % n_dev:
+  if config.batch_size % len(devices):
     raise config_lib.ConfigError(
-      f"batch_size={config.batch_size} is not divisible by the {n_dev} "
-      "local devices"
+      f"batch_size={config.batch_size} is not divisible by the "
+      f"{len(devices)} local devices"
     )
   dataset = config_lib.load_data(config)
-  info = dataset.info
   workdir_lib.write_json(f"{workdir}/config.json", config.to_dict())
-
-  model = config_lib.build_model(config, info, axis_name=AXIS)
-  eval_model = config_lib.build_model(config, info)
   steps_per_epoch = data_lib.steps_per_epoch(
     dataset.train.num_examples, config.batch_size
   )
-  total_steps = steps_per_epoch * config.num_epochs
-  tx = training.make_optimizer(config.optimizer, total_steps)
+  return _Run(
+    config=config,
+    workdir=workdir,
+    members=members,
+    single=single,
+    dataset=dataset,
+    model=config_lib.build_model(config, dataset.info, axis_name=AXIS),
+    eval_model=config_lib.build_model(config, dataset.info),
+    tx=training.make_optimizer(
+      config.optimizer, steps_per_epoch * config.num_epochs
+    ),
+    steps_per_epoch=steps_per_epoch,
+    devices=devices,
+  )
+
+
+def _initial_state(run: _Run):
+  """The members' stacked train states ``[M, ...]`` and evaluation keys."""
   states, eval_keys = [], []
-  for m in members:
-    params, batch_stats, keys = initialize(model, m.seed, info.image_shape)
-    if m.initial is None:
-      # train.py masks at initialization only (dense, random, magnitude);
-      # find_ticket passes every other method's ticket as ``initial``.
-      ctx = pruning.PruningContext(
-        model=eval_model,
-        params=params,
-        batch_stats=batch_stats,
-        split=dataset.train,
-        config=config,
-        image_shape=info.image_shape,
-      )
-      mask = pruning.find(config.pruning.method, ctx, keys.mask).mask
-    else:
-      masks.check_compatible(params, m.initial["params"])
-      masks.check_compatible(params, m.initial["mask"])
-      params, mask = m.initial["params"], m.initial["mask"]
-      batch_stats = m.initial.get("batch_stats", batch_stats)
+  image_shape = run.dataset.info.image_shape
+  for m in run.members:
+    params, batch_stats, keys = initialize(run.model, m.seed, image_shape)
+    mask = masks.ones(params)
+    if m.initial is not None:
+      masks.check_compatible(params, m.initial.params)
+      masks.check_compatible(params, m.initial.mask)
+      params, mask = m.initial.params, m.initial.mask
+      batch_stats = m.initial.batch_stats
     states.append(
-      training.create_train_state(params, batch_stats, mask, tx, keys.train)
+      training.create_train_state(params, batch_stats, mask, run.tx, keys.train)
     )
     eval_keys.append(keys.eval)
-  state = _stack(jax.device_get(states)) if vectorized else states[0]
+  return _stack(jax.device_get(states)), eval_keys
 
-  mngr = checkpoints.manager(workdir)
-  resume_step = mngr.latest_step()
-  if resume_step is not None:
-    state, _ = checkpoints.restore_state(mngr, state, resume_step)
-    log(f"resuming from checkpoint at step {resume_step} in {workdir}")
-  writer = workdir_lib.MetricsWriter(workdir, resume_step=resume_step)
-  meta = {"config": config.to_json(), "dataset": info.name}
-  if vectorized:
-    meta["members"] = [m.name for m in members]
 
-  step_fn = training.make_train_step(
-    model,
-    tx,
-    config.adversarial,
-    axis_name=AXIS,
-    steps_per_epoch=steps_per_epoch,
-  )
-  if vectorized:
-    shared_data = len({m.seed for m in members}) == 1
-    step_fn = jax.vmap(step_fn, in_axes=(0, None if shared_data else 0))
-  p_run = jax.pmap(
-    training.scan_steps_fn(step_fn), axis_name=AXIS, donate_argnums=(0,)
-  )
-  rstate = jax_utils.replicate(state, devices)
-  step = int(np.asarray(state.step).reshape(-1)[0])
-  chunk = max(1, min(int(config.get("log_every_steps", 50)), steps_per_epoch))
-  ckpt_every = int(config.get("checkpoint_every_steps", 0))
-  ckpt_every_epochs = int(config.get("checkpoint_every_epochs", 1))
-  t_last, step_last = time.perf_counter(), step
-  what = f"{len(members)} members (vectorized)" if vectorized else "one run"
-  log(
-    f"training {config.model.name} on {info.name}: {total_steps} steps "
-    f"({config.num_epochs} epochs x {steps_per_epoch}), batch "
-    f"{config.batch_size} over {n_dev} device(s), "
-    f"objective {config.adversarial.method}, {what}"
-  )
+class _Checkpoints:
+  """The run's checkpoints: resume from the newest, save without clobbering.
 
-  def eval_apply(variables, x):
-    return eval_model.apply(variables, x, train=False)
+  A single run stores its state without the member axis (the layout of
+  every single-run checkpoint), a vectorized run the stacked state.
+  """
 
-  eval_batch = min(config.eval.batch_size, dataset.test.num_examples)
-  clean_evaluator = evaluation.make_evaluator(eval_apply)
-  probe = _FunctionProbe(config, eval_apply, dataset.test, members)
+  def __init__(self, run: _Run, state, log):
+    self.run = run
+    self.mngr = checkpoints.manager(run.workdir)
+    self.resume_step = self.mngr.latest_step()
+    self.last_saved = self.resume_step
+    self.log = log
+    self.meta = {
+      "config": run.config.to_json(),
+      "dataset": run.dataset.info.name,
+    }
+    if not run.single:
+      self.meta["members"] = [m.name for m in run.members]
 
-  def member_state(host, i):
-    return _unstack(host, i) if vectorized else host
+  def restored(self, state):
+    """``state``, or the newest checkpoint's state in its place."""
+    if self.resume_step is None:
+      return state
+    on_disk = _unstack(state, 0) if self.run.single else state
+    on_disk, _ = checkpoints.restore_state(self.mngr, on_disk, self.resume_step)
+    self.log(
+      f"resuming from checkpoint at step {self.resume_step} in "
+      f"{self.run.workdir}"
+    )
+    return _stack([on_disk]) if self.run.single else on_disk
 
-  last_saved = [resume_step]
+  def save(self, rstate):
+    """Saves the replicated state (once per step); returns it on the host.
 
-  def save(s):
-    host = jax.device_get(jax.tree.map(lambda x: x[0], s))
-    host_step = int(np.asarray(host.step).reshape(-1)[0])
-    if last_saved[0] == host_step:
+    Raises:
+      NonFiniteError: the parameters are not finite (nothing is written).
+    """
+    host = jax.device_get(jax.tree.map(lambda x: x[0], rstate))
+    step = int(np.asarray(host.step).reshape(-1)[0])
+    if self.last_saved == step:
       return host
     if not _all_finite(host.params):
       raise NonFiniteError(
-        f"parameters are not finite at step {host_step}; "
-        "last good checkpoint kept"
+        f"parameters are not finite at step {step}; last good checkpoint kept"
       )
-    checkpoints.save(mngr, host_step, host, meta)
-    last_saved[0] = host_step
+    checkpoints.save(
+      self.mngr, step, _unstack(host, 0) if self.run.single else host, self.meta
+    )
+    self.last_saved = step
     return host
 
-  def epoch_end(host, epoch):
-    """Clean test accuracy (and function distances) of every member."""
-    record, per_member = {}, []
-    outputs = probe.outputs(
-      [member_state(host, i) for i in range(len(members))]
+  def close(self):
+    self.mngr.wait_until_finished()
+    self.mngr.close()
+
+
+def _compiled_steps(run: _Run):
+  """``(replicated state, [n_dev, S, (M,) B/n_dev, ...] chunk) -> (state,
+  metrics)``: S steps of every member in one pmapped ``lax.scan``."""
+  step_fn = training.make_train_step(
+    run.model,
+    run.tx,
+    run.config.adversarial,
+    axis_name=AXIS,
+    steps_per_epoch=run.steps_per_epoch,
+  )
+  step_fn = jax.vmap(step_fn, in_axes=(0, None if run.shared_data else 0))
+  return jax.pmap(
+    training.scan_steps_fn(step_fn), axis_name=AXIS, donate_argnums=(0,)
+  )
+
+
+def _epoch_chunks(run: _Run, step: int, chunk: int):
+  """The rest of the epoch ``step`` is in, in chunks of ``chunk`` steps."""
+  epoch, offset = divmod(step, run.steps_per_epoch)
+  seeds = (
+    [run.members[0].seed] if run.shared_data else [m.seed for m in run.members]
+  )
+  streams = [
+    _chunks(
+      run.dataset.train,
+      run.config.batch_size,
+      seed=s,
+      epoch=epoch,
+      start_step=offset,
+      chunk=chunk,
+      n_dev=len(run.devices),
     )
-    for i, m in enumerate(members):
-      s = member_state(host, i)
-      row = {"epoch": epoch}
-      row["clean_accuracy"] = evaluation.evaluate(
-        eval_apply,
-        training.model_variables(s.params, s.batch_stats),
-        dataset.test,
-        batch_size=eval_batch,
-        evaluator=clean_evaluator,
-      )["clean_accuracy"]
-      row.update(outputs[i])
-      per_member.append(row)
-      prefix = f"members/{m.name}/" if vectorized else ""
-      for k, v in row.items():
-        if k != "epoch":
-          record[f"eval/{prefix}{k}"] = v
-    return record, per_member
+    for s in seeds
+  ]
+  return data_lib.prefetch(
+    streams[0] if len(streams) == 1 else _zip_members(streams)
+  )
 
-  histories = _read_histories(writer.path, members, vectorized, steps_per_epoch)
-  try:
-    if step == 0 and not histories[0]:
-      record, rows = epoch_end(jax.device_get(state), 0)
-      for h, r in zip(histories, rows, strict=True):
-        h.append(r)
-      if record:
-        writer.write(0, record)
+
+def _fit(run: _Run, state, ckpt: _Checkpoints, writer, log):
+  """Trains until ``total_steps``: chunks of steps, an evaluation per epoch,
+  checkpoints; returns the replicated state."""
+  config = run.config
+  p_run = _compiled_steps(run)
+  rstate = jax_utils.replicate(state, run.devices)
+  step = int(np.asarray(state.step).reshape(-1)[0])
+  chunk = max(
+    1, min(int(config.get("log_every_steps", 50)), run.steps_per_epoch)
+  )
+  ckpt_every = int(config.get("checkpoint_every_steps", 0))
+  ckpt_every_epochs = int(config.get("checkpoint_every_epochs", 1))
+  progress = _Progress(run, step, log)
+  epochs = _EpochEval(run)
+  if step == 0 and not _read_histories(writer.path, run)[0]:
+    writer.write(0, epochs.record(state, 0, None))
+  epoch_losses = []
+  while step < run.total_steps:
+    for stacked in _epoch_chunks(run, step, chunk):
+      rstate, metrics = p_run(rstate, stacked)
+      prev, step = step, step + stacked["label"].shape[1]
+      epoch_losses.append(_check_finite(run, metrics, prev))
+      writer.write(step, progress.update(step, metrics))
+      if ckpt_every and step // ckpt_every > prev // ckpt_every:
+        ckpt.save(rstate)
+    host = jax.device_get(jax.tree.map(lambda x: x[0], rstate))
+    # Mean over the steps of this epoch run since the last (re)start.
+    epoch_loss = np.mean(np.concatenate(epoch_losses), axis=0)
     epoch_losses = []
-    while step < total_steps:
-      epoch, offset = divmod(step, steps_per_epoch)
-      streams = [
-        _chunks(
-          dataset.train,
-          config.batch_size,
-          seed=s,
-          epoch=epoch,
-          start_step=offset,
-          chunk=chunk,
-          n_dev=n_dev,
-        )
-        for s in (
-          [members[0].seed]
-          if not vectorized or shared_data
-          else [m.seed for m in members]
-        )
-      ]
-      chunks = data_lib.prefetch(
-        streams[0] if len(streams) == 1 else _zip_members(streams)
-      )
-      for stacked in chunks:
-        n = stacked["label"].shape[1]
-        rstate, metrics = p_run(rstate, stacked)
-        losses = np.asarray(metrics["loss"][0])  # [S] or [S, M]
-        bad = np.argwhere(~np.isfinite(losses.reshape(n, -1)))
-        if bad.size:
-          t, i = bad[0]
-          who = f" (member {members[i].name})" if vectorized else ""
-          raise NonFiniteError(
-            f"loss is {losses.reshape(n, -1)[t, i]} at step "
-            f"{step + t + 1}{who}; stopping, last good checkpoint kept"
-          )
-        prev, step = step, step + n
-        epoch_losses.append(losses.reshape(n, -1))
-        now = time.perf_counter()
-        rate = (step - step_last) * config.batch_size / (now - t_last)
-        m = {f"train/{k}": float(np.mean(v[0])) for k, v in metrics.items()}
-        if vectorized:
-          for k, v in metrics.items():
-            per = np.mean(np.asarray(v[0]), axis=0)
-            for i, mem in enumerate(members):
-              m[f"train/members/{mem.name}/{k}"] = float(per[i])
-        m["train/images_per_s"] = rate * len(members)
-        writer.write(step, m)
-        eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
-        log(
-          f"step {step}/{total_steps} epoch {epoch + 1} "
-          f"loss {m['train/loss']:.4f} acc {m['train/accuracy']:.3f} "
-          f"{rate * len(members):.0f} img/s ETA {workdir_lib.fmt_duration(eta)}"
-        )
-        t_last, step_last = now, step
-        if ckpt_every and step // ckpt_every > prev // ckpt_every:
-          save(rstate)
-      host = jax.device_get(jax.tree.map(lambda x: x[0], rstate))
-      record, rows = epoch_end(host, step // steps_per_epoch)
-      # Mean over the steps of this epoch run since the last (re)start.
-      epoch_loss = np.mean(np.concatenate(epoch_losses), axis=0)
-      epoch_losses = []
-      for i, (h, r) in enumerate(zip(histories, rows, strict=True)):
-        r["train_loss"] = float(epoch_loss[i])
-        prefix = f"members/{members[i].name}/" if vectorized else ""
-        record[f"train/{prefix}epoch_loss"] = r["train_loss"]
-        h.append(r)
-      writer.write(step, record)
-      if (
-        ckpt_every_epochs and (step // steps_per_epoch) % ckpt_every_epochs == 0
-      ):
-        save(rstate)
-    final = save(rstate)
-  finally:
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
-  train_time = time.perf_counter() - start
+    epoch = step // run.steps_per_epoch
+    writer.write(step, epochs.record(host, epoch, epoch_loss))
+    if ckpt_every_epochs and epoch % ckpt_every_epochs == 0:
+      ckpt.save(rstate)
+  return rstate
 
-  results_list = []
-  # Ensembles run in AutoAttack's cascade; one compilation per attack.
-  compiled = {}
-  for i, m in enumerate(members):
-    s = member_state(final, i)
+
+def _check_finite(run: _Run, metrics, step: int) -> np.ndarray:
+  """The chunk's losses ``[S, M]``; raises at the first non-finite one."""
+  losses = np.asarray(metrics["loss"][0])
+  bad = np.argwhere(~np.isfinite(losses))
+  if bad.size:
+    t, i = bad[0]
+    who = "" if run.single else f" (member {run.members[i].name})"
+    raise NonFiniteError(
+      f"loss is {losses[t, i]} at step {step + t + 1}{who}; stopping, last "
+      "good checkpoint kept"
+    )
+  return losses
+
+
+class _Progress:
+  """Training metrics of each chunk, and a log line with rate and ETA."""
+
+  def __init__(self, run: _Run, step: int, log):
+    self.run, self.log = run, log
+    self.t_last, self.step_last = time.perf_counter(), step
+    info, config = run.dataset.info, run.config
+    what = (
+      "one run" if run.single else f"{len(run.members)} members (vectorized)"
+    )
     log(
-      f"evaluating {m.name if vectorized else 'the model'}: "
+      f"training {config.model.name} on {info.name}: {run.total_steps} steps "
+      f"({config.num_epochs} epochs x {run.steps_per_epoch}), batch "
+      f"{config.batch_size} over {len(run.devices)} device(s), "
+      f"objective {config.adversarial.method}, {what}"
+    )
+
+  def update(self, step: int, metrics) -> dict:
+    """The record of the chunk that ended at ``step`` (and a log line)."""
+    run, batch = self.run, self.run.config.batch_size
+    now = time.perf_counter()
+    rate = (step - self.step_last) * batch / (now - self.t_last)
+    m = {f"train/{k}": float(np.mean(v[0])) for k, v in metrics.items()}
+    if not run.single:
+      for k, v in metrics.items():
+        per = np.mean(np.asarray(v[0]), axis=0)
+        for i in range(len(run.members)):
+          m[f"train/{run.prefix(i)}{k}"] = float(per[i])
+    m["train/images_per_s"] = rate * len(run.members)
+    eta = (run.total_steps - step) * batch / max(rate, 1e-9)
+    self.log(
+      f"step {step}/{run.total_steps} epoch "
+      f"{(step - 1) // run.steps_per_epoch + 1} "
+      f"loss {m['train/loss']:.4f} acc {m['train/accuracy']:.3f} "
+      f"{rate * len(run.members):.0f} img/s ETA {workdir_lib.fmt_duration(eta)}"
+    )
+    self.t_last, self.step_last = now, step
+    return m
+
+
+class _EpochEval:
+  """Clean test accuracy and function distances of every member per epoch."""
+
+  def __init__(self, run: _Run):
+    self.run = run
+    self.apply = _eval_apply(run)
+    self.batch = _eval_batch(run)
+    self.evaluator = evaluation.make_evaluator(self.apply)
+    self.probe = _FunctionProbe(
+      run.config, self.apply, run.dataset.test, run.members
+    )
+
+  def record(self, host, epoch: int, epoch_loss) -> dict:
+    """The ``eval/...`` (and ``train/...epoch_loss``) record of ``epoch``."""
+    run = self.run
+    states = [_unstack(host, i) for i in range(len(run.members))]
+    outputs = self.probe.outputs(states)
+    record = {}
+    for i, s in enumerate(states):
+      row = {
+        "clean_accuracy": evaluation.evaluate(
+          self.apply,
+          training.model_variables(s.params, s.batch_stats),
+          run.dataset.test,
+          batch_size=self.batch,
+          evaluator=self.evaluator,
+        )["clean_accuracy"],
+        **outputs[i],
+      }
+      record.update({f"eval/{run.prefix(i)}{k}": v for k, v in row.items()})
+      if epoch_loss is not None:
+        record[f"train/{run.prefix(i)}epoch_loss"] = float(epoch_loss[i])
+    return record
+
+
+def _eval_apply(run: _Run):
+  def apply(variables, x):
+    return run.eval_model.apply(variables, x, train=False)
+
+  return apply
+
+
+def _eval_batch(run: _Run) -> int:
+  return min(run.config.eval.batch_size, run.dataset.test.num_examples)
+
+
+def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
+  """Every member's robust evaluation (``config.eval``) and results dict."""
+  config = run.config
+  out, compiled = [], {}  # one compilation per attack, shared by members
+  for i, m in enumerate(run.members):
+    s = _unstack(final, i)
+    log(
+      f"evaluating {'the model' if run.single else m.name}: "
       f"{', '.join(config.eval.attacks) or 'clean'} on the "
-      f"{dataset.held_out} split"
+      f"{run.dataset.held_out} split"
     )
     ev = evaluation.evaluate_cascade(
-      eval_apply,
+      _eval_apply(run),
       training.model_variables(s.params, s.batch_stats),
-      dataset.test,
+      run.dataset.test,
       attack_names=tuple(config.eval.attacks),
       eps=config.eval.eps,
       norm=config.eval.norm,
-      batch_size=eval_batch,
+      batch_size=_eval_batch(run),
       key=eval_keys[i],
       log=log,
       cache=compiled,
@@ -498,51 +600,57 @@ def _train(config, workdir, members, *, vectorized, log):
       "robust_accuracy": ev["robust_accuracy"],
       "eval_eps": config.eval.eps,
       "eval_norm": config.eval.norm,
-      "eval_split": dataset.held_out,
+      "eval_split": run.dataset.held_out,
       "sparsity": masks.sparsity(s.mask),
       "layer_densities": masks.layer_densities(s.mask),
       "steps": int(s.step),
       "train_time_s": train_time,
       "wall_time_s": time.perf_counter() - start,
-      "num_devices": n_dev,
+      "num_devices": len(run.devices),
       "history": histories[i],
     }
-    if vectorized:
+    if not run.single:
       results.update(name=m.name, seed=m.seed, reference=m.reference)
-      os.makedirs(f"{workdir}/members/{m.name}", exist_ok=True)
-      workdir_lib.write_json(
-        f"{workdir}/members/{m.name}/results.json", results
-      )
     robust = ", ".join(
       f"{k} {v:.4f}" for k, v in results["robust_accuracy"].items()
     )
     log(
-      f"{m.name + ': ' if vectorized else ''}done in "
+      f"{'' if run.single else m.name + ': '}done in "
       f"{results['wall_time_s']:.1f}s: clean {results['clean_accuracy']:.4f}"
       + (f", robust at eps {config.eval.eps}: {robust}" if robust else "")
     )
-    results_list.append(
-      MemberResult(m.name, results, s.params, s.batch_stats, s.mask)
-    )
-  title = f"{config.model.name} / {info.name} / {config.adversarial.method}"
-  if vectorized:
-    workdir_lib.write_json(
-      f"{workdir}/results.json",
-      {"members": [r.results for r in results_list]},
-    )
-    workdir_lib.plot_members(
-      {r.name: r.results["history"] for r in results_list},
-      f"{workdir}/plots/members.png",
-      title=title,
-    )
-  else:
-    workdir_lib.write_json(f"{workdir}/results.json", results_list[0].results)
+    out.append(MemberResult(m.name, results, s.params, s.batch_stats, s.mask))
+  return out
+
+
+def _write_results(run: _Run, results: list[MemberResult]) -> None:
+  """``results.json`` and the training plot(s) of the workdir layout."""
+  config, workdir = run.config, run.workdir
+  title = (
+    f"{config.model.name} / {run.dataset.info.name} / "
+    f"{config.adversarial.method}"
+  )
+  if run.single:
+    workdir_lib.write_json(f"{workdir}/results.json", results[0].results)
     workdir_lib.plot_training(
       workdir_lib.read_jsonl(f"{workdir}/metrics.jsonl"),
       f"{workdir}/plots/training.png",
       title=title,
     )
-  return results_list
+    return
+  for r in results:
+    os.makedirs(f"{workdir}/members/{r.name}", exist_ok=True)
+    workdir_lib.write_json(
+      f"{workdir}/members/{r.name}/results.json", r.results
+    )
+  workdir_lib.write_json(
+    f"{workdir}/results.json", {"members": [r.results for r in results]}
+  )
+  workdir_lib.plot_members(
+    {r.name: r.results["history"] for r in results},
+    f"{workdir}/plots/members.png",
+    title=title,
+  )
 
 
 def _zip_members(streams):
@@ -551,12 +659,13 @@ def _zip_members(streams):
     yield {k: np.stack([g[k] for g in group], axis=2) for k in group[0]}
 
 
-def _read_histories(path, members, vectorized, steps_per_epoch):
-  """Per-member epoch rows already in ``metrics.jsonl`` (for a resume)."""
-  histories = [[] for _ in members]
+def _read_histories(path, run: _Run) -> list[list[dict]]:
+  """Per-member epoch rows in ``metrics.jsonl``: ``epoch``, the ``eval/``
+  values of that epoch and ``train_loss`` (none at epoch 0)."""
+  histories = [[] for _ in run.members]
   for record in workdir_lib.read_jsonl(path):
-    for i, m in enumerate(members):
-      prefix = f"members/{m.name}/" if vectorized else ""
+    for i in range(len(run.members)):
+      prefix = run.prefix(i)
       row = {
         k[len(f"eval/{prefix}") :]: v
         for k, v in record.items()
@@ -564,7 +673,7 @@ def _read_histories(path, members, vectorized, steps_per_epoch):
       }
       loss = record.get(f"train/{prefix}epoch_loss")
       if row or loss is not None:
-        row = {"epoch": record["step"] // steps_per_epoch, **row}
+        row = {"epoch": record["step"] // run.steps_per_epoch, **row}
         if loss is not None:
           row["train_loss"] = loss
         histories[i].append(row)
@@ -629,9 +738,6 @@ class _FunctionProbe:
     return rows
 
 
-NTK_PROBE = 64  # training points on which tickets' NTKs are compared
-
-
 def probe_attack(config) -> dict:
   """The attack of the NTK probe: the training attack, or PGD-10 at eval eps."""
   adv = config.adversarial
@@ -649,216 +755,3 @@ def probe_attack(config) -> dict:
     "steps": 10,
     "norm": config.eval.norm,
   }
-
-
-def find_ticket(
-  config,
-  workdir: str,
-  *,
-  base: tuple[dict, dict] | None = None,
-  pretrain_dir: str | None = None,
-  log: Callable[[str], None] = logging.info,
-) -> tuple[dict, dict]:
-  """Finds (or reloads) the ticket ``config.pruning`` names, at init.
-
-  The search starts from the initialization ``train_and_evaluate`` uses for
-  the dense run with the same ``config.seed``, so a ticket and its dense
-  counterpart differ only in the mask (and, for three-stage methods and the
-  NTK searches, the starting weights). ``pruning.ablation`` (default
-  ``"none"``) then applies one of ``awt.pruning.ablations`` to it. The
-  ticket is saved to ``<workdir>/ticket`` and described in
-  ``ticket.json``; a restarted run reuses it.
-
-  ``base``: the ``(tree, info)`` of the same method's unablated ticket
-  (same config otherwise), from which ``shuffle``, ``reinit`` and
-  ``random_same_density`` are derived without searching again (their
-  ``find_cost`` is the base's); ``invert`` needs the method's scores, so it
-  always searches. ``pretrain_dir``: shared directory of dense
-  pretrainings (``PruningContext.pretrain_dir``).
-
-  Returns:
-    ``(tree, info)``: ``tree`` is ``{"params", "batch_stats", "mask"}`` at
-    init (the ticket's starting point); ``info`` holds ``method``,
-    ``ablation``, ``passes``, ``wall_time_s``, ``sparsity``,
-    ``layer_densities``, ``find_cost`` and ``ntk_distance_at_init``
-    (relative Frobenius distance of the ticket's adversarial NTK — the
-    sparse network's, over its kept weights — to the dense net's on 64
-    training points attacked with PGD against the dense net; the kernel
-    over all weights at the ticket's weights is
-    ``ntk_distance_at_init_all_weights``).
-  """
-  config_lib.validate(config, pruning_methods=pruning.names())
-  ablation = check_ablation(config)
-  from awt.pruning import ablations  # noqa: PLC0415
-
-  workdir = workdir_lib.prepare(workdir)
-  dataset = config_lib.load_data(config)
-  info = dataset.info
-  model = config_lib.build_model(config, info)
-  params, batch_stats, keys = initialize(model, config.seed, info.image_shape)
-  mask_key = keys.mask
-  template = {"params": params, "batch_stats": batch_stats, "mask": params}
-  saved = checkpoints.restore_ticket(workdir, template)
-  method = config.pruning.method
-  label = method if ablation == "none" else f"{method}/{ablation}"
-  if saved is not None:
-    tree, ticket_info = saved
-    log(f"reusing the {label} ticket saved in {workdir}/ticket")
-  else:
-    log(
-      f"finding a {label} ticket at sparsity {config.pruning.sparsity} "
-      f"({config.pruning.scope})"
-    )
-    ctx = pruning.PruningContext(
-      model=model,
-      params=params,
-      batch_stats=batch_stats,
-      split=dataset.train,
-      config=config,
-      image_shape=info.image_shape,
-      checkpoint_dir=f"{workdir}/search",
-      log=log,
-      pretrain_dir=pretrain_dir,
-    )
-    t0 = time.perf_counter()
-    if base is not None and ablation not in ("none", "invert"):
-      tree0, info0 = base
-      ticket = pruning.Ticket(
-        mask=tree0["mask"],
-        params=tree0["params"],
-        batch_stats=tree0["batch_stats"],
-        scores=None,
-        info={k: v for k, v in info0.items() if k != "find_cost"},
-      )
-      t0 -= float(info0["wall_time_s"])
-    else:
-      ticket = pruning.find(method, ctx, mask_key)
-    ticket = ablations.apply(
-      ablation, ticket, ctx, jax.random.fold_in(mask_key, 2)
-    )
-    tree = {
-      "params": ticket.params,
-      "batch_stats": ticket.batch_stats,
-      "mask": ticket.mask,
-    }
-    tree = jax.device_get(tree)
-    ticket_info = dict(ticket.info)
-    ticket_info["method"] = method
-    ticket_info["ablation"] = ablation
-    # A resumed search reports the time of all its attempts.
-    ticket_info["wall_time_s"] = max(
-      time.perf_counter() - t0, float(ticket.info.get("wall_time_s", 0.0))
-    )
-    ticket_info["sparsity"] = masks.sparsity(tree["mask"])
-    ticket_info["layer_densities"] = masks.layer_densities(tree["mask"])
-    (
-      ticket_info["ntk_distance_at_init"],
-      ticket_info["ntk_distance_at_init_all_weights"],
-    ) = pruning_awt.adversarial_ntk_distances(
-      model,
-      batch_stats,
-      params,
-      tree["params"],
-      tree["mask"],
-      dataset.train.images[:NTK_PROBE].astype(np.float32) / 255.0,
-      dataset.train.labels[:NTK_PROBE],
-      jax.random.fold_in(mask_key, 1),
-      probe_attack(config),
-    )
-    checkpoints.save_ticket(workdir, tree, ticket_info)
-    shutil.rmtree(f"{workdir}/search", ignore_errors=True)
-    workdir_lib.write_json(f"{workdir}/ticket.json", ticket_info)
-    from awt import plots  # noqa: PLC0415
-
-    plots.plot_layer_densities(
-      {label: ticket_info["layer_densities"]},
-      f"{workdir}/plots/layer_densities.png",
-      title=f"{label} ticket, sparsity {ticket_info['sparsity']:.3f}",
-    )
-    log(
-      f"{label} ticket: sparsity {ticket_info['sparsity']:.4f}, "
-      f"{ticket_info['passes']} passes, {ticket_info['wall_time_s']:.1f}s"
-    )
-  ticket_info["find_cost"] = {
-    "wall_time_s": float(ticket_info["wall_time_s"]),
-    "passes": int(ticket_info["passes"]),
-  }
-  log(
-    "adversarial-NTK distance to the dense net at init: "
-    f"{ticket_info['ntk_distance_at_init']:.4f}"
-  )
-  return tree, ticket_info
-
-
-def dense_initial(config, info=None) -> dict:
-  """The dense network at ``config.seed``'s init as a ``Member.initial``."""
-  info = info or data_lib.info(config.data.name)
-  model = config_lib.build_model(config, info)
-  params, batch_stats, _ = initialize(model, config.seed, info.image_shape)
-  return {
-    "params": params,
-    "batch_stats": batch_stats,
-    "mask": masks.ones(params),
-  }
-
-
-_TICKET_KEYS = (
-  "method",
-  "ablation",
-  "find_cost",
-  "ntk_distance_at_init",
-)
-
-
-def find_ticket_and_train(
-  config,
-  workdir: str,
-  *,
-  train: bool = True,
-  dense_reference: bool = True,
-  log: Callable[[str], None] = logging.info,
-) -> dict:
-  """Finds the ticket ``config.pruning`` names, then trains it.
-
-  Training is ``train_and_evaluate``'s with the ticket as starting point,
-  so every method gets the same objective, schedule and evaluation. With
-  ``dense_reference`` (and a method other than dense), the dense network
-  with the same seed is trained alongside in the same vectorized program
-  (``train_members``: same batches, same attack randomness), and the
-  ticket's function-space distance to it is recorded every epoch — the
-  dynamics check of Shi et al. (AISTATS 2022, Sec. 5). The checkpoints then
-  hold both members (``meta["members"] = [method, "dense"]``).
-
-  Returns:
-    ``results.json``'s dict: the ticket's ``train_and_evaluate`` results
-    plus ``method``, ``ablation``, ``find_cost`` (``wall_time_s``,
-    ``passes``), ``ntk_distance_at_init``, and with a reference run
-    ``history`` rows with ``function_distance_{clean,adv}`` and
-    ``dense_reference`` (the dense run's accuracies and history). Without
-    training, the ticket info.
-  """
-  tree, ticket_info = find_ticket(config, workdir, log=log)
-  if not train:
-    return ticket_info
-  extra = {k: ticket_info[k] for k in _TICKET_KEYS}
-  if not dense_reference or config.pruning.method == "dense":
-    results = train_and_evaluate(config, workdir, initial=tree, log=log)
-  else:
-    seed = int(config.seed)
-    ticket, dense = train_members(
-      config,
-      workdir,
-      [
-        Member("ticket", seed, tree, reference="dense"),
-        Member("dense", seed, dense_initial(config)),
-      ],
-      log=log,
-    )
-    results = dict(ticket.results)
-    results["dense_reference"] = {
-      k: dense.results[k]
-      for k in ("clean_accuracy", "robust_accuracy", "history")
-    }
-  results.update(extra)
-  workdir_lib.write_json(f"{workdir}/results.json", results)
-  return results

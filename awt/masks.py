@@ -16,9 +16,49 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 PyTree = Any
 SCOPES = ("global", "layerwise")
+
+
+@struct.dataclass
+class Ticket:
+  """A masked network at the point it starts training from.
+
+  The one shape a ticket has everywhere: what a pruning method returns
+  (``awt.pruning``), what ``awt.tickets.find`` returns and saves, and what
+  ``awt.experiment.Member.initial`` trains.
+
+  Attributes:
+    mask: {0, 1} float mask with the structure of ``params``: prunable
+      kernels hold the choice, other leaves ones.
+    params: the starting weights, ``params * mask`` (pruned entries exactly
+      zero).
+    batch_stats: BatchNorm statistics to start from (``{}`` if none).
+    scores: per-weight scores with the structure of ``params`` where the
+      method has them, else None. Higher means more important: the mask
+      keeps the highest scores (:func:`topk`), so ranking ``-scores`` gives
+      the complement ("inverted") ticket.
+    info: static metadata. From a pruning method at least ``method``,
+      ``passes`` (forward+backward passes spent, an int) and ``wall_time_s``;
+      ``awt.tickets.find`` adds ``ablation``, ``sparsity``,
+      ``layer_densities``, ``find_cost`` and the NTK distances at init.
+  """
+
+  mask: PyTree
+  params: PyTree
+  batch_stats: PyTree
+  scores: PyTree | None = None
+  info: dict = struct.field(pytree_node=False, default_factory=dict)
+
+  def arrays(self) -> dict:
+    """``{"params", "batch_stats", "mask"}``: what a checkpoint holds."""
+    return {
+      "params": self.params,
+      "batch_stats": self.batch_stats,
+      "mask": self.mask,
+    }
 
 
 def _walk(tree: PyTree, prefix: tuple[str, ...] = ()) -> Iterator:

@@ -5,11 +5,10 @@ r"""Cost of finding a sparse ticket: wall time and forward/backward passes.
     [--imp_rounds=5]
 
 Finds the ticket of each method on ``experiments/configs/digits_mlp.py``
-(LeNet-300-100 on the bundled digits) by ``awt.pruning.find`` with the
-context ``awt.experiment.find_ticket`` builds for a run with the same config
-(the dense net at ``config.seed``'s initialization, the training split, the
-config; no checkpoints), so each method costs what it costs inside
-``experiments.find_ticket``, minus the NTK-distance probe and the saving.
+(LeNet-300-100 on the bundled digits) by ``awt.tickets.find`` (the dense net
+at ``config.seed``'s initialization, the training split, the config) with
+no workdir and no NTK-distance probe, so each method costs what it costs
+inside ``experiments.find_ticket``, minus the probe and the saving.
 The three-stage methods use the config's objective (PGD-10 adversarial
 training, ``pgd_at``): ``imp`` is adversarial IMP (``imp_rounds`` rounds of
 ``num_epochs`` epochs each, rewinding to init), ``hydra`` pretrains
@@ -20,7 +19,8 @@ training, ``pgd_at``): ``imp`` is adversarial IMP (``imp_rounds`` rounds of
 
 Wall time is what a user waits for, compilation included (the first call
 of each compiled program is part of the search), measured around
-``pruning.find`` until the ticket's arrays are ready; ``passes`` is
+``tickets.find`` (data loading excluded; the initialization included) until
+the ticket's arrays are ready; ``passes`` is
 ``Ticket.info["passes"]`` (forward+backward passes over a batch; a PGD-k
 training step costs k + 1). Prints one JSON line per method, then one line
 with the ratios of awt to imp (the target: awt's wall time at most a fifth
@@ -34,7 +34,7 @@ import jax
 from absl import flags
 
 from awt import config as config_lib
-from awt import experiment, masks, pruning
+from awt import masks, pruning, tickets
 from benchmarks import _common
 from experiments import _main
 from experiments.configs import digits_mlp
@@ -86,25 +86,12 @@ def find_cost(config, method: str) -> dict:
   Returns:
     ``{"method", "wall_time_s", "passes", "sparsity", ...}``.
   """
-  dataset = config_lib.load_data(config)
-  info = dataset.info
-  model = config_lib.build_model(config, info)
-  params, batch_stats, keys = experiment.initialize(
-    model, config.seed, info.image_shape
-  )
-  mask_key = keys.mask
-  ctx = pruning.PruningContext(
-    model=model,
-    params=params,
-    batch_stats=batch_stats,
-    split=dataset.train,
-    config=config,
-    image_shape=info.image_shape,
-    log=_main.log,
-  )
+  setup = tickets.load(config)
+  config = config.copy_and_resolve_references()
+  config.pruning.method = method
   load_before = _common.load_average()
   start = time.perf_counter()
-  ticket = pruning.find(method, ctx, mask_key)
+  ticket = tickets.find(config, setup=setup, measure_ntk=False, log=_main.log)
   jax.block_until_ready((ticket.mask, ticket.params))
   wall = time.perf_counter() - start
   return {

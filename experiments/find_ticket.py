@@ -47,9 +47,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  from awt import experiment  # noqa: PLC0415 (after TF/JAX device setup)
+  from awt import tickets  # noqa: PLC0415 (after TF/JAX device setup)
 
-  experiment.find_ticket_and_train(
+  tickets.find_and_train(
     flags.FLAGS.config,
     flags.FLAGS.workdir,
     train=flags.FLAGS.train,

@@ -10,7 +10,7 @@ For every method and sparsity, finds the ticket exactly as find_ticket does
 its empirical NTK on the first --num_points training points, clean and under
 PGD against the dense net at init, with the dense net's: relative Frobenius
 distance, kernel alignment, eigenvalues, condition number, effective rank
-and top-k eigenvector overlap (``awt.ntk_report``). Writes
+and top-k eigenvector overlap (``awt.studies.ntk_spectra``). Writes
 WORKDIR/config.json, WORKDIR/ntk_spectra.json and
 WORKDIR/plots/ntk_spectra.png.
 """
@@ -53,13 +53,13 @@ def _floats(name: str, values: list[str]) -> list[float]:
 
 def main(argv):
   del argv
-  from awt import ntk_report  # noqa: PLC0415 (after TF/JAX device setup)
+  from awt.studies import ntk_spectra  # noqa: PLC0415 (after TF/JAX device setup)
   from awt import workdir as workdir_lib  # noqa: PLC0415
 
   config = flags.FLAGS.config
   sparsities = _floats("sparsities", flags.FLAGS.sparsities)
   workdir = workdir_lib.prepare(flags.FLAGS.workdir)
-  report = ntk_report.spectra(
+  report = ntk_spectra.spectra(
     config,
     flags.FLAGS.methods,
     sparsities,
@@ -68,7 +68,7 @@ def main(argv):
   )
   workdir_lib.write_json(f"{workdir}/config.json", config.to_dict())
   workdir_lib.write_json(f"{workdir}/ntk_spectra.json", report)
-  ntk_report.plot_spectra(report, f"{workdir}/plots/ntk_spectra.png")
+  ntk_spectra.plot_spectra(report, f"{workdir}/plots/ntk_spectra.png")
   _main.log(f"wrote {workdir}/ntk_spectra.json and plots/ntk_spectra.png")
 
 

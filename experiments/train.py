@@ -26,9 +26,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  from awt import experiment  # noqa: PLC0415 (after TF/JAX device setup)
+  from awt import tickets  # noqa: PLC0415 (after TF/JAX device setup)
 
-  experiment.train_and_evaluate(
+  tickets.train(
     flags.FLAGS.config, flags.FLAGS.workdir, log=_main.log
   )
 

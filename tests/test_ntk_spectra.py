@@ -1,4 +1,4 @@
-"""Tests for awt.ntk_report and experiments/ntk_spectra.py."""
+"""Tests for awt.studies.ntk_spectra and experiments/ntk_spectra.py."""
 
 import json
 import os
@@ -12,7 +12,8 @@ from jax.flatten_util import ravel_pytree
 
 from awt import config as config_lib
 from awt import data as data_lib
-from awt import experiment, ntk_report
+from awt import tickets
+from awt.studies import ntk_spectra
 from experiments.configs import digits_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,18 +41,19 @@ def _relative(k, ref):
 def test_spectra_match_a_jacobian_reference_and_find_ticket(tmp_path):
   config = digits_mlp.get_config("smoke")
   config.model.widths = (32, 16)
-  num = experiment.NTK_PROBE
-  report = ntk_report.spectra(config, ["snip"], [0.9], num_points=num)
+  num = tickets.NTK_PROBE
+  report = ntk_spectra.spectra(config, ["snip"], [0.9], num_points=num)
   assert [r["name"] for r in report["tickets"]] == ["dense", "snip@0.9"]
   row = report["tickets"][1]
 
-  # The ticket find_ticket saves for the same config.
+  # The ticket tickets.find saves for the same config.
   config.pruning.method = "snip"
   config.pruning.sparsity = 0.9
-  tree, info = experiment.find_ticket(config, str(tmp_path))
+  ticket = tickets.find(config, workdir=str(tmp_path))
+  tree, info = ticket.arrays(), ticket.info
   assert row["sparsity"] == pytest.approx(info["sparsity"])
   assert row["layer_densities"] == info["layer_densities"]
-  # find_ticket's adversarial-NTK distances, on the same 64 points attacked
+  # tickets.find's adversarial-NTK distances, on the same 64 points attacked
   # with the same key: the sparse network's kernel and all weights'.
   assert row["adversarial"]["distance"] == pytest.approx(
     info["ntk_distance_at_init"], rel=1e-5

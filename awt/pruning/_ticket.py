@@ -16,38 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import struct
 
 from awt import checkpoints, workdir
 from awt import data as data_lib
+from awt.masks import Ticket  # noqa: F401 (the pruning methods' result)
 
 PyTree = Any
-
-
-@struct.dataclass
-class Ticket:
-  """A sparse sub-network chosen by a pruning method.
-
-  Attributes:
-    mask: {0, 1} float mask with the structure of ``params`` (see
-      ``awt.masks``): prunable kernels hold the choice, other leaves ones.
-    params: the weights the ticket starts training from, ``params * mask``
-      (pruned entries exactly zero).
-    batch_stats: BatchNorm statistics to start from (``{}`` if none).
-    scores: per-weight scores with the structure of ``params`` where the
-      method has them, else None. Higher means more important: the mask
-      keeps the highest scores (``awt.masks.topk``), so ranking ``-scores``
-      gives the complement ("inverted") ticket.
-    info: static metadata, at least ``method`` (registry name), ``passes``
-      (forward+backward passes spent finding the ticket, an int) and
-      ``wall_time_s`` (seconds, device work included).
-  """
-
-  mask: PyTree
-  params: PyTree
-  batch_stats: PyTree
-  scores: PyTree | None
-  info: dict = struct.field(pytree_node=False)
 
 
 @dataclasses.dataclass(frozen=True)

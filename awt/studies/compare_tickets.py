@@ -9,7 +9,7 @@ and the function-space distance of their training run to the dense run's.
 Two phases, both resumable (a restarted study skips finished work):
 
 1. **Tickets.** For every (sparsity, method, ablation, seed) cell,
-   ``awt.experiment.find_ticket`` in ``WORKDIR/cells/<cell>/`` (a saved
+   ``awt.tickets.find`` in ``WORKDIR/cells/<cell>/`` (a saved
    ticket is reused). The three-stage methods of a seed share one dense
    pretraining (``WORKDIR/pretrained/``) across methods and sparsities.
 2. **Training.** For every sparsity, one ``train_members`` program trains
@@ -50,6 +50,7 @@ from absl import logging
 
 from awt import config as config_lib
 from awt import experiment, plots
+from awt import tickets as tickets_lib
 from awt import workdir as workdir_lib
 from awt.studies import _sweep
 
@@ -201,20 +202,22 @@ def _find_tickets(config, workdir, arms, sparsities, seeds, log):
     (s, m, a, seed) for s in sparsities for m, a in arms for seed in seeds
   ]
   tickets = {}
+  setup = tickets_lib.load(config)  # the cells share data and model
   t0 = time.perf_counter()
   for i, (s, m, a, seed) in enumerate(cells):
     name = f"{_dirname(m, a)}_s{_sparsity_name(s)}_seed{seed}"
     c = _cell_config(config, seed=seed, method=m, sparsity=s, ablation=a)
-    tickets[(s, m, a, seed)] = experiment.find_ticket(
+    tickets[(s, m, a, seed)] = tickets_lib.find(
       c,
-      os.path.join(workdir, "cells", name),
+      workdir=os.path.join(workdir, "cells", name),
+      setup=setup,
       base=tickets.get((s, m, "none", seed)),
       pretrain_dir=os.path.join(workdir, "pretrained"),
       log=lambda _: None,
     )
     done = i + 1
     eta = (time.perf_counter() - t0) / done * (len(cells) - done)
-    info = tickets[(s, m, a, seed)][1]
+    info = tickets[(s, m, a, seed)].info
     log(
       f"ticket {done}/{len(cells)} {name}: ntk distance "
       f"{info['ntk_distance_at_init']:.3f}, found in "
@@ -233,19 +236,19 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
       config, seed=seed, method=DENSE, sparsity=0.0, ablation="none"
     )
     members.append(
-      experiment.Member(name, int(seed), experiment.dense_initial(dense_config))
+      experiment.Member(name, int(seed), tickets_lib.dense(dense_config))
     )
     described[name] = (DENSE, "none", None)
   for m, a in arms:
     for seed in seeds:
       name = f"{_dirname(m, a)}_seed{seed}"
-      tree, info = tickets[(s, m, a, seed)]
+      ticket = tickets[(s, m, a, seed)]
       members.append(
         experiment.Member(
-          name, int(seed), tree, reference=f"{DENSE}_seed{seed}"
+          name, int(seed), ticket, reference=f"{DENSE}_seed{seed}"
         )
       )
-      described[name] = (m, a, info)
+      described[name] = (m, a, ticket.info)
   train_dir = os.path.join(workdir, "train", _sparsity_name(s))
   results = _load_finished(train_dir, list(described))
   if results is None:

@@ -140,6 +140,7 @@ from awt import (
   models,
   plots,
   pruning,
+  tickets,
   training,
 )
 from awt import config as config_lib
@@ -1058,11 +1059,12 @@ class _Model:
             paths=self._paths(d.params),
           )
         )
-        initial = {
-          "params": jax.tree.map(lambda w, m: w * m, d.params, mask),
-          "batch_stats": d.batch_stats,
-          "mask": mask,
-        }
+        initial = masks.Ticket(
+          mask=mask,
+          params=jax.tree.map(lambda w, m: w * m, d.params, mask),
+          batch_stats=d.batch_stats,
+          info={"method": "magnitude_retrain"},
+        )
         name = _member_name(sp, seed)
         sparsity_of[name] = sp
         epochs[name] = {
@@ -1077,94 +1079,80 @@ class _Model:
   def dns(self, path, done) -> dict:
     del done  # the dense runs are reloaded from their checkpoints
     dense = self._trained_dense()
-    members, sparsity_of, tickets, epochs = [], {}, {}, {}
+    members, sparsity_of, costs, epochs = [], {}, {}, {}
     todo = len(self.sparsities) * len(self.seeds)
     t0, found = time.perf_counter(), 0
     for sp in self.sparsities:
       for seed in self.seeds:
         name = _member_name(sp, seed)
-        tree, info = self._dns_ticket(
+        ticket = self._dns_ticket(
           os.path.join(path, "tickets", name), dense[seed], sp, seed
         )
         found += 1
         rate = found / max(time.perf_counter() - t0, 1e-9)
         self.log(
           f"dns ticket {found}/{todo} ({name}): sparsity "
-          f"{info['sparsity']:.4f}; {rate * 60:.1f}/min, ETA "
+          f"{ticket.info['sparsity']:.4f}; {rate * 60:.1f}/min, ETA "
           f"{workdir_lib.fmt_duration((todo - found) / rate)}"
         )
-        tickets[name] = {
-          k: info[k]
+        costs[name] = {
+          k: ticket.info[k]
           for k in ("passes", "wall_time_s", "mask_updates", "spliced")
         }
         sparsity_of[name] = sp
         epochs[name] = {
           "epochs_dense": _epochs(dense[seed].results, self.steps_per_epoch),
-          "epochs_surgery": int(info["dns_epochs"]),
+          "epochs_surgery": int(ticket.info["dns_epochs"]),
         }
-        members.append(experiment.Member(name, seed, tree))
+        members.append(experiment.Member(name, seed, ticket))
     out = self._retrain(path, "dns", members, sparsity_of.__getitem__, epochs)
     for r in out["rows"]:
-      r["find_passes"] = tickets[r["name"]]["passes"]
-      r["find_wall_time_s"] = tickets[r["name"]]["wall_time_s"]
+      r["find_passes"] = costs[r["name"]]["passes"]
+      r["find_wall_time_s"] = costs[r["name"]]["wall_time_s"]
     return out
 
-  def _dns_ticket(self, ticket_dir, dense, sparsity, seed):
+  def _dns_ticket(self, ticket_dir, dense, sparsity, seed) -> masks.Ticket:
     """DNS from the trained dense net, saved so a restart reuses it.
 
     Surgery prunes the hidden layers (``keep_last`` for a multi-layer net);
     the output layer is then pruned by magnitude to its ``layer_plan``
     density and ``connect_classes`` runs, as for magnitude pruning.
     """
-    template = {
-      "params": dense.params,
-      "batch_stats": dense.batch_stats,
-      "mask": dense.params,
-    }
-    saved = checkpoints.restore_ticket(ticket_dir, template)
-    if saved is not None:
-      tree, info = jax.device_get(saved[0]), saved[1]
-    else:
-      paths = self._paths(dense.params)
-      c = model_config(
-        self.dense_config,
-        self.name,
-        seed=seed,
-        **{
-          "pruning.method": "dns",
-          "pruning.sparsity": sparsity,
-          "pruning.pretrain_epochs": 0,
-          "pruning.keep_last": len(paths) > 1,
-        },
-      )
-      ctx = pruning.PruningContext(
-        model=self.eval_model,
-        params=dense.params,
-        batch_stats=dense.batch_stats,
-        split=self.dataset.train,
-        config=c,
-        image_shape=self.dataset.info.image_shape,
-      )
-      # The key find_ticket uses for the seed's mask search.
-      ticket = pruning.find("dns", ctx, experiment.run_keys(seed).mask)
-      tree = jax.device_get(
-        {
-          "params": ticket.params,
-          "batch_stats": ticket.batch_stats,
-          "mask": ticket.mask,
-        }
-      )
-      info = dict(ticket.info)
-      info["surgery_sparsity"] = masks.sparsity(tree["mask"])
-      os.makedirs(ticket_dir, exist_ok=True)
-      checkpoints.save_ticket(ticket_dir, tree, info)
-    tree = dict(tree)
-    tree["mask"] = jax.device_get(self._finish_dns_mask(tree, sparsity))
-    tree["params"] = jax.tree.map(
-      lambda w, m: w * m, tree["params"], tree["mask"]
+    paths = self._paths(dense.params)
+    c = model_config(
+      self.dense_config,
+      self.name,
+      seed=seed,
+      **{
+        "pruning.method": "dns",
+        "pruning.sparsity": sparsity,
+        "pruning.pretrain_epochs": 0,
+        "pruning.keep_last": len(paths) > 1,
+      },
     )
-    info = {**info, "sparsity": masks.sparsity(tree["mask"])}
-    return tree, info
+    trained = masks.Ticket(
+      mask=masks.ones(dense.params),
+      params=dense.params,
+      batch_stats=dense.batch_stats,
+    )
+    ticket = tickets.find(
+      c,
+      workdir=ticket_dir,
+      setup=tickets.Setup(self.dataset, self.eval_model),
+      start=trained,
+      measure_ntk=False,
+      log=lambda _: None,
+    )
+    mask = jax.device_get(self._finish_dns_mask(ticket.arrays(), sparsity))
+    return ticket.replace(
+      mask=mask,
+      params=jax.tree.map(lambda w, m: w * m, ticket.params, mask),
+      info={
+        **ticket.info,
+        "surgery_sparsity": masks.sparsity(ticket.mask),
+        "sparsity": masks.sparsity(mask),
+      },
+    )
 
   def _finish_dns_mask(self, tree, sparsity) -> PyTree:
     """The output layer to its planned density, then connected classes."""

@@ -1,8 +1,8 @@
 r"""NTK spectra of tickets at initialization, against the dense network's.
 
-For each pruning method and sparsity, the ticket is found exactly as
-``awt.experiment.find_ticket`` finds it (same initialization, same keys, the
-configured ``pruning.ablation`` applied), and its empirical NTK on a fixed
+For each pruning method and sparsity, the ticket is ``awt.tickets.find``'s
+(same initialization, same keys, the configured ``pruning.ablation``
+applied), and its empirical NTK on a fixed
 probe of training points, clean and adversarial, is compared with the dense
 network's at the same initialization: relative Frobenius distance, kernel
 alignment, eigenvalues, condition number, effective rank and the overlap of
@@ -19,17 +19,17 @@ all weights at :math:`\theta \odot m`,
     \frac{\partial f(X; \theta \odot m)}{\partial \theta}^\top,
 
 traced over the logits (mean over the C logits, ``[N, N]``): the kernel
-the AWT search matches and ``awt.experiment.find_ticket`` reports as
-``ntk_distance_at_init``. The kernel with respect to all weights,
+the AWT search matches and ``awt.tickets.find`` reports as
+``ntk_distance_at_init`` (one function computes it everywhere:
+``awt.pruning.awt.masked_ntk``). The kernel with respect to all weights,
 :math:`J J^\top` at the ticket's weights, is reported next to it as
-``distance_all_weights`` (find_ticket's
-``ntk_distance_at_init_all_weights``).
+``distance_all_weights`` (``ntk_distance_at_init_all_weights``).
 
 Adversarial points are PGD points of the training attack (PGD-10 at the
 evaluation eps when training is not adversarial) against the dense network
-at initialization, with find_ticket's key, so every ticket is compared on
-the same points and ``adversarial.distance`` at the default 64 points
-equals find_ticket's ``ntk_distance_at_init``.
+at initialization, with ``tickets.find``'s key, so every ticket is compared
+on the same points and ``adversarial.distance`` at the default 64 points
+equals the ticket's ``ntk_distance_at_init``.
 
 References:
   Shi, Zheng, Ding, Gao & Zhang, "Finding Dynamics Preserving Adversarial
@@ -51,10 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from awt import attacks, experiment, masks, ntk, pruning
+from awt import attacks, experiment, masks, ntk, pruning, tickets
 from awt import config as config_lib
 from awt import data as data_lib
-from awt.pruning import ablations
 from awt.pruning import awt as pruning_awt
 
 DENSE = "dense"
@@ -62,15 +61,25 @@ TOP_K = 10  # eigenvectors compared with the dense kernel's.
 
 
 def _kernels_fn(f: Callable) -> Callable:
-  """Jitted ``(params, mask, x, x_adv) -> (Θ_m(x), Θ_m(x_adv))``, [N, N]."""
+  """Jitted ``(params, mask, x, x_adv) -> (Θ_m(x), Θ_m(x_adv))``, [N, N].
+
+  ``Θ_m`` is ``awt.pruning.awt.masked_ntk`` (trace over the logits) with
+  the implementation ``awt.tickets.find``'s distances use.
+  """
 
   @jax.jit
   def kernels(params, mask, x, x_adv):
-    def masked(p, z):
-      return f(jax.tree.map(lambda a, m: a * m, p, mask), z)
+    def kernel(z):
+      return pruning_awt.masked_ntk(
+        f,
+        params,
+        mask,
+        z,
+        kernel="trace",
+        implementation=pruning_awt.DISTANCE_IMPLEMENTATION,
+      )
 
-    kernel = ntk.empirical_fn(masked, trace_axes=(-1,))
-    return kernel(params, x), kernel(params, x_adv)
+    return kernel(x), kernel(x_adv)
 
   return kernels
 
@@ -138,16 +147,16 @@ def spectra(
   methods: Sequence[str],
   sparsities: Sequence[float],
   *,
-  num_points: int = experiment.NTK_PROBE,
+  num_points: int = tickets.NTK_PROBE,
   top_k: int = TOP_K,
   log: Callable[[str], None] = logging.info,
 ) -> dict:
   """Clean and adversarial NTK spectra of tickets, against the dense net's.
 
-  Every (method, sparsity) ticket is found as ``awt.experiment.find_ticket``
-  finds it for ``config`` with ``pruning.method`` and ``pruning.sparsity``
-  set (so the tickets are find_ticket's); ``dense`` is the reference and is
-  reported once, at sparsity 0, whether or not ``methods`` lists it.
+  Every (method, sparsity) ticket is ``awt.tickets.find``'s for ``config``
+  with ``pruning.method`` and ``pruning.sparsity`` set; ``dense`` is the
+  reference and is reported once, at sparsity 0, whether or not ``methods``
+  lists it.
 
   Args:
     config: a run config (docs/design.md's schema); its ``seed``,
@@ -178,108 +187,40 @@ def spectra(
   start = time.perf_counter()
   methods, sparsities = tuple(methods), tuple(float(s) for s in sparsities)
   base = _cell_config(config, DENSE, 0.0)
-  num_train = data_lib.info(base.data.name).num_train
-  _check(methods, sparsities, num_points, num_train)
-  dataset = config_lib.load_data(base)
-  info = dataset.info
-  ablation = experiment.check_ablation(base)
-  top_k = min(top_k, num_points)
-
-  # find_ticket's initialization, keys and probe.
-  model = config_lib.build_model(base, info)
-  params, batch_stats, keys = experiment.initialize(
-    model, base.seed, info.image_shape
+  _check(
+    methods, sparsities, num_points, data_lib.info(base.data.name).num_train
   )
-  mask_key = keys.mask
-  x = dataset.train.images[:num_points].astype(np.float32) / 255.0
-  y = dataset.train.labels[:num_points]
-  attack = experiment.probe_attack(base)
-  f = pruning_awt.eval_logits_fn(model, batch_stats)
-  x_adv = attacks.pgd(
-    lambda z: f(params, z),
-    x,
-    y,
-    jax.random.fold_in(mask_key, 1),
-    eps=attack["eps"],
-    step_size=attack["step_size"],
-    steps=int(attack["steps"]),
-    norm=attack["norm"],
-    select="last",
-  )
-  kernels = _kernels_fn(f)
-  ones = masks.ones(params)
-  dense_clean, dense_adv = kernels(params, ones, x, x_adv)
-  log(
-    f"NTK probe: {num_points} training points of {info.name}, adversarial "
-    f"by PGD-{attack['steps']} ({attack['norm']}, eps {attack['eps']}) "
-    "against the dense net at init"
-  )
-
+  ablation = tickets.check_ablation(base)
+  probe = _Probe(base, num_points, min(top_k, num_points), log)
   cells = [(DENSE, 0.0)] + [
     (m, s) for s in sparsities for m in methods if m != DENSE
   ]
   rows = []
   for method, sparsity in cells:
     cell = _cell_config(config, method, sparsity)
+    if method == DENSE:
+      with cell.unlocked():
+        cell.pruning.ablation = "none"
     label = method if method == DENSE else f"{method}@{sparsity:g}"
-    applied = "none" if method == DENSE else ablation
-    if applied != "none":
-      label = f"{label}/{applied}"
+    if cell.pruning.get("ablation", "none") != "none":
+      label = f"{label}/{ablation}"
     log(f"finding the {label} ticket")
-    ctx = pruning.PruningContext(
-      model=model,
-      params=params,
-      batch_stats=batch_stats,
-      split=dataset.train,
-      config=cell,
-      image_shape=info.image_shape,
+    ticket = tickets.find(
+      cell, setup=probe.setup, measure_ntk=False, log=lambda _: None
     )
-    t0 = time.perf_counter()
-    ticket = pruning.find(method, ctx, mask_key)
-    ticket = ablations.apply(
-      applied, ticket, ctx, jax.random.fold_in(mask_key, 2)
-    )
-    find_time = time.perf_counter() - t0
-    clean, adv = kernels(ticket.params, ticket.mask, x, x_adv)
-    clean_all, adv_all = kernels(ticket.params, ones, x, x_adv)
-    row = {
-      "name": label,
-      "method": method,
-      "ablation": applied,
-      "target_sparsity": sparsity,
-      "sparsity": masks.sparsity(ticket.mask),
-      "layer_densities": masks.layer_densities(ticket.mask),
-      "passes": int(ticket.info["passes"]),
-      "find_wall_time_s": find_time,
-      "clean": compare(clean, dense_clean, top_k),
-      "adversarial": compare(adv, dense_adv, top_k),
-    }
-    row["clean"]["distance_all_weights"] = float(
-      ntk.relative_distance(clean_all, dense_clean)
-    )
-    row["adversarial"]["distance_all_weights"] = float(
-      ntk.relative_distance(adv_all, dense_adv)
-    )
-    rows.append(row)
-    a, c = row["adversarial"], row["clean"]
-    log(
-      f"{label}: sparsity {row['sparsity']:.4f}; adversarial NTK distance "
-      f"{a['distance']:.4f} (all weights {a['distance_all_weights']:.4f}), "
-      f"clean {c['distance']:.4f}; alignment {a['alignment']:.4f}, "
-      f"effective rank {a['effective_rank']:.2f}, condition number "
-      f"{a['condition_number']:.3g}, top-{top_k} overlap "
-      f"{a['topk_overlap']:.3f}"
-    )
+    rows.append(probe.row(label, ticket, sparsity))
   log(
     f"NTK spectra of {len(rows)} tickets in {time.perf_counter() - start:.1f}s"
   )
   return {
     "seed": int(base.seed),
-    "dataset": info.name,
+    "dataset": probe.setup.info.name,
     "model": base.model.name,
     "num_points": int(num_points),
-    "top_k": int(top_k),
-    "attack": {k: attack[k] for k in ("norm", "eps", "step_size", "steps")},
+    "top_k": int(probe.top_k),
+    "attack": {
+      k: probe.attack[k] for k in ("norm", "eps", "step_size", "steps")
+    },
     "kernel": (
       "empirical NTK traced over the logits (mean), [N, N], with respect to "
       "the weights the ticket trains: J diag(m) J^T; distance_all_weights: "
@@ -287,6 +228,76 @@ def spectra(
     ),
     "tickets": rows,
   }
+
+
+class _Probe:
+  """The probe points (clean and PGD against the dense net at init) and the
+  dense kernels every ticket is compared with."""
+
+  def __init__(self, config, num_points: int, top_k: int, log):
+    self.setup = tickets.load(config)
+    self.top_k = top_k
+    info, model = self.setup.info, self.setup.model
+    params, batch_stats, keys = experiment.initialize(
+      model, config.seed, info.image_shape
+    )
+    self.x = self.setup.dataset.train.images[:num_points].astype(np.float32)
+    self.x /= 255.0
+    y = self.setup.dataset.train.labels[:num_points]
+    self.attack = experiment.probe_attack(config)
+    f = pruning_awt.eval_logits_fn(model, batch_stats)
+    # tickets.find's probe: PGD against the dense net, with its key.
+    self.x_adv = attacks.pgd(
+      lambda z: f(params, z),
+      self.x,
+      y,
+      jax.random.fold_in(keys.mask, 1),
+      eps=self.attack["eps"],
+      step_size=self.attack["step_size"],
+      steps=int(self.attack["steps"]),
+      norm=self.attack["norm"],
+      select="last",
+    )
+    self.kernels = _kernels_fn(f)
+    self.ones = masks.ones(params)
+    self.dense = self.kernels(params, self.ones, self.x, self.x_adv)
+    a = self.attack
+    log(
+      f"NTK probe: {num_points} training points of {info.name}, adversarial "
+      f"by PGD-{a['steps']} ({a['norm']}, eps {a['eps']}) against the dense "
+      "net at init"
+    )
+    self.log = log
+
+  def row(self, label: str, ticket: tickets.Ticket, sparsity: float) -> dict:
+    """The ticket's spectra and distances to the dense kernels."""
+    masked = self.kernels(ticket.params, ticket.mask, self.x, self.x_adv)
+    all_weights = self.kernels(ticket.params, self.ones, self.x, self.x_adv)
+    row = {
+      "name": label,
+      "method": ticket.info["method"],
+      "ablation": ticket.info["ablation"],
+      "target_sparsity": sparsity,
+      "sparsity": masks.sparsity(ticket.mask),
+      "layer_densities": masks.layer_densities(ticket.mask),
+      "passes": int(ticket.info["passes"]),
+      "find_wall_time_s": float(ticket.info["wall_time_s"]),
+    }
+    for i, kind in enumerate(("clean", "adversarial")):
+      row[kind] = compare(masked[i], self.dense[i], self.top_k)
+      row[kind]["distance_all_weights"] = float(
+        ntk.relative_distance(all_weights[i], self.dense[i])
+      )
+    a, c = row["adversarial"], row["clean"]
+    self.log(
+      f"{label}: sparsity {row['sparsity']:.4f}; adversarial NTK distance "
+      f"{a['distance']:.4f} (all weights {a['distance_all_weights']:.4f}), "
+      f"clean {c['distance']:.4f}; alignment {a['alignment']:.4f}, "
+      f"effective rank {a['effective_rank']:.2f}, condition number "
+      f"{a['condition_number']:.3g}, top-{self.top_k} overlap "
+      f"{a['topk_overlap']:.3f}"
+    )
+    return row
 
 
 def plot_spectra(report: dict, path: str) -> None:
