@@ -8,7 +8,8 @@ For each sparsity in ``config.sweep.sparsities``, method in
 ``config.sweep.methods``, ablation and seed, finds the ticket (saved in
 WORKDIR/cells/<cell>/), then trains all tickets and the dense net of each
 seed together in one vectorized program (WORKDIR/train/<sparsity>/), and
-writes WORKDIR/compare_tickets.{json,csv}, table.md and plots/. Started
+writes WORKDIR/compare_tickets.{json,csv}, table.md (mean ± sample std over
+seeds, paired differences against dense and SNIP) and plots/. Started
 again with the same workdir, it skips finished tickets and trainings and
 resumes an interrupted one from its checkpoint.
 """

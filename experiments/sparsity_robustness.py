@@ -15,11 +15,11 @@ matched control, trained as long with nothing pruned) for every seed of
 ``sweep.seeds`` (each group of seeds and sparsities one vectorized program),
 and measures clean, FGSM, BIM and PGD accuracy at ``sweep.linf_eps`` and
 DeepFool / C&W-l2 rho_2 on a fixed set of points. Writes
-WORKDIR/sparsity_robustness.csv and .json (mean ± std over seeds; per-seed
-values, paired differences against the matched control, the trend tests
-and the C&W convergence check in the JSON), sparsity_robustness_paired.csv,
-table.md and WORKDIR/plots/sparsity_robustness{,_paired}.png, and prints
-table.md. Each step runs in WORKDIR/cells/<model>-<step>/; started again
+WORKDIR/sparsity_robustness.csv and .json (mean ± sample std over seeds;
+per-seed values, paired differences against the matched control, the trend
+tests and the C&W convergence check in the JSON),
+sparsity_robustness_paired.csv, table.md and
+WORKDIR/plots/sparsity_robustness{,_paired}.png, and prints table.md. Each step runs in WORKDIR/cells/<model>-<step>/; started again
 with the same --workdir, the sweep skips finished cells and resumes the
 running one from its checkpoints.
 """
