@@ -72,7 +72,7 @@ class _Compiled:
       rel_step = kw.pop("rel_step", 2.5)
       if name == "pgd":
         kw["step_size"] = rel_step * eps / kw["steps"]
-      return attacks.get(name)(
+      return getattr(attacks, name)(
         functools.partial(self.apply_fn, params),
         x,
         y,
@@ -165,21 +165,6 @@ def _linear_apply(params, x):
 @pytest.fixture(scope="module")
 def linear_attacks():
   return _Compiled(_linear_apply)
-
-
-def test_registry():
-  assert attacks.names() == (
-    "apgd",
-    "cw_l2",
-    "deepfool",
-    "fgsm",
-    "pgd",
-    "square",
-  )
-  assert attacks.get("pgd") is attacks.pgd
-  assert attacks.get("apgd") is attacks.apgd
-  with pytest.raises(ValueError, match="unknown attack 'pgdd'; known: apgd,"):
-    attacks.get("pgdd")
 
 
 @pytest.mark.parametrize(

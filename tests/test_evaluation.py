@@ -351,7 +351,7 @@ def test_apgd_t_keeps_the_first_target_run_that_fools():
   keys = jax.random.split(jax.random.PRNGKey(0), 24)
   eps = 0.2
   x_adv = jax.jit(
-    functools.partial(evaluation.apgd_t, f, eps=eps, steps=5, num_targets=3)
+    functools.partial(attacks.apgd_t, f, eps=eps, steps=5, num_targets=3)
   )(x, y, keys)
   assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + 1e-6
   z = np.array(f(x))
@@ -388,7 +388,7 @@ def test_apgd_t_keeps_the_first_target_run_that_fools():
     np.testing.assert_allclose(x_adv[i], points[first][i], atol=1e-6)
   np.testing.assert_array_equal(x_adv[~fooled], x[~fooled])
   with pytest.raises(ValueError, match="needs >= 4 classes"):
-    evaluation.apgd_t(
+    attacks.apgd_t(
       lambda v: v.reshape(v.shape[0], -1)[:, :3], x, y, keys, eps=eps
     )
 

@@ -228,3 +228,88 @@ def apgd(
 
   best = jax.lax.fori_loop(0, restarts, restart, _common.init_best(x))
   return best.x
+
+
+# Targets of APGD-T: the top-9 classes of AutoAttack, at most K - 1.
+APGD_T_TARGETS = 9
+
+
+def apgd_t(
+  logits_fn: _common.LogitsFn,
+  x: jax.Array,
+  y: jax.Array,
+  key: jax.Array,
+  *,
+  eps: float,
+  norm: str = "linf",
+  steps: int = 100,
+  num_targets: int = APGD_T_TARGETS,
+) -> jax.Array:
+  r"""APGD-T: targeted-DLR APGD against each of the most likely other classes.
+
+  Run ``j`` (``j = 0 .. T-1``, ``T = min(num_targets, K - 1)``) attacks the
+  target ``t_j``, the class with the ``(j+1)``-th largest clean logit among
+  the classes ``!= y``, maximizing the targeted DLR loss
+
+  .. math::
+    \mathrm{DLR}_t(z, y, t_j) = -\frac{z_y - z_{t_j}}
+      {z_{\pi_1} - (z_{\pi_3} + z_{\pi_4}) / 2}
+
+  from its own random start (keys ``fold_in(keys[i], j + 1)``). Per example
+  the result is the point of the first run that makes the model misclassify
+  it; an example is robust only if every run fails. Runs are one
+  ``lax.fori_loop``; every run attacks the whole batch (fixed shapes).
+
+  Args:
+    logits_fn: pure ``x [B, H, W, C] -> logits [B, K]``, ``K >= 4``.
+    x: ``[B, H, W, C]`` float32 in [0, 1].
+    y: ``[B]`` int32 true labels.
+    key: one PRNG key or per-example keys ``[B, 2]``.
+    eps: perturbation budget in pixel units.
+    norm: ``"linf"`` or ``"l2"``.
+    steps: APGD iterations per target.
+    num_targets: at most this many targets (AutoAttack: 9).
+
+  Returns:
+    ``x_adv: [B, H, W, C]`` float32 in [0, 1], ``||x_adv - x|| <= eps``;
+    ``x`` itself for examples no run fools.
+
+  Raises:
+    ValueError: for ``K < 4`` classes (the targeted DLR loss needs four).
+
+  References:
+    Croce & Hein, *Reliable evaluation of adversarial robustness with an
+    ensemble of diverse parameter-free attacks*, ICML 2020, Eq. (7) and
+    Sec. 5 ("APGD-T ... top-9 classes"); AutoAttack code
+    (``APGDTargetedAttack``, ``n_target_classes=9``).
+  """
+  keys = _common.per_example_keys(key, x.shape[0])
+  z = logits_fn(x)
+  k = z.shape[-1]
+  if k < 4:
+    raise ValueError(f"apgd-t needs >= 4 classes (targeted DLR), got {k}")
+  n = min(num_targets, k - 1)
+  others = jnp.where(jax.nn.one_hot(y, k, dtype=bool), -jnp.inf, z)
+  targets = jax.lax.top_k(others, n)[1]  # [B, n]
+
+  def run(j, carry):
+    x_best, fooled = carry
+    target = jax.lax.dynamic_index_in_dim(targets, j, axis=1, keepdims=False)
+    x_j = apgd(
+      logits_fn,
+      x,
+      y,
+      _common.restart_keys(keys, j + 1),
+      eps=eps,
+      norm=norm,
+      steps=steps,
+      loss="dlr",
+      targeted=True,
+      target=target,
+    )
+    fooled_j = jnp.argmax(logits_fn(x_j), axis=-1) != y
+    take = ~fooled & fooled_j
+    return jnp.where(_common._bcast(take, x), x_j, x_best), fooled | fooled_j
+
+  clean_fooled = jnp.argmax(z, axis=-1) != y
+  return jax.lax.fori_loop(0, n, run, (x, clean_fooled))[0]
