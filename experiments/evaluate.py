@@ -29,8 +29,8 @@ flags.DEFINE_string("workdir", None, "A run directory written by train.py.")
 flags.DEFINE_list(
   "attacks",
   None,
-  "Attack names (see awt.evaluation.ATTACK_NAME_FORMS); default: apgd-ce, "
-  "apgd-t, square1000 and the run's config.eval.attacks.",
+  "Attack names (awt.attacks.name_forms() lists the forms); default: "
+  "apgd-ce, apgd-t, square1000 and the run's config.eval.attacks.",
 )
 flags.DEFINE_list(
   "ensemble",
@@ -53,7 +53,7 @@ flags.DEFINE_float(
 flags.DEFINE_list(
   "minimal",
   ["deepfool", "cw_l2"],
-  "Minimal-perturbation attacks (awt.evaluation.MINIMAL_NAME_FORMS); "
+  "Minimal-perturbation attacks (awt.attacks.name_forms(minimal=True)); "
   "empty to skip.",
 )
 flags.DEFINE_integer("max_examples", 0, "Evaluate the first N test examples.")
