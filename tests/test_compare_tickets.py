@@ -100,7 +100,8 @@ def test_rerun_skips_finished_work(study):
   "flag, message",
   [
     ("--config.sweep.methods=('awt','snipp')", "unknown sweep.methods entry"),
-    ("--config.sweep.sparsities=(0.9,1.0)", "sweep.sparsities="),
+    ("--config.sweep.sparsities=(0.9,1.0)", "sweep.sparsities entry 1.0 must"),
+    ("--config.sweep.seeds=(0,0)", "sweep.seeds=(0, 0) has duplicates"),
     ("--config.sweep.ablations=('shuffel',)", "unknown sweep.ablations"),
   ],
 )

@@ -130,6 +130,50 @@ def check_config(workdir: str, config: Mapping[str, Any]) -> None:
     )
 
 
+def check_numbers(
+  values: Sequence,
+  key: str,
+  *,
+  error: type[Exception] = ValueError,
+  integer: bool = False,
+  lo: float | None = None,
+  hi: float | None = None,
+  lo_open: bool = False,
+  nonempty: bool = True,
+) -> None:
+  """Checks a grid axis of a study (``sweep.seeds``, ``sweep.sparsities``).
+
+  Every entry a number (an integer with ``integer``; never a bool), ``>=
+  lo`` (``> lo`` with ``lo_open``) and ``< hi`` where given, no entry
+  twice, and (``nonempty``) at least one entry.
+
+  Raises:
+    error: one line naming ``key`` and the bad entry or values (studies
+      pass ``awt.config.ConfigError``).
+
+  Examples:
+    >>> check_numbers((0.5, 0.9), "sweep.sparsities", lo=0.0, hi=1.0)
+    >>> check_numbers((0, 0), "sweep.seeds", integer=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: sweep.seeds=(0, 0) has duplicates
+  """
+  what = "integers" if integer else "numbers"
+  for v in values:
+    if isinstance(v, bool) or not isinstance(
+      v, int if integer else int | float
+    ):
+      raise error(f"{key}={tuple(values)!r} must be {what}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+      raise error(f"{key} entry {v} must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and v >= hi:
+      raise error(f"{key} entry {v} must be < {hi}")
+  if len(set(values)) != len(values):
+    raise error(f"{key}={tuple(values)!r} has duplicates")
+  if nonempty and not values:
+    raise error(f"{key} is empty")
+
+
 def run_cells(
   workdir: str,
   cells: Sequence[Cell],

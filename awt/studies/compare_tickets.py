@@ -41,6 +41,7 @@ and ``ablated_methods`` (the methods the ablations apply to).
 """
 
 import copy
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -281,18 +282,9 @@ def validate(config, methods, sparsities, seeds, ablations) -> None:
         f"unknown sweep.ablations entry {a!r}; known: "
         f"{', '.join(ablations_lib.ABLATIONS)}"
       )
-  if not sparsities or not all(0 < float(s) < 1 for s in sparsities):
-    raise config_lib.ConfigError(
-      f"sweep.sparsities={tuple(sparsities)} must be non-empty, each in (0, 1)"
-    )
-  if not seeds or any(
-    isinstance(x, bool) or not isinstance(x, int) for x in seeds
-  ):
-    raise config_lib.ConfigError(
-      f"sweep.seeds={tuple(seeds)} must be a non-empty tuple of integers"
-    )
-  if len(set(seeds)) != len(seeds):
-    raise config_lib.ConfigError(f"sweep.seeds={tuple(seeds)} has repeats")
+  check = functools.partial(_sweep.check_numbers, error=config_lib.ConfigError)
+  check(sparsities, "sweep.sparsities", lo=0.0, hi=1.0, lo_open=True)
+  check(seeds, "sweep.seeds", integer=True)
   for m in methods or [DENSE]:
     config_lib.validate(
       _cell_config(

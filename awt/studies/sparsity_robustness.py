@@ -200,16 +200,15 @@ def validate(config) -> None:
       raise ConfigError(
         f"unknown sweep.methods entry {m!r}; known: {', '.join(METHODS)}"
       )
-  _unique_numbers(sw.sparsities, "sweep.sparsities", lo=0.0, hi=1.0)
+  check = functools.partial(_sweep.check_numbers, error=ConfigError)
+  check(sw.sparsities, "sweep.sparsities", lo=0.0, hi=1.0)
   if 0.0 not in [float(s) for s in sw.sparsities]:
     raise ConfigError(
       f"sweep.sparsities={tuple(sw.sparsities)!r} must include 0.0 (the "
       "matched control)"
     )
-  _unique_numbers(sw.seeds, "sweep.seeds", integer=True)
-  if not sw.seeds:
-    raise ConfigError("sweep.seeds is empty")
-  _unique_numbers(sw.linf_eps, "sweep.linf_eps", lo=0.0, lo_open=True)
+  check(sw.seeds, "sweep.seeds", integer=True)
+  check(sw.linf_eps, "sweep.linf_eps", lo=0.0, lo_open=True, nonempty=False)
   for key in ("retrain_epochs", "l2_points"):
     v = sw.get(key, 0)
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -262,22 +261,6 @@ def validate(config) -> None:
 def _moderate_range(sweep: Mapping) -> tuple[float, float]:
   lo, hi = sweep.get("moderate_range", (0.5, 0.9))
   return float(lo), float(hi)
-
-
-def _unique_numbers(values, key, *, lo=None, hi=None, lo_open=False, **kw):
-  for v in values:
-    ok_type = isinstance(v, int if kw.get("integer") else int | float)
-    if isinstance(v, bool) or not ok_type:
-      what = "integers" if kw.get("integer") else "numbers"
-      raise config_lib.ConfigError(f"{key}={tuple(values)!r} must be {what}")
-    if lo is not None and (v <= lo if lo_open else v < lo):
-      raise config_lib.ConfigError(
-        f"{key} entry {v} must be {'>' if lo_open else '>='} {lo}"
-      )
-    if hi is not None and v >= hi:
-      raise config_lib.ConfigError(f"{key} entry {v} must be < {hi}")
-  if len(set(values)) != len(values):
-    raise config_lib.ConfigError(f"{key}={tuple(values)!r} has duplicates")
 
 
 def model_config(config, model: str, **changes) -> ml_collections.ConfigDict:
