@@ -353,6 +353,19 @@ def fmt_mean_std(
   return f"{fmt(stat['mean'])} ± {fmt(stat['std'])}"
 
 
+def fmt_interval(d: Mapping[str, Any], fmt: Callable[[float], str]) -> str:
+  """``"<mean> [<lo>, <hi>]"`` of a ``paired_difference``, each through
+  ``fmt``; just ``"<mean>"`` where there is no interval (a single pair).
+
+  Examples:
+    >>> fmt_interval({"mean": 0.1, "lo": -0.15, "hi": 0.35}, "{:+.2f}".format)
+    '+0.10 [-0.15, +0.35]'
+  """
+  if d.get("lo") is None:
+    return fmt(d["mean"])
+  return f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]"
+
+
 def paired_difference(
   a: Sequence[float | None],
   b: Sequence[float | None],

@@ -521,9 +521,7 @@ def _fmt_diff(entry, ref, key):
   d = entry.get(f"vs_{ref}", {}).get(key)
   if d is None:
     return "–"
-  if d["lo"] is None:
-    return f"{100 * d['mean']:+.1f}"
-  return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+  return _sweep.fmt_interval(d, lambda v: f"{100 * v:+.1f}")
 
 
 def markdown_table(out: dict) -> str:

@@ -1542,12 +1542,8 @@ def format_trend_tests(tests: Sequence[Mapping]) -> str:
 
   def ci(metric, d):
     scale = 1.0 if "rho2" in metric else 100.0
-    if d.get("lo") is None:
-      return f"{scale * d['mean']:+.2f} (n={d['n']})"
-    return (
-      f"{scale * d['mean']:+.2f} [{scale * d['lo']:+.2f}, "
-      f"{scale * d['hi']:+.2f}]"
-    )
+    text = _sweep.fmt_interval(d, lambda v: f"{scale * v:+.2f}")
+    return text if d.get("lo") is not None else f"{text} (n={d['n']})"
 
   for t in tests:
     cells = [t["model"], t["method"], t["metric"]]
