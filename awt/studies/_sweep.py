@@ -14,13 +14,15 @@ Every study in ``awt.studies`` is built from these pieces (docs/design.md,
   resumes from the checkpoints in its own sub-workdir). ``check_config``
   refuses, in one line naming the first differing key, a workdir written by
   another config. One progress line per cell gives the rate and the ETA.
+  ``check_numbers`` checks a grid axis (seeds, sparsities) before any work.
 - **Statistics.** Results are rows (flat dicts, one per trained network: a
   seed of one configuration); ``aggregate`` groups them by their
   configuration keys into mean ± *sample* standard deviation (ddof 1) over
   seeds, keeping the per-seed values; ``STATISTIC``/``statistic_note`` say
   so in every table a study writes, ``fmt_mean_std`` formats a cell.
   ``paired_by_seed`` and ``paired_difference`` give the mean same-seed
-  difference of two arms with a Student-t interval.
+  difference of two arms with a Student-t interval, ``fmt_interval``
+  formats one.
 - **Tables.** ``write_csv`` (one line per group), ``write_rows_csv`` (any
   rows) and ``write_table_json`` write atomically (``workdir.atomic_write``:
   a temp file in the same directory, then ``os.replace``), so a killed study
