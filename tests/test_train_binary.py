@@ -1,4 +1,13 @@
-"""Smoke and failure tests of experiments/train.py (run as a subprocess)."""
+"""experiments/train.py: the binary's smoke run, restart and one-line errors.
+
+The process boundary is tested where it is what matters: the workdir a run
+writes, a restart of the binary, and how an expected error ends the process
+(exit status 1, one ``error:`` line, no traceback) for one representative
+bad config value and the flags absl rejects while parsing. Every other bad
+config is checked in-process: ``experiment.train_and_evaluate`` raises one
+line that ``experiments._main`` turns into that ``error:`` line, before it
+touches the workdir.
+"""
 
 import json
 import os
@@ -9,13 +18,15 @@ import jax
 import numpy as np
 import pytest
 
-from awt import checkpoints
+from awt import checkpoints, experiment
+from experiments import _main
+from experiments.configs import digits_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
 
 
-def _run(*args, timeout=300):
+def _run(*args):
   env = dict(os.environ)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   env["PYTHONPATH"] = ROOT
@@ -25,7 +36,7 @@ def _run(*args, timeout=300):
     env=env,
     capture_output=True,
     text=True,
-    timeout=timeout,
+    timeout=900,  # a hang guard only
   )
 
 
@@ -37,6 +48,7 @@ def smoke_run(tmp_path_factory):
   return workdir, proc
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_the_workdir(smoke_run):
   workdir, proc = smoke_run
   for name in ("config.json", "metrics.jsonl", "results.json"):
@@ -55,6 +67,7 @@ def test_smoke_run_writes_the_workdir(smoke_run):
   assert "img/s" in proc.stderr and "ETA" in proc.stderr
 
 
+@pytest.mark.slow
 def test_restore_reloads_the_run(smoke_run):
   workdir, _ = smoke_run
   run = checkpoints.restore(workdir)
@@ -73,6 +86,7 @@ def test_restore_reloads_the_run(smoke_run):
   assert all(np.all(np.asarray(m) == 1) for m in leaves)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_does_not_retrain(smoke_run):
   workdir, _ = smoke_run
   before = checkpoints.restore(workdir)
@@ -88,47 +102,87 @@ def test_rerun_resumes_and_does_not_retrain(smoke_run):
     np.testing.assert_array_equal(a, b)
 
 
-def _checkpoint_bytes(workdir):
+# ------------------------------------------------------ expected failures
+
+
+@pytest.fixture(scope="module")
+def saved_workdir(tmp_path_factory):
+  """A workdir holding an orbax checkpoint (step 44), written without
+  training: what a bad config must leave alone."""
+  workdir = str(tmp_path_factory.mktemp("saved"))
+  state = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}}
+  with checkpoints.manager(workdir) as mngr:
+    checkpoints.save(mngr, 44, state, {"note": "kept"})
+    mngr.wait_until_finished()
+  assert checkpoints.latest_step(workdir) == 44
+  return workdir
+
+
+def _workdir_bytes(workdir):
+  """Every file under ``workdir``: path -> contents."""
   out = {}
-  for root, _, files in os.walk(os.path.join(workdir, "checkpoints")):
+  for root, _, files in os.walk(workdir):
     for f in files:
       p = os.path.join(root, f)
       out[p] = open(p, "rb").read()
   return out
 
 
+def _smoke_config(**overrides):
+  config = digits_mlp.get_config("smoke")
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+@pytest.mark.parametrize(
+  "key, value, expected",
+  [
+    ("model.name", "mpl", "unknown model.name 'mpl'; known: "),
+    ("data.name", "mnistt", "unknown data.name 'mnistt'"),
+    ("adversarial.eps", -0.1, "adversarial.eps=-0.1 must be >= 0"),
+    ("pruning.sparsity", 1.0, "pruning.sparsity=1.0 must be < 1"),
+    ("batch_size", 5000, "batch_size=5000 is larger than the 1437"),
+    ("eval.attacks", ("pgdx",), "unknown attack 'pgdx'"),
+  ],
+)
+def test_bad_config_is_one_line_and_keeps_checkpoints(
+  saved_workdir, key, value, expected
+):
+  before = _workdir_bytes(saved_workdir)
+  with pytest.raises(_main.EXPECTED_ERRORS) as e:
+    experiment.train_and_evaluate(_smoke_config(**{key: value}), saved_workdir)
+  assert "\n" not in str(e.value) and expected in str(e.value), str(e.value)
+  assert _workdir_bytes(saved_workdir) == before
+
+
 @pytest.mark.parametrize(
   "override, expected",
   [
+    # The representative config error, from the binary.
     ("--config.model.name=mpl", "unknown model.name 'mpl'; known: "),
-    ("--config.data.name=mnistt", "unknown data.name 'mnistt'"),
-    ("--config.adversarial.eps=-0.1", "adversarial.eps=-0.1 must be >= 0"),
-    ("--config.pruning.sparsity=1.0", "pruning.sparsity=1.0 must be < 1"),
-    ("--config.batch_size=5000", "batch_size=5000 is larger than the 1437"),
-    ("--config.eval.attacks=('pgdx',)", "unknown attack 'pgdx'"),
     # Misspelt keys fail inside flag parsing, before main runs.
     ("--config.adversarial.epss=0.1", "--config.<key> names a field"),
     ("--config.num_epochs=many", "num_epochs"),
   ],
 )
-def test_bad_config_is_one_line_and_keeps_checkpoints(
-  smoke_run, override, expected
+def test_bad_flag_ends_the_binary_in_one_line(
+  saved_workdir, override, expected
 ):
-  workdir, _ = smoke_run
-  before = _checkpoint_bytes(workdir)
-  proc = _run(f"--config={SMOKE}", f"--workdir={workdir}", override)
-  assert proc.returncode != 0
+  before = _workdir_bytes(saved_workdir)
+  proc = _run(f"--config={SMOKE}", f"--workdir={saved_workdir}", override)
+  assert proc.returncode == 1
   lines = [x for x in proc.stderr.splitlines() if x.strip()]
   assert lines[-1].startswith("error: ") and expected in lines[-1], lines
   assert "Traceback" not in proc.stderr
-  assert _checkpoint_bytes(workdir) == before
+  assert _workdir_bytes(saved_workdir) == before
 
 
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
-  proc = _run(f"--config={SMOKE}", f"--workdir={blocker}/run")
-  assert proc.returncode != 0
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: workdir") and "not writable" in last
-  assert "Traceback" not in proc.stderr
+  with pytest.raises(_main.EXPECTED_ERRORS) as e:
+    experiment.train_and_evaluate(_smoke_config(), f"{blocker}/run")
+  msg = str(e.value)
+  assert msg.startswith("workdir") and "not writable" in msg, msg
+  assert "\n" not in msg
+  assert blocker.read_text() == "not a directory"
