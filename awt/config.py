@@ -10,7 +10,7 @@ import numbers
 import jax.numpy as jnp
 
 from awt import data as data_lib
-from awt import evaluation, masks, models, training
+from awt import evaluation, models, training
 
 PRUNING_METHODS = ("dense", "random", "magnitude")
 # model.dtype: the compute dtype of Dense/Conv/BatchNorm. Parameters (the
@@ -53,6 +53,14 @@ def _choice(config, key, known):
   if v not in known:
     raise ConfigError(f"unknown {key} {v!r}; known: {', '.join(known)}")
   return v
+
+
+def _pruning_options(config) -> None:
+  """Every ``pruning.<option>`` against its declaration (``awt.pruning``:
+  each method declares its options, their defaults and checks once)."""
+  from awt import pruning  # noqa: PLC0415 (awt.pruning imports this module)
+
+  pruning.check(config)
 
 
 def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
@@ -104,8 +112,7 @@ def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
       if config.adversarial.norm != "linf":
         raise ConfigError("adversarial.method='trades' supports norm='linf'")
   _choice(config, "pruning.method", pruning_methods)
-  _number(config, "pruning.sparsity", lo=0, hi=1, hi_open=True)
-  _choice(config, "pruning.scope", masks.SCOPES)
+  _pruning_options(config)
   _choice(config, "eval.norm", ("linf", "l2"))
   _number(config, "eval.eps", lo=0)
   _number(config, "eval.batch_size", lo=1, integer=True)

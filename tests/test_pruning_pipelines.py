@@ -156,7 +156,9 @@ def test_exact_sparsity_and_documented_passes(
 
 def test_pipelines_are_registered():
   for name in ("one_shot", "imp", "hydra", "dns"):
-    assert pruning.get(name) is pipelines.METHODS[name]
+    fn, declared = pipelines.METHODS[name]
+    assert pruning.get(name) is fn
+    assert set(declared) <= set(pruning.options(name))
 
 
 def test_passes_per_step():
@@ -170,7 +172,10 @@ def test_passes_per_step():
 
 def test_bad_options_raise():
   ctx = _ctx(scope="per_layer")
-  with pytest.raises(ValueError, match="unknown pruning scope 'per_layer'"):
+  with pytest.raises(
+    ValueError,
+    match="unknown pruning.scope 'per_layer'; known: global, layerwise",
+  ):
     pipelines.one_shot(ctx, jax.random.PRNGKey(0))
   ctx = _ctx(imp_epochs=1, rewind_epoch=1)
   with pytest.raises(ValueError, match="rewind_epoch must be <"):

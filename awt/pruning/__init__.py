@@ -1,22 +1,52 @@
 """Pruning methods by name: each finds a ticket (mask + starting weights).
 
-A method is ``fn(ctx: PruningContext, key) -> Ticket``. Pruning at
-initialization (``awt.pruning.scores``): ``dense``, ``random``, ``erk``,
-``magnitude``, ``snip``, ``grasp``, ``synflow``. Three-stage pipelines
-(``awt.pruning.pipelines``): ``one_shot``, ``imp``, ``hydra``, ``dns``.
-Each module holds its own ``METHODS`` table; this package merges them.
+A method is ``fn(ctx: PruningContext, key) -> Ticket``, registered with the
+options it reads from ``config.pruning`` (``register(name, fn,
+options=...)``; each :class:`Option` declares its name, default, check and
+doc once). Pruning at initialization (``awt.pruning.scores``): ``dense``,
+``random``, ``erk``, ``magnitude``, ``snip``, ``grasp``, ``synflow``.
+Three-stage pipelines (``awt.pruning.pipelines``): ``one_shot``, ``imp``,
+``hydra``, ``dns``. The NTK-matching searches (``awt.pruning.awt``):
+``awt``, ``ntt``. Each module lists its methods in a ``METHODS`` table of
+``name -> (fn, options)``; this package registers them. Every method also
+reads the shared options ``sparsity``, ``scope``, ``keep_first``,
+``keep_last`` and ``ablation``. :func:`option` reads a value,
+:func:`defaults` is the ``config.pruning`` block of every config file.
 
 Examples:
   >>> from awt import pruning
   >>> "snip" in pruning.names()
   True
+  >>> [o.name for o in pruning.options("synflow")][-1]
+  'synflow_iterations'
 """
 
 from collections.abc import Callable
 
 import jax
 
-from awt.pruning import scores
+from awt.pruning import ablations, pipelines, scores
+from awt.pruning import awt as _awt
+from awt.pruning._options import (
+  KEEP_FIRST,
+  KEEP_LAST,
+  METHODS,
+  SCOPE,
+  SPARSITY,
+  Flag,
+  Integer,
+  Number,
+  OneOf,
+  Option,
+  check,
+  defaults,
+  describe,
+  option,
+  options,
+  register,
+  share,
+  unregister,
+)
 from awt.pruning._ticket import PruningContext, Ticket
 from awt.pruning.scores import (
   erk_counts,
@@ -26,10 +56,6 @@ from awt.pruning.scores import (
   iterative_synflow,
   snip_scores,
   synflow_scores,
-)
-
-METHODS: dict[str, Callable[[PruningContext, jax.Array], Ticket]] = dict(
-  scores.METHODS
 )
 
 
@@ -69,10 +95,28 @@ def find(method: str, ctx: PruningContext, key: jax.Array) -> Ticket:
   return get(method)(ctx, key)
 
 
+def _register_modules() -> None:
+  """The shared options, then every module's ``METHODS`` table."""
+  share(SPARSITY, SCOPE, KEEP_FIRST, KEEP_LAST, ablations.ABLATION)
+  for table in (scores.METHODS, pipelines.METHODS, _awt.METHODS):
+    for name, (fn, declared) in table.items():
+      register(name, fn, options=declared)
+
+
+_register_modules()
+
 __all__ = [
   "METHODS",
+  "Flag",
+  "Integer",
+  "Number",
+  "OneOf",
+  "Option",
   "PruningContext",
   "Ticket",
+  "check",
+  "defaults",
+  "describe",
   "erk_counts",
   "erk_densities",
   "find",
@@ -81,16 +125,11 @@ __all__ = [
   "hessian_vector_product",
   "iterative_synflow",
   "names",
+  "option",
+  "options",
+  "register",
+  "share",
   "snip_scores",
   "synflow_scores",
+  "unregister",
 ]
-
-# The three-stage pipelines register their methods with this package.
-from awt.pruning import pipelines as _pipelines  # noqa: E402
-
-METHODS.update(_pipelines.METHODS)
-
-# The NTK-based searches: awt (adversarial) and ntt (clean points).
-from awt.pruning import awt as _awt  # noqa: E402
-
-METHODS.update(_awt.METHODS)

@@ -47,6 +47,7 @@ import numpy as np
 
 from awt import masks, training
 from awt.pruning import scores as scores_lib
+from awt.pruning._options import OneOf, Option, option
 from awt.pruning._ticket import PruningContext, Ticket
 
 PyTree = Any
@@ -59,6 +60,13 @@ ABLATIONS = (
   "init_weights",
   "invert",
   "random_same_density",
+)
+# Shared by every method (``awt.pruning`` declares it with them).
+ABLATION = Option(
+  "ablation",
+  "none",
+  OneOf(ABLATIONS),
+  "sanity check applied to the found ticket (Frankle et al. ICLR 2021)",
 )
 
 
@@ -169,7 +177,7 @@ def init_weights(ticket: Ticket, ctx: PruningContext, key: jax.Array):
 
 def _ticket_scope(ticket: Ticket, ctx: PruningContext) -> str:
   """The ranking scope: the ticket's own (``info["scope"]``), else config's."""
-  return str(ticket.info.get("scope", scores_lib._scope(ctx)))
+  return str(ticket.info.get("scope", option(ctx, "scope")))
 
 
 def invert(ticket: Ticket, ctx: PruningContext, key: jax.Array) -> Ticket:

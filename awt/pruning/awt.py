@@ -112,6 +112,7 @@ from absl import logging
 
 from awt import attacks, checkpoints, masks, ntk, training
 from awt.pruning import scores
+from awt.pruning._options import Flag, Integer, Number, OneOf, Option, option
 from awt.pruning._ticket import (
   PruningContext,
   SearchCheckpoints,
@@ -131,6 +132,94 @@ L2_ON = ("weights", "all")
 STARTS = ("searched", "init")
 GLOBAL_SCORES = ("normalized", "raw")
 _TRACE_AXES = {"cross_full": (), "trace": (-1,)}
+# The search's options (module docstring), NTT's recipe unless marked.
+OPTIONS = (
+  Option("awt_epochs", 20.0, Number(lo=0.0), "search length in epochs (NTT)"),
+  Option("awt_steps", 0, Integer(lo=0), "search steps; > 0 overrides epochs"),
+  Option(
+    "awt_mask_every", 100, Integer(lo=1), "steps between mask resets (NTT)"
+  ),
+  Option(
+    "awt_checkpoint_every",
+    0,
+    Integer(lo=0),
+    "steps between search checkpoints (0: at mask resets)",
+  ),
+  Option("awt_batch", 64, Integer(lo=1), "points per search step (NTT)"),
+  Option("awt_lr", 5e-4, Number(lo=0.0), "Adam's learning rate (NTT)"),
+  # lambda_K of the relative kernel distance, set so that lambda_K*ntk :
+  # output at the start of the search is in NTT's range (~1-10; its MLP
+  # notebook logs ~6). Measured at 90% sparsity (seed 0): on its first
+  # batches 7.2 on digits and 2.2 on mnist5k (784-300-100-10; PGD points);
+  # the first logged period (steps 1-100) 4.8 on digits, 1.4 on mnist5k
+  # (awt) and 5.9 / 5.2 (ntt, clean points).
+  Option(
+    "awt_lambda_ntk",
+    3.0,
+    Number(lo=0.0),
+    "lambda_K of the relative kernel distance (ours; NTT 1e-3 with mean)",
+  ),
+  Option(
+    "awt_lambda_l2",
+    1e-4,
+    Number(lo=0.0),
+    "lambda_2, divided by the density (NTT)",
+  ),
+  Option(
+    "awt_kernel",
+    "cross_full",
+    OneOf(KERNELS),
+    "NTT's [n/2, n/2, C, C] cross-kernel, or the logit-traced [n, n] one",
+  ),
+  Option(
+    "awt_student_kernel",
+    "all",
+    OneOf(STUDENT_KERNELS),
+    "student kernel over all weights (NTT), or J diag(m) J^T (ours)",
+  ),
+  Option(
+    "awt_ntk_norm",
+    "relative",
+    OneOf(NTK_NORMS),
+    "kernel distance over ||teacher kernel||^2 (ours), or the mean (NTT)",
+  ),
+  Option(
+    "awt_l2_on",
+    "weights",
+    OneOf(L2_ON),
+    "the L2 term on the prunable kernels (NTT), or every parameter",
+  ),
+  Option(
+    "awt_final_update",
+    False,
+    Flag(),
+    "also reset the mask after the last step (our earlier deviation)",
+  ),
+  Option(
+    "awt_start",
+    "searched",
+    OneOf(STARTS),
+    "ticket weights: searched theta*m (NTT), or theta0*m",
+  ),
+  Option(
+    "awt_global_score",
+    "normalized",
+    OneOf(GLOBAL_SCORES),
+    "global score |theta| / layer init std (ours), or |theta| (NTT)",
+  ),
+  Option(
+    "awt_init",
+    "magnitude",
+    OneOf(INITS),
+    "initial mask: the teacher's magnitudes (NTT), or SNIP's",
+  ),
+  Option(
+    "awt_attack_against",
+    "teacher",
+    OneOf(AGAINST),
+    "awt: PGD points against the teacher, or the student",
+  ),
+) + scores.SCORE_OPTIONS  # awt_init="snip" runs scores.snip.
 # The empirical-NTK implementation of the search: ``awt.ntk``'s cost model
 # picks one from the shapes (NTK-vector products for Dense MLPs, Jacobian
 # contraction for conv nets). Measured per search step (PGD-10 points,
@@ -336,43 +425,6 @@ def loss_terms(
 # Options.
 
 
-def _convert(name: str, raw, kind):
-  """``raw`` as ``kind``, or a one-line ValueError naming the key."""
-  if kind is bool:
-    if isinstance(raw, (bool, np.bool_)):
-      return bool(raw)
-    raise ValueError(f"pruning.{name}={raw!r} must be True or False")
-  what = "an integer" if kind is int else "a number"
-  if isinstance(raw, float) and kind is int and raw.is_integer():
-    raw = int(raw)
-  ok = isinstance(raw, (int, np.integer))
-  if kind is float:
-    ok = ok or isinstance(raw, (float, np.floating))
-  if not ok or isinstance(raw, (bool, np.bool_)):
-    raise ValueError(f"pruning.{name}={raw!r} must be {what}")
-  return kind(raw)
-
-
-def _option(ctx, name, default, kind=float, choices=None, lo=0):
-  """``config.pruning[name]`` (else ``default``), checked.
-
-  Raises:
-    ValueError: one line naming the key, the value and the known choices
-      (or the lower bound ``lo`` of a number).
-  """
-  raw = ctx.config["pruning"].get(name, default)
-  if choices is not None:
-    if raw not in choices:
-      raise ValueError(
-        f"unknown pruning.{name} {raw!r}; known: {', '.join(choices)}"
-      )
-    return str(raw)
-  value = _convert(name, raw, kind)
-  if kind in (int, float) and value < lo:
-    raise ValueError(f"pruning.{name}={value} must be >= {lo}")
-  return value
-
-
 class _Hyper(NamedTuple):
   """The static settings of the compiled search steps (hashable)."""
 
@@ -424,8 +476,8 @@ def _attack(ctx, adversarial: bool) -> tuple | None:
 
 def _num_steps(ctx, batch: int) -> int:
   """``awt_steps`` if positive, else ``round(awt_epochs · N / batch)``."""
-  steps = _option(ctx, "awt_steps", 0, int)
-  epochs = _option(ctx, "awt_epochs", 20.0)
+  steps = option(ctx, "awt_steps")
+  epochs = option(ctx, "awt_epochs")
   if steps == 0 and epochs > 0:
     steps = max(1, round(epochs * ctx.split.num_examples / batch))
   return steps
@@ -437,11 +489,11 @@ def _settings(ctx: PruningContext, adversarial: bool) -> _Settings:
   Raises:
     ValueError: a bad option (one line: key, value, known choices).
   """
-  every = _option(ctx, "awt_mask_every", 100, int, lo=1)
-  # 0 (the configs' default) means: at every mask reset.
-  ckpt_every = _option(ctx, "awt_checkpoint_every", 0, int) or every
-  batch = _option(ctx, "awt_batch", 64, int, lo=1)
-  kernel = _option(ctx, "awt_kernel", "cross_full", choices=KERNELS)
+  every = option(ctx, "awt_mask_every")
+  # 0 (the default) means: at every mask reset.
+  ckpt_every = option(ctx, "awt_checkpoint_every") or every
+  batch = option(ctx, "awt_batch")
+  kernel = option(ctx, "awt_kernel")
   if batch > ctx.split.num_examples or (kernel == "cross_full" and batch < 2):
     raise ValueError(
       f"pruning.awt_batch={batch} must be between "
@@ -450,26 +502,24 @@ def _settings(ctx: PruningContext, adversarial: bool) -> _Settings:
     )
   steps = _num_steps(ctx, batch)
   paths = scores.prunable(ctx)
-  l2_on = _option(ctx, "awt_l2_on", "weights", choices=L2_ON)
-  against = _option(ctx, "awt_attack_against", "teacher", choices=AGAINST)
+  l2_on = option(ctx, "awt_l2_on")
+  against = option(ctx, "awt_attack_against")
   return _Settings(
     method="awt" if adversarial else "ntt",
     steps=steps,
     every=every,
     ckpt_every=ckpt_every,
     batch=batch,
-    lr=_option(ctx, "awt_lr", 5e-4),
-    lambda_ntk=_option(ctx, "awt_lambda_ntk", 3.0),
-    lambda_l2=_option(ctx, "awt_lambda_l2", 1e-4),
-    init=_option(ctx, "awt_init", "magnitude", choices=INITS),
+    lr=option(ctx, "awt_lr"),
+    lambda_ntk=option(ctx, "awt_lambda_ntk"),
+    lambda_l2=option(ctx, "awt_lambda_l2"),
+    init=option(ctx, "awt_init"),
     l2_on=l2_on,
-    final_update=_option(ctx, "awt_final_update", False, bool),
-    start=_option(ctx, "awt_start", "searched", choices=STARTS),
-    global_score=_option(
-      ctx, "awt_global_score", "normalized", choices=GLOBAL_SCORES
-    ),
-    density=scores.target_density(ctx),
-    scope=scores._scope(ctx),
+    final_update=option(ctx, "awt_final_update"),
+    start=option(ctx, "awt_start"),
+    global_score=option(ctx, "awt_global_score"),
+    density=1.0 - option(ctx, "sparsity"),
+    scope=option(ctx, "scope"),
     paths=paths,
     hyper=_Hyper(
       model=ctx.model,
@@ -477,10 +527,8 @@ def _settings(ctx: PruningContext, adversarial: bool) -> _Settings:
       against=against if adversarial else "teacher",
       attack=_attack(ctx, adversarial),
       kernel=kernel,
-      student=_option(
-        ctx, "awt_student_kernel", "all", choices=STUDENT_KERNELS
-      ),
-      ntk_norm=_option(ctx, "awt_ntk_norm", "relative", choices=NTK_NORMS),
+      student=option(ctx, "awt_student_kernel"),
+      ntk_norm=option(ctx, "awt_ntk_norm"),
       l2_paths=paths if l2_on == "weights" else None,
       implementation=IMPLEMENTATION,
     ),
@@ -905,7 +953,7 @@ def _ticket(ctx, s: _Settings, state: _State, start: float) -> Ticket:
       "method": s.method,
       "passes": _passes(ctx, s, state),
       "wall_time_s": state.earlier_s + time.perf_counter() - start,
-      "sparsity": float(ctx.config["pruning"]["sparsity"]),
+      "sparsity": option(ctx, "sparsity"),
       "scope": s.scope,
       "start": s.start,
       "steps": s.steps,
@@ -1049,4 +1097,6 @@ def adversarial_ntk_distance(
   return d_all if ones else d_masked
 
 
-METHODS = {"awt": awt, "ntt": ntt}
+# name -> (method, the options it reads besides the shared ones); the
+# package registers them (``awt.pruning.register``).
+METHODS = {"awt": (awt, OPTIONS), "ntt": (ntt, OPTIONS)}

@@ -63,6 +63,9 @@ from absl import logging
 
 from awt import data as data_lib
 from awt import masks, training
+from awt.config import ConfigError
+from awt.pruning import scores as scores_lib
+from awt.pruning._options import Integer, Number, Option, option
 from awt.pruning._ticket import (
   PruningContext,
   SearchCheckpoints,
@@ -71,6 +74,60 @@ from awt.pruning._ticket import (
 )
 
 PyTree = Any
+
+# The options of the pipelines (module docstring); None: derived by the
+# method (``E = config.num_epochs``).
+_EPOCHS = Integer(lo=0, optional=True)
+PRETRAIN_EPOCHS = Option(
+  "pretrain_epochs",
+  None,
+  _EPOCHS,
+  "dense training before pruning (None: E for one_shot/hydra, 0 for dns)",
+)
+IMP_OPTIONS = (
+  Option("imp_rounds", 5, Integer(lo=1), "imp: prune-retrain rounds"),
+  Option("imp_epochs", None, _EPOCHS, "imp: epochs per round (None: E)"),
+  Option(
+    "rewind_epoch",
+    0,
+    Integer(lo=0),
+    "imp: epoch of the first run to rewind to (0: the initialization)",
+  ),
+)
+HYDRA_OPTIONS = (
+  PRETRAIN_EPOCHS,
+  Option("score_epochs", None, _EPOCHS, "hydra: score optimization (None: E)"),
+  Option(
+    "score_learning_rate",
+    None,
+    Number(lo=0.0, lo_open=True, optional=True),
+    "hydra: the scores' learning rate (None: optimizer.learning_rate)",
+  ),
+)
+DNS_OPTIONS = (
+  PRETRAIN_EPOCHS,
+  Option("dns_epochs", None, _EPOCHS, "dns: epochs of surgery (None: E)"),
+  Option("dns_interval", 1, Integer(lo=1), "dns: steps between mask updates"),
+  Option(
+    "dns_gamma",
+    1e-4,
+    Number(lo=0.0),
+    "dns: update probability (1 + gamma t)^-power (Guo et al. 2016)",
+  ),
+  Option("dns_power", 1.0, Number(lo=0.0), "dns: see dns_gamma"),
+  Option(
+    "dns_low",
+    0.9,
+    Number(lo=0.0, lo_open=True),
+    "dns: prune below low * threshold (the DNS code's 0.9)",
+  ),
+  Option(
+    "dns_high",
+    1.1,
+    Number(lo=0.0, lo_open=True),
+    "dns: splice back above high * threshold (the DNS code's 1.1)",
+  ),
+)
 
 
 def passes_per_step(adversarial: Mapping | None) -> int:
@@ -112,7 +169,6 @@ class _Setup:
   model: nn.Module
   opt_cfg: dict
   adversarial: dict
-  pruning: Mapping
   paths: tuple
   density: float
   scope: str
@@ -122,27 +178,15 @@ class _Setup:
   steps_per_epoch: int
   passes_per_step: int
 
-  def epochs(self, name: str, default: int | None = None) -> int:
-    """``pruning.<name>`` in epochs (default ``config.num_epochs``)."""
-    value = self.pruning.get(
-      name, self.num_epochs if default is None else default
-    )
-    if int(value) < 0:
-      raise ValueError(f"pruning.{name} must be >= 0, got {value}")
-    return int(value)
+
+def _epochs(ctx: PruningContext, name: str, unset: int) -> int:
+  """``pruning.<name>`` in epochs; ``unset`` where the config leaves None."""
+  value = option(ctx, name)
+  return unset if value is None else value
 
 
 def _setup(ctx: PruningContext) -> _Setup:
   config = ctx.config
-  pruning = config["pruning"]
-  sparsity = float(pruning.get("sparsity", 0.0))
-  if not 0.0 <= sparsity < 1.0:
-    raise ValueError(f"pruning.sparsity must be in [0, 1), got {sparsity}")
-  scope = str(pruning.get("scope", "global"))
-  if scope not in masks.SCOPES:
-    raise ValueError(
-      f"unknown pruning scope {scope!r}; known: {', '.join(masks.SCOPES)}"
-    )
   model = ctx.model
   if getattr(model, "axis_name", None) is not None:
     # Pipelines train on one device: BatchNorm must not all-reduce.
@@ -153,14 +197,9 @@ def _setup(ctx: PruningContext) -> _Setup:
     model=model,
     opt_cfg=dict(config["optimizer"]),
     adversarial=adversarial,
-    pruning=pruning,
-    paths=masks.prunable_paths(
-      ctx.params,
-      keep_first=bool(pruning.get("keep_first", False)),
-      keep_last=bool(pruning.get("keep_last", False)),
-    ),
-    density=1.0 - sparsity,
-    scope=scope,
+    paths=scores_lib.prunable(ctx),
+    density=1.0 - option(ctx, "sparsity"),
+    scope=option(ctx, "scope"),
     batch_size=batch_size,
     seed=int(config["seed"]),
     num_epochs=int(config["num_epochs"]),
@@ -329,7 +368,7 @@ def one_shot(ctx: PruningContext, key: jax.Array) -> Ticket:
   """
   t0 = time.perf_counter()
   s = _setup(ctx)
-  epochs = s.epochs("pretrain_epochs")
+  epochs = _epochs(ctx, "pretrain_epochs", s.num_epochs)
   state = _pretrain(s, ctx, key, epochs)
   scores, mask = _prune_by_magnitude(
     state.params, state.mask, s.density, s.scope, s.paths
@@ -431,11 +470,11 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
   """
   t0 = time.perf_counter()
   s = _setup(ctx)
-  rounds = int(s.pruning.get("imp_rounds", 5))
-  epochs = s.epochs("imp_epochs")
-  k = s.epochs("rewind_epoch", 0)
+  rounds = option(ctx, "imp_rounds")
+  epochs = _epochs(ctx, "imp_epochs", s.num_epochs)
+  k = option(ctx, "rewind_epoch")
   if not k < epochs:
-    raise ValueError(
+    raise ConfigError(
       f"pruning.rewind_epoch must be < pruning.imp_epochs ({epochs}), got {k}"
     )
   densities = imp_densities(1.0 - s.density, rounds)
@@ -673,17 +712,16 @@ def hydra(ctx: PruningContext, key: jax.Array) -> Ticket:
   """
   t0 = time.perf_counter()
   s = _setup(ctx)
-  pretrain_epochs = s.epochs("pretrain_epochs")
-  score_epochs = s.epochs("score_epochs")
+  pretrain_epochs = _epochs(ctx, "pretrain_epochs", s.num_epochs)
+  score_epochs = _epochs(ctx, "score_epochs", s.num_epochs)
   pretrained = _pretrain(s, ctx, key, pretrain_epochs)
 
   weights = lambda scores, theta: hydra_weights(
     scores, theta, s.density, scope=s.scope, paths=s.paths
   )
   opt_cfg = dict(s.opt_cfg)
-  opt_cfg["learning_rate"] = s.pruning.get(
-    "score_learning_rate", opt_cfg["learning_rate"]
-  )
+  if option(ctx, "score_learning_rate") is not None:
+    opt_cfg["learning_rate"] = option(ctx, "score_learning_rate")
   tx, step = _trainer(
     s, _Reparameterized(s.model, weights), opt_cfg, score_epochs
   )
@@ -839,18 +877,14 @@ def dns(ctx: PruningContext, key: jax.Array) -> Ticket:
   """
   t0 = time.perf_counter()
   s = _setup(ctx)
-  pretrain_epochs = s.epochs("pretrain_epochs", 0)
-  epochs = s.epochs("dns_epochs")
-  interval = int(s.pruning.get("dns_interval", 1))
-  gamma = float(s.pruning.get("dns_gamma", 1e-4))
-  power = float(s.pruning.get("dns_power", 1.0))
-  low = float(s.pruning.get("dns_low", 0.9))
-  high = float(s.pruning.get("dns_high", 1.1))
-  if interval < 1 or not 0.0 < low <= high:
-    raise ValueError(
-      "need pruning.dns_interval >= 1 and 0 < dns_low <= dns_high, got "
-      f"{interval}, {low}, {high}"
-    )
+  pretrain_epochs = _epochs(ctx, "pretrain_epochs", 0)
+  epochs = _epochs(ctx, "dns_epochs", s.num_epochs)
+  interval, gamma, power, low, high = (
+    option(ctx, f"dns_{name}")
+    for name in ("interval", "gamma", "power", "low", "high")
+  )
+  if not low <= high:
+    raise ConfigError(f"pruning.dns_low={low} must be <= dns_high={high}")
   key_train, key_coin = jax.random.split(key)
   pretrained = _pretrain(s, ctx, key_train, pretrain_epochs)
 
@@ -924,9 +958,13 @@ def dns(ctx: PruningContext, key: jax.Array) -> Ticket:
   )
 
 
-METHODS: dict[str, Callable[[PruningContext, jax.Array], Ticket]] = {
-  "one_shot": one_shot,
-  "imp": imp,
-  "hydra": hydra,
-  "dns": dns,
+# name -> (method, the options it reads besides the shared ones); the
+# package registers them (``awt.pruning.register``).
+METHODS: dict[
+  str, tuple[Callable[[PruningContext, jax.Array], Ticket], tuple]
+] = {
+  "one_shot": (one_shot, (PRETRAIN_EPOCHS,)),
+  "imp": (imp, IMP_OPTIONS),
+  "hydra": (hydra, HYDRA_OPTIONS),
+  "dns": (dns, DNS_OPTIONS),
 }

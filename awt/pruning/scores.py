@@ -1,7 +1,9 @@
 """Pruning at initialization: per-weight scores and the tickets they choose.
 
 Every method here is ``fn(ctx: PruningContext, key) -> Ticket`` and reads
-``ctx.config["pruning"]``:
+these keys of ``config.pruning`` (declared once, with their checks, in
+``awt.pruning._options`` and ``SCORE_OPTIONS`` / ``GRASP_OPTIONS`` /
+``SYNFLOW_OPTIONS`` below; read with ``awt.pruning.option``):
 
 * ``sparsity``: fraction of the prunable weights removed; the ticket keeps
   exactly ``round((1 - sparsity) * n)`` of them (``awt.masks.topk``).
@@ -40,6 +42,7 @@ import numpy as np
 
 from awt import attacks, masks, training
 from awt import data as data_lib
+from awt.pruning._options import Integer, Number, OneOf, Option, option
 from awt.pruning._ticket import PruningContext, Ticket
 
 PyTree = Any
@@ -52,53 +55,56 @@ GRASP_TEMPERATURE = 200.0
 # Tanaka et al. (2020), experiments: 100 pruning iterations.
 SYNFLOW_ITERATIONS = 100
 
+# The options of the data-dependent scores (snip, grasp; awt's snip init).
+SCORE_OPTIONS = (
+  Option(
+    "score_loss",
+    "natural",
+    OneOf(SCORE_LOSSES),
+    "score on the training batches, or on PGD points of config.adversarial",
+  ),
+  Option(
+    "score_batches",
+    1,
+    Integer(lo=1),
+    "training batches the scores are summed over",
+  ),
+  Option(
+    "score_batch_size",
+    None,
+    Integer(lo=1, optional=True),
+    "examples per score batch (None: config.batch_size)",
+  ),
+)
+GRASP_OPTIONS = SCORE_OPTIONS + (
+  Option(
+    "grasp_temperature",
+    GRASP_TEMPERATURE,
+    Number(lo=0.0, lo_open=True),
+    "GraSP's logits / T (Wang et al. 2020: T = 200)",
+  ),
+)
+SYNFLOW_OPTIONS = (
+  Option(
+    "synflow_iterations",
+    SYNFLOW_ITERATIONS,
+    Integer(lo=1),
+    "SynFlow's pruning iterations (Tanaka et al. 2020: 100)",
+  ),
+)
+
 
 # ---------------------------------------------------------------------------
 # Reading the config.
-
-
-def _option(ctx: PruningContext, name: str, default):
-  """``config.pruning.<name>``, or ``default`` where the config lacks it."""
-  return ctx.config["pruning"].get(name, default)
-
-
-def target_density(ctx: PruningContext) -> float:
-  """``1 - pruning.sparsity``: fraction of prunable weights kept.
-
-  Raises:
-    ValueError: if the sparsity is not in [0, 1).
-  """
-  sparsity = float(ctx.config["pruning"]["sparsity"])
-  if not 0.0 <= sparsity < 1.0:
-    raise ValueError(f"pruning.sparsity must be in [0, 1), got {sparsity}")
-  return 1.0 - sparsity
 
 
 def prunable(ctx: PruningContext) -> tuple[Path, ...]:
   """The prunable kernel paths, honouring ``keep_first`` / ``keep_last``."""
   return masks.prunable_paths(
     ctx.params,
-    keep_first=bool(_option(ctx, "keep_first", False)),
-    keep_last=bool(_option(ctx, "keep_last", False)),
+    keep_first=option(ctx, "keep_first"),
+    keep_last=option(ctx, "keep_last"),
   )
-
-
-def _scope(ctx: PruningContext) -> str:
-  scope = _option(ctx, "scope", "global")
-  if scope not in masks.SCOPES:
-    raise ValueError(
-      f"unknown pruning scope {scope!r}; known: {', '.join(masks.SCOPES)}"
-    )
-  return scope
-
-
-def _score_loss(ctx: PruningContext) -> str:
-  name = _option(ctx, "score_loss", "natural")
-  if name not in SCORE_LOSSES:
-    raise ValueError(
-      f"unknown pruning.score_loss {name!r}; known: {', '.join(SCORE_LOSSES)}"
-    )
-  return name
 
 
 def _raw_key(key: jax.Array) -> jax.Array:
@@ -219,7 +225,8 @@ _uniform = jax.jit(_uniform_scores, static_argnums=2)
 
 def _top(ctx: PruningContext, scores: PyTree, paths, scope: str) -> PyTree:
   """Mask keeping exactly the top ``round(d n)`` scores of ``paths``."""
-  counts = keep_counts(_sizes(ctx.params, paths), target_density(ctx), scope)
+  density = 1.0 - option(ctx, "sparsity")
+  counts = keep_counts(_sizes(ctx.params, paths), density, scope)
   return _select(scores, paths, counts, scope)
 
 
@@ -287,10 +294,9 @@ def score_batches(ctx: PruningContext, key: jax.Array) -> dict:
   Returns:
     ``{"image": [S, B, H, W, C] float32 in [0, 1], "label": [S, B] int32}``.
   """
-  num = int(_option(ctx, "score_batches", 1))
-  if num < 1:
-    raise ValueError(f"pruning.score_batches must be >= 1, got {num}")
-  size = int(_option(ctx, "score_batch_size", ctx.config["batch_size"]))
+  num = option(ctx, "score_batches")
+  size = option(ctx, "score_batch_size")
+  size = int(ctx.config["batch_size"]) if size is None else size
   seed = int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
   taken, epoch = [], 0
   while len(taken) < num:
@@ -390,7 +396,7 @@ def score_inputs(ctx: PruningContext, key: jax.Array) -> tuple[dict, int]:
   """
   data_key, attack_key = jax.random.split(key)
   batches = score_batches(ctx, data_key)
-  if _score_loss(ctx) == "natural":
+  if option(ctx, "score_loss") == "natural":
     return batches, 0
   adv = ctx.config["adversarial"]
   images = adversarial_points(
@@ -784,7 +790,7 @@ def _ticket(
     "method": method,
     "passes": int(passes),
     "wall_time_s": time.perf_counter() - start,
-    "sparsity": float(ctx.config["pruning"]["sparsity"]),
+    "sparsity": option(ctx, "sparsity"),
     **info,
   }
   return Ticket(
@@ -826,7 +832,7 @@ def random(ctx: PruningContext, key: jax.Array) -> Ticket:
     Initialization: Why Are We Missing the Mark?*, ICLR 2021 (baseline).
   """
   start = time.perf_counter()
-  paths, scope = prunable(ctx), _scope(ctx)
+  paths, scope = prunable(ctx), option(ctx, "scope")
   scores = _uniform(key, ctx.params, paths)
   mask = _top(ctx, scores, paths, scope)
   return _ticket(ctx, "random", mask, scores, 0, start, scope=scope)
@@ -845,7 +851,7 @@ def erk(ctx: PruningContext, key: jax.Array) -> Ticket:
   start = time.perf_counter()
   paths = prunable(ctx)
   shapes = {p: tuple(np.shape(_get(ctx.params, p))) for p in paths}
-  counts = erk_counts(shapes, target_density(ctx))
+  counts = erk_counts(shapes, 1.0 - option(ctx, "sparsity"))
   scores = _uniform(key, ctx.params, paths)
   mask = _select(
     scores, paths, np.array([counts[p] for p in paths]), "layerwise"
@@ -866,7 +872,7 @@ def magnitude(ctx: PruningContext, key: jax.Array) -> Ticket:
   """
   del key
   start = time.perf_counter()
-  paths, scope = prunable(ctx), _scope(ctx)
+  paths, scope = prunable(ctx), option(ctx, "scope")
   scores = jax.tree.map(jnp.abs, ctx.params)
   mask = _top(ctx, scores, paths, scope)
   return _ticket(ctx, "magnitude", mask, scores, 0, start, scope=scope)
@@ -882,7 +888,7 @@ def snip(ctx: PruningContext, key: jax.Array) -> Ticket:
     Lee, Ajanthan & Torr, ICLR 2019, Eq. (6).
   """
   start = time.perf_counter()
-  paths, scope = prunable(ctx), _scope(ctx)
+  paths, scope = prunable(ctx), option(ctx, "scope")
   batches, passes = score_inputs(ctx, key)
   scores = _snip_jit(
     ctx.model, ctx.params, ctx.batch_stats, batches["image"], batches["label"]
@@ -897,7 +903,7 @@ def snip(ctx: PruningContext, key: jax.Array) -> Ticket:
     passes,
     start,
     scope=scope,
-    score_loss=_score_loss(ctx),
+    score_loss=option(ctx, "score_loss"),
   )
 
 
@@ -913,9 +919,9 @@ def grasp(ctx: PruningContext, key: jax.Array) -> Ticket:
     Wang, Zhang & Grosse, ICLR 2020, Eq. (8).
   """
   start = time.perf_counter()
-  paths, scope = prunable(ctx), _scope(ctx)
+  paths, scope = prunable(ctx), option(ctx, "scope")
   batches, passes = score_inputs(ctx, key)
-  temperature = float(_option(ctx, "grasp_temperature", GRASP_TEMPERATURE))
+  temperature = option(ctx, "grasp_temperature")
   scores = _grasp_jit(
     ctx.model,
     temperature,
@@ -934,7 +940,7 @@ def grasp(ctx: PruningContext, key: jax.Array) -> Ticket:
     passes,
     start,
     scope=scope,
-    score_loss=_score_loss(ctx),
+    score_loss=option(ctx, "score_loss"),
     temperature=temperature,
   )
 
@@ -952,18 +958,14 @@ def synflow(ctx: PruningContext, key: jax.Array) -> Ticket:
   """
   del key
   start = time.perf_counter()
-  paths, scope = prunable(ctx), _scope(ctx)
-  iterations = int(_option(ctx, "synflow_iterations", SYNFLOW_ITERATIONS))
-  if iterations < 1:
-    raise ValueError(
-      f"pruning.synflow_iterations must be >= 1, got {iterations}"
-    )
+  paths, scope = prunable(ctx), option(ctx, "scope")
+  iterations = option(ctx, "synflow_iterations")
   mask, scores = iterative_synflow(
     ctx.model,
     ctx.params,
     ctx.batch_stats,
     tuple(ctx.image_shape),
-    target_density(ctx),
+    1.0 - option(ctx, "sparsity"),
     iterations=iterations,
     scope=scope,
     paths=paths,
@@ -980,12 +982,16 @@ def synflow(ctx: PruningContext, key: jax.Array) -> Ticket:
   )
 
 
-METHODS: dict[str, Callable[[PruningContext, jax.Array], Ticket]] = {
-  "dense": dense,
-  "erk": erk,
-  "grasp": grasp,
-  "magnitude": magnitude,
-  "random": random,
-  "snip": snip,
-  "synflow": synflow,
+# name -> (method, the options it reads besides the shared ones); the
+# package registers them (``awt.pruning.register``).
+METHODS: dict[
+  str, tuple[Callable[[PruningContext, jax.Array], Ticket], tuple]
+] = {
+  "dense": (dense, ()),
+  "erk": (erk, ()),
+  "grasp": (grasp, GRASP_OPTIONS),
+  "magnitude": (magnitude, ()),
+  "random": (random, ()),
+  "snip": (snip, SCORE_OPTIONS),
+  "synflow": (synflow, SYNFLOW_OPTIONS),
 }

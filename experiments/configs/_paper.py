@@ -5,6 +5,8 @@ optimizers and the evaluation of Madry et al. (ICLR 2018) and Rice et al.
 
 import ml_collections
 
+from awt import pruning
+
 
 def _common(batch_size: int, num_epochs: int, dataset: str, model: dict):
   c = ml_collections.ConfigDict()
@@ -29,15 +31,10 @@ def _common(batch_size: int, num_epochs: int, dataset: str, model: dict):
   c.adversarial.norm = "linf"
   c.adversarial.beta = 6.0  # TRADES only (Zhang et al. 2019).
 
-  c.pruning = ml_collections.ConfigDict()
-  c.pruning.method = "dense"  # any registry name with find_ticket.
-  c.pruning.sparsity = 0.0  # fraction of prunable weights removed.
-  c.pruning.scope = "global"
-  c.pruning.keep_first = False
-  c.pruning.keep_last = False
-  # Sanity check applied to the found ticket (Frankle et al. ICLR 2021):
-  # none | shuffle | reinit | init_weights | invert | random_same_density.
-  c.pruning.ablation = "none"
+  # Every registered method's options at their declared defaults
+  # (awt.pruning.options()); pruning.method: any registry name with
+  # find_ticket.
+  c.pruning = pruning.defaults(method="dense")
 
   c.eval = ml_collections.ConfigDict()
   c.eval.norm = "linf"

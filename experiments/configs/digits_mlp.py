@@ -13,6 +13,8 @@ Variants (``--config=experiments/configs/digits_mlp.py:VARIANT``):
 
 import ml_collections
 
+from awt import pruning
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; ``variant`` is None, "natural", "adam" or "smoke"."""
@@ -59,46 +61,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.adversarial.steps = 10
   c.adversarial.beta = 6.0  # TRADES only (Zhang et al. 2019).
 
-  c.pruning = ml_collections.ConfigDict()
-  c.pruning.method = "dense"
-  c.pruning.sparsity = 0.0  # fraction of prunable weights removed.
-  c.pruning.scope = "global"
-  c.pruning.keep_first = False
-  c.pruning.keep_last = False
-  # The AWT/NTT search (awt/pruning/awt.py; Shi et al. 2022, Liu & Zenke
-  # 2020). Defaults follow Neural Tangent Transfer's MLP recipe (Adam 5e-4,
-  # batch 64, 20 epochs, mask reset every 100 steps but not in the final
-  # period, lambda_L2 1e-4 on the weights, the full cross-kernel of the
-  # all-weights student); the deviations are named options.
-  c.pruning.awt_epochs = 20.0  # 1,437 digits / 64 per step -> 449 steps.
-  c.pruning.awt_steps = 0  # > 0 overrides awt_epochs.
-  c.pruning.awt_mask_every = 100
-  c.pruning.awt_batch = 64
-  c.pruning.awt_lr = 5e-4
-  # lambda_K of the relative kernel distance, set so that lambda_K*ntk :
-  # output at the start of the search is in NTT's range (~1-10; its MLP
-  # notebook logs ~6). Measured at 90% sparsity (seed 0): on its first
-  # batches 7.2 here and 2.2 on mnist5k (784-300-100-10; PGD points); the
-  # first logged period (steps 1-100) 4.8 here, 1.4 on mnist5k (awt) and
-  # 5.9 / 5.2 (ntt, clean points).
-  c.pruning.awt_lambda_ntk = 3.0
-  c.pruning.awt_lambda_l2 = 1e-4  # NTT; divided by the density.
-  c.pruning.awt_kernel = "cross_full"  # cross_full (NTT) | trace.
-  c.pruning.awt_student_kernel = "all"  # all (NTT) | masked: J diag(m) J^T.
-  c.pruning.awt_ntk_norm = "relative"  # relative | mean (NTT).
-  c.pruning.awt_l2_on = "weights"  # weights (NTT) | all (biases too).
-  c.pruning.awt_final_update = False  # True: also reset after the last step.
-  c.pruning.awt_start = "searched"  # searched (NTT): theta*m | init: theta0*m.
-  # Global scope: rank |theta| / (the layer's init std) | raw |theta| (NTT).
-  c.pruning.awt_global_score = "normalized"
-  c.pruning.awt_init = "magnitude"  # magnitude | snip.
-  c.pruning.awt_attack_against = "teacher"  # teacher | student.
-  # Search checkpoints (WORKDIR/search) every this many steps; 0: at mask
-  # resets (awt_mask_every).
-  c.pruning.awt_checkpoint_every = 0
-  # Sanity check applied to the found ticket (Frankle et al. ICLR 2021):
-  # none | shuffle | reinit | init_weights | invert | random_same_density.
-  c.pruning.ablation = "none"
+  # Every registered method's options at their declared defaults
+  # (awt.pruning.options(): name, default, check and source, declared once
+  # by each method); the AWT/NTT search follows Neural Tangent Transfer's
+  # MLP recipe, its deviations named options (awt/pruning/awt.py).
+  # 20 search epochs: 1,437 digits / 64 per step -> 449 steps.
+  c.pruning = pruning.defaults(method="dense")
 
   c.eval = ml_collections.ConfigDict()
   c.eval.attacks = ("pgd40",)  # Madry et al. 2018's MNIST evaluation attack.

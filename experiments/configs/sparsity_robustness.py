@@ -29,6 +29,8 @@ Variants (``--config=experiments/configs/sparsity_robustness.py:VARIANT``):
 
 import ml_collections
 
+from awt import pruning
+
 VARIANTS = ("mnist5k", "smoke")
 
 
@@ -74,21 +76,16 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.adversarial.steps = 10
   c.adversarial.beta = 6.0  # TRADES only (Zhang et al. 2019).
 
-  c.pruning = ml_collections.ConfigDict()
-  c.pruning.method = "dense"  # set per cell: dense, magnitude, dns.
-  c.pruning.sparsity = 0.0  # set per cell from sweep.sparsities.
-  # Per-layer thresholds (Han et al. 2015 prune each layer by its own
-  # threshold; DNS is layerwise); the sweep sets each layer's density.
-  c.pruning.scope = "layerwise"
-  c.pruning.keep_first = False
-  c.pruning.keep_last = False  # DNS keeps it during surgery (see sweep).
-  # DNS surgery epochs, from the trained dense net (Guo et al. 2016 start
-  # from a trained reference model); then fine-tuned sweep.retrain_epochs.
-  c.pruning.dns_epochs = 10
-  c.pruning.dns_interval = 1  # mask update every step ...
-  c.pruning.dns_gamma = 1e-4  # ... with probability (1 + gamma t)^-power
-  c.pruning.dns_power = 1.0  # (Guo et al. 2016, Sec. 3.3).
-  c.pruning.ablation = "none"  # schema field; not used by this sweep.
+  # Every registered method's options at their declared defaults
+  # (awt.pruning.options()), with: method and sparsity set per cell (dense,
+  # magnitude, dns; from sweep.sparsities); per-layer thresholds (Han et
+  # al. 2015 prune each layer by its own threshold; DNS is layerwise), the
+  # sweep setting each layer's density; keep_last: DNS keeps it during
+  # surgery (see sweep). DNS surgery: 10 epochs from the trained dense net
+  # (Guo et al. 2016 start from a trained reference model), then fine-tuned
+  # sweep.retrain_epochs; its mask-update schedule is the declared default
+  # (every step, probability (1 + 1e-4 t)^-1, Guo et al. 2016, Sec. 3.3).
+  c.pruning = pruning.defaults(method="dense", scope="layerwise", dns_epochs=10)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.attacks = ()  # the sweep's attacks are under sweep.
