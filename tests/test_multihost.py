@@ -1,7 +1,10 @@
 """The multi-host flags of every binary (experiments/_main.py).
 
-The binaries run as subprocesses: absl parses their flags, and
-``jax.distributed.initialize`` must run before JAX initializes its backends.
+The binaries run as subprocesses where the process is what is tested: absl
+parses their flags (``--help``, and one bad combination ending the binary
+in one line before anything runs), and ``jax.distributed.initialize`` must
+run before JAX initializes its backends. The other bad combinations are
+checked in-process on ``_main.distributed_args``, which raises the line.
 """
 
 import json
@@ -24,7 +27,7 @@ FLAGS = (
 )
 
 
-def _train(*args, timeout=120):
+def _train(*args):
   env = dict(os.environ, PYTHONPATH=ROOT)
   env.pop("XLA_FLAGS", None)  # one CPU device per process
   return subprocess.Popen(
@@ -39,40 +42,45 @@ def _train(*args, timeout=120):
 
 def test_help_lists_the_multihost_flags():
   proc = _train("--help")
-  out, err = proc.communicate(timeout=120)
+  out, err = proc.communicate(timeout=900)  # a hang guard only
   assert "Multi-host" in out, err[-2000:]  # absl's --help exits with 1
   for flag in FLAGS:
     assert flag in out, flag
 
 
+def test_bad_combination_is_one_error_line(tmp_path):
+  workdir = str(tmp_path / "run")
+  flags = ["--jax_num_processes=2"]
+  proc = _train(f"--config={SMOKE}", f"--workdir={workdir}", *flags)
+  _, err = proc.communicate(timeout=900)  # a hang guard only
+  assert proc.returncode == 1
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err
+  words = "need --jax_coordinator_address"
+  assert lines[0].startswith("error: ") and words in lines[0], lines[0]
+  assert not os.path.exists(workdir)  # nothing ran
+
+
 @pytest.mark.parametrize(
-  "flags, words",
+  "args, words",
   [
-    (["--jax_num_processes=2"], "need --jax_coordinator_address"),
-    (["--jax_process_id=0"], "need --jax_coordinator_address"),
+    ((None, 2, None), "need --jax_coordinator_address"),
+    ((None, None, 0), "need --jax_coordinator_address"),
     (
-      ["--jax_coordinator_address=localhost:1234"],
+      ("localhost:1234", None, None),
       "needs --jax_num_processes and --jax_process_id",
     ),
     (
-      [
-        "--jax_coordinator_address=localhost:1234",
-        "--jax_num_processes=2",
-        "--jax_process_id=2",
-      ],
+      ("localhost:1234", 2, 2),
       "--jax_process_id=2 must be < --jax_num_processes=2",
     ),
   ],
 )
-def test_bad_combination_is_one_error_line(tmp_path, flags, words):
-  workdir = str(tmp_path / "run")
-  proc = _train(f"--config={SMOKE}", f"--workdir={workdir}", *flags)
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 1
-  lines = err.strip().splitlines()
-  assert len(lines) == 1, err
-  assert lines[0].startswith("error: ") and words in lines[0], lines[0]
-  assert not os.path.exists(workdir)  # nothing ran
+def test_bad_combination_raises_one_line(args, words):
+  """(--jax_coordinator_address, --jax_num_processes, --jax_process_id)."""
+  with pytest.raises(_main.EXPECTED_ERRORS) as e:
+    _main.distributed_args(*args, False)
+  assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_distributed_args():
@@ -119,7 +127,7 @@ def test_two_cpu_processes_train_in_lockstep(tmp_path):
   ]
   single = _train(*common, f"--workdir={tmp_path / 'single'}")
   for i, p in enumerate([*procs, single]):
-    _, err = p.communicate(timeout=600)
+    _, err = p.communicate(timeout=900)  # a hang guard only
     assert p.returncode == 0, err[-2000:]
     if i < 2:  # the job formed: each process sees both devices
       assert f"process {i} of 2: 1 local of 2 devices" in err, err[-2000:]
