@@ -5,9 +5,10 @@ r"""Finds a sparse ticket by any pruning method, then trains and evaluates it.
     --config.pruning.method=snip --config.pruning.sparsity=0.9 \
     --workdir=/tmp/awt/snip90
 
-Methods (``--config.pruning.method``): dense, random, erk, magnitude, snip,
-grasp, synflow (at initialization); awt, ntt (the NTK-matching searches,
-``awt.pruning.awt``); one_shot, imp, hydra, dns (three-stage).
+The methods (``--config.pruning.method``) and every option they read
+(``--config.pruning.<option>``), with defaults and allowed values, are
+listed by ``--help`` under ``--config``, from the registry
+(``awt.pruning.describe()``): whatever is registered, nothing by hand.
 The ticket (mask + starting weights) is saved to WORKDIR/ticket and described
 in WORKDIR/ticket.json, then trained with the config's objective (default PGD
 adversarial training) exactly like the dense network; results.json adds the
@@ -24,12 +25,13 @@ applies a sanity check of Frankle et al. (ICLR 2021) to the ticket.
 from absl import flags
 from ml_collections import config_flags
 
+from awt import pruning
 from experiments import _main
 
 config_flags.DEFINE_config_file(
   "config",
   None,
-  "Path to a config file under experiments/configs/.",
+  "Path to a config file under experiments/configs/.\n" + pruning.describe(),
   lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "Directory for the ticket and results.")
