@@ -1,4 +1,8 @@
-"""Smoke tests of experiments/find_ticket.py (subprocess)."""
+"""Smoke tests of experiments/find_ticket.py (subprocess).
+
+The smoke run trains a ticket and its dense reference, so the tests that
+read it are slow; an unknown method ending the binary in one line is not.
+"""
 
 import json
 import os
@@ -34,7 +38,7 @@ def _run(workdir, *extra):
     env=env,
     capture_output=True,
     text=True,
-    timeout=600,
+    timeout=900,  # a hang guard only
   )
 
 
@@ -46,6 +50,7 @@ def snip_run(tmp_path_factory):
   return workdir, proc
 
 
+@pytest.mark.slow
 def test_ticket_is_saved_trained_and_reported(snip_run):
   workdir, proc = snip_run
   info = json.loads((workdir / "ticket.json").read_text())
@@ -77,6 +82,7 @@ def test_ticket_is_saved_trained_and_reported(snip_run):
   assert "snip ticket: sparsity 0.9000" in proc.stderr
 
 
+@pytest.mark.slow
 def test_rerun_reuses_the_ticket(snip_run):
   workdir, _ = snip_run
   proc = _run(workdir, "--notrain")
