@@ -93,61 +93,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.eval.norm = "linf"
   c.eval.batch_size = 500  # the whole 360-digit test set in one call.
 
-  c.sweep = ml_collections.ConfigDict()
-  # The DNN and the linear classifier, whose robustness Guo et al. show
-  # behaves differently with sparsity under l_2.
-  c.sweep.models = ("mlp", "linear")
-  # Magnitude prune + retrain (Han et al. 2015) and DNS (Guo et al. 2016).
-  c.sweep.methods = ("magnitude_retrain", "dns")
-  # Up to 99%; 0 is each method's matched control (same epochs, nothing
-  # pruned). The trend test's moderate sparsities are those in
-  # moderate_range; its over-sparsified one is the largest.
-  c.sweep.sparsities = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
-  c.sweep.moderate_range = (0.5, 0.9)
-  c.sweep.seeds = (0, 1, 2, 3, 4)  # paired over these seeds.
-  # Per-model Adam learning rate (others: optimizer.learning_rate). The
-  # linear model (logistic regression) at 1e-3 stops at 83-86% clean after
-  # 30 epochs (train loss 0.8-0.9); at 3e-2 it reaches 96-97% in 20.
-  c.sweep.learning_rates = ml_collections.ConfigDict({"linear": 3e-2})
-  # Fine-tuning with the mask fixed (Han et al.'s retraining step), with
-  # a fresh cosine schedule from the same learning rate.
-  c.sweep.retrain_epochs = 10
-  # The output layer of a multi-layer net keeps max(1 - s, 10%) of its
-  # weights (our choice: pruning papers keep the classifier denser; a
-  # uniform 99% leaves LeNet-300-100's head 10 weights). Hidden layers keep
-  # 1 - s each. The linear model's one layer keeps 1 - s; the sweep keeps
-  # a path into every class (a uniform 99% left the digits linear model
-  # weights into 2 classes).
-  c.sweep.output_density = 0.1
-  # l_inf budgets on the 8x8 digits (17 grey levels: 0.05 is < 1 level);
-  # MNIST's 0.1-0.3 would erase strokes at this resolution. FGSM and BIM
-  # (Kurakin et al.: 1/255 steps, last iterate) at each, and this PGD
-  # variant (awt.evaluation's bim10: PGD from x, step 2.5 eps / 10, best
-  # iterate; reported as pgd10_nrs).
-  c.sweep.linf_eps = (0.02, 0.05, 0.1)
-  c.sweep.pgd = "bim10"
-  c.sweep.deepfool = "deepfool"  # l_2, 50 iterations, overshoot 0.02.
-  # C&W-l2 (Carlini & Wagner 2017), 5 binary steps x 200 Adam steps from
-  # c = 0.1 at learning rate 0.05 (reference: 9 x 1000 from c = 1e-3 at
-  # 1e-2), pushing up the class of the nearest linearized boundary at x
-  # (cw_towards="nearest": on the mnist5k linear model C&W is within 5% of
-  # the exact box-constrained distance on 98% of the points, against 94%
-  # with the reference's runner-up logit, which can converge to a farther
-  # class). Measured on the dense mnist5k nets of the mnist5k variant
-  # (seed 0, first 200 test points, median rho_2): LeNet-300-100 0.11658
-  # at 5x200, 0.11627 at 5x400 (-0.27%), 0.11658 at 10x200 (0.0%), 0.11614
-  # at the reference 9x1000 (-0.38%; 0.11647 with the reference
-  # objective); linear 0.07847 at 5x200, 0.07844 at 5x400 (-0.04%),
-  # 0.07847 at 10x200 (0.0%), 0.07838 at 9x1000 (-0.11%). On the digits
-  # nets doubling changed it by up to 0.69% (LeNet-300-100) and 0.58%
-  # (linear). The <model>-cw_check cell repeats the doubling check on every
-  # sweep.
-  c.sweep.cw = "cw_l2-5x200"
-  c.sweep.cw_c_init = 0.1
-  c.sweep.cw_learning_rate = 0.05
-  c.sweep.cw_towards = "nearest"
-  c.sweep.cw_check = True
-  c.sweep.l2_points = 0  # DeepFool and C&W on all 360 test digits.
+  c.sweep = _sweep()
 
   if variant == "mnist5k":
     # LeNet-300-100 (Guo et al.'s MNIST MLP; LeNet-5, their other MNIST
@@ -183,3 +129,63 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.sweep.cw = "cw_l2-3x20"
     c.sweep.l2_points = 64
   return c
+
+
+def _sweep() -> ml_collections.ConfigDict:
+  """The sweep block of the default (digits) study."""
+  s = ml_collections.ConfigDict()
+  # The DNN and the linear classifier, whose robustness Guo et al. show
+  # behaves differently with sparsity under l_2.
+  s.models = ("mlp", "linear")
+  # Magnitude prune + retrain (Han et al. 2015) and DNS (Guo et al. 2016).
+  s.methods = ("magnitude_retrain", "dns")
+  # Up to 99%; 0 is each method's matched control (same epochs, nothing
+  # pruned). The trend test's moderate sparsities are those in
+  # moderate_range; its over-sparsified one is the largest.
+  s.sparsities = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
+  s.moderate_range = (0.5, 0.9)
+  s.seeds = (0, 1, 2, 3, 4)  # paired over these seeds.
+  # Per-model Adam learning rate (others: optimizer.learning_rate). The
+  # linear model (logistic regression) at 1e-3 stops at 83-86% clean after
+  # 30 epochs (train loss 0.8-0.9); at 3e-2 it reaches 96-97% in 20.
+  s.learning_rates = ml_collections.ConfigDict({"linear": 3e-2})
+  # Fine-tuning with the mask fixed (Han et al.'s retraining step), with
+  # a fresh cosine schedule from the same learning rate.
+  s.retrain_epochs = 10
+  # The output layer of a multi-layer net keeps max(1 - s, 10%) of its
+  # weights (our choice: pruning papers keep the classifier denser; a
+  # uniform 99% leaves LeNet-300-100's head 10 weights). Hidden layers keep
+  # 1 - s each. The linear model's one layer keeps 1 - s; the sweep keeps
+  # a path into every class (a uniform 99% left the digits linear model
+  # weights into 2 classes).
+  s.output_density = 0.1
+  # l_inf budgets on the 8x8 digits (17 grey levels: 0.05 is < 1 level);
+  # MNIST's 0.1-0.3 would erase strokes at this resolution. FGSM and BIM
+  # (Kurakin et al.: 1/255 steps, last iterate) at each, and this PGD
+  # variant (awt.evaluation's bim10: PGD from x, step 2.5 eps / 10, best
+  # iterate; reported as pgd10_nrs).
+  s.linf_eps = (0.02, 0.05, 0.1)
+  s.pgd = "bim10"
+  s.deepfool = "deepfool"  # l_2, 50 iterations, overshoot 0.02.
+  # C&W-l2 (Carlini & Wagner 2017), 5 binary steps x 200 Adam steps from
+  # c = 0.1 at learning rate 0.05 (reference: 9 x 1000 from c = 1e-3 at
+  # 1e-2), pushing up the class of the nearest linearized boundary at x
+  # (cw_towards="nearest": on the mnist5k linear model C&W is within 5% of
+  # the exact box-constrained distance on 98% of the points, against 94%
+  # with the reference's runner-up logit, which can converge to a farther
+  # class). Measured on the dense mnist5k nets of the mnist5k variant
+  # (seed 0, first 200 test points, median rho_2): LeNet-300-100 0.11658
+  # at 5x200, 0.11627 at 5x400 (-0.27%), 0.11658 at 10x200 (0.0%), 0.11614
+  # at the reference 9x1000 (-0.38%; 0.11647 with the reference
+  # objective); linear 0.07847 at 5x200, 0.07844 at 5x400 (-0.04%),
+  # 0.07847 at 10x200 (0.0%), 0.07838 at 9x1000 (-0.11%). On the digits
+  # nets doubling changed it by up to 0.69% (LeNet-300-100) and 0.58%
+  # (linear). The <model>-cw_check cell repeats the doubling check on every
+  # sweep.
+  s.cw = "cw_l2-5x200"
+  s.cw_c_init = 0.1
+  s.cw_learning_rate = 0.05
+  s.cw_towards = "nearest"
+  s.cw_check = True
+  s.l2_points = 0  # DeepFool and C&W on all 360 test digits.
+  return s
