@@ -151,7 +151,8 @@ def _stack(trees):
 
 
 def _unstack(tree, i):
-  return jax.tree.map(lambda x: x[i], tree)
+  """Member ``i`` of a stacked host tree (arrays, never numpy scalars)."""
+  return jax.tree.map(lambda x: np.asarray(x[i]), tree)
 
 
 def train_and_evaluate(
