@@ -68,7 +68,9 @@ def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
 
   ``pruning_methods`` are the ``pruning.method`` names the caller supports:
   masks made at initialization for ``train``, every registered method for
-  ``find_ticket``.
+  ``find_ticket``. Every ``pruning.<option>`` is checked against the
+  declaration of the method that reads it (``awt.pruning.options()``); an
+  undeclared key is refused.
 
   Raises:
     ConfigError: one line naming the first bad key and its value.

@@ -14,27 +14,29 @@ them (``pruning.scope = "global"``) or in each layer (``"layerwise"``); the
 prunable kernels are ``masks.prunable_paths(params, keep_first=, keep_last=)``
 from ``pruning.keep_first`` / ``pruning.keep_last``.
 
-Options read from ``config.pruning`` (defaults in parentheses; ``E`` is
-``config.num_epochs``):
+Options read from ``config.pruning``, declared once below (``IMP_OPTIONS``,
+``HYDRA_OPTIONS``, ``DNS_OPTIONS``: default, check, doc) and read with
+``awt.pruning.option``; an epochs option left at None means ``E =
+config.num_epochs``:
 
 =====================  ========================================================
-``pretrain_epochs``    dense training before pruning; one_shot, hydra (``E``),
-                       dns (0: surgery from initialization; the DNS paper
-                       starts from a trained reference net).
-``imp_rounds``         imp: prune-retrain rounds (5).
-``imp_epochs``         imp: epochs of each round's training (``E``).
-``rewind_epoch``       imp: epoch ``k`` of the first run to rewind to (0, the
+``pretrain_epochs``    dense training before pruning; one_shot, hydra (None:
+                       ``E``), dns (None: 0, surgery from initialization; the
+                       DNS paper starts from a trained reference net).
+``imp_rounds``         imp: prune-retrain rounds.
+``imp_epochs``         imp: epochs of each round's training.
+``rewind_epoch``       imp: epoch ``k`` of the first run to rewind to (0: the
                        initialization); a ``TrainState`` is saved once per
                        epoch, so rewinding is in whole epochs.
-``score_epochs``       hydra: epochs of importance-score optimization (``E``).
-``score_learning_rate``  hydra: learning rate of the scores
-                       (``optimizer.learning_rate``; HYDRA uses SGD at 0.1).
-``dns_epochs``         dns: epochs of training with surgery (``E``).
-``dns_interval``       dns: steps between mask-update opportunities (1).
+``score_epochs``       hydra: epochs of importance-score optimization.
+``score_learning_rate``  hydra: learning rate of the scores (None:
+                       ``optimizer.learning_rate``; HYDRA uses SGD at 0.1).
+``dns_epochs``         dns: epochs of training with surgery.
+``dns_interval``       dns: steps between mask-update opportunities.
 ``dns_gamma``,         dns: a step ``t`` updates the mask with probability
-``dns_power``          ``(1 + gamma t)^-power`` (1e-4, 1.0).
+``dns_power``          ``(1 + gamma t)^-power``.
 ``dns_low``,           dns: hysteresis factors around the magnitude threshold
-``dns_high``           (0.9, 1.1, as in the DNS code).
+``dns_high``           (as in the DNS code), ``dns_low <= dns_high``.
 =====================  ========================================================
 
 Cost (``Ticket.info["passes"]``) counts forward+backward passes per batch:
