@@ -73,7 +73,7 @@ def test_import_does_not_import_tensorflow():
     env=env,
     capture_output=True,
     text=True,
-    timeout=60,
+    timeout=900,  # a hang guard only
   )
   assert result.returncode == 0, result.stderr
 
