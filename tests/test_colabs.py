@@ -44,10 +44,15 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
   # A fresh output directory, so nothing is reused from an earlier run.
   monkeypatch.setenv("AWT_COLAB_WORKDIR", str(tmp_path / "workdir"))
   nb = nbformat.read(path, as_version=4)
+  # Generous limits, as hang guards only: a loaded machine may take
+  # minutes to start the kernel (nbclient's default: 60 s) or to deliver a
+  # cell's last output (default: 4 s, after which outputs are dropped).
   client = NotebookClient(
     nb,
     kernel_name="python3",
-    timeout=600,
+    timeout=900,
+    startup_timeout=900,
+    iopub_timeout=300,
     resources={"metadata": {"path": ROOT}},
   )
   client.execute()  # raises CellExecutionError naming the failing cell
