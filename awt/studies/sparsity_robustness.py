@@ -24,7 +24,8 @@ method, its sparsity-0 control included, trains the same number of steps):
    same retraining: the matched control (``E + R`` epochs, like every
    pruned net). Every (sparsity, seed) is one member of one program.
 3. **dns** (dynamic network surgery, Guo, Yao & Chen 2016) — from the same
-   trained dense net, ``awt.pruning.find("dns", ...)`` prunes and splices
+   trained dense net, ``awt.tickets.find`` (method ``dns``, ``start`` the
+   trained net) prunes and splices
    the hidden layers for ``pruning.dns_epochs`` (``D``) per (sparsity,
    seed) with per-layer thresholds; ``s = 0`` runs the same ``D`` epochs
    of surgery with nothing pruned. Then the output layer is pruned by
