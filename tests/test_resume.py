@@ -4,13 +4,18 @@ A run killed with SIGKILL in the middle of an epoch and started again with
 the same workdir must end with parameters bit-identical to an uninterrupted
 run; a run whose loss turns NaN stops with the step number and leaves the
 last good checkpoint untouched; a corrupted checkpoint gives one clear line.
+
+The kill is deterministic: the killed run SIGKILLs itself from its progress
+log once a mid-epoch checkpoint is complete (conftest's run_until_killed),
+so no test races the process or depends on how fast the machine is. The
+failure tests start from copies of one run trained once for the module.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -20,9 +25,11 @@ from awt import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
-# 40 epochs x 22 steps; checkpoints every 10 steps, i.e. mid-epoch.
+# 2 epochs x 22 steps in chunks of 5 (5, ..., 20, 22, 27, ..., 42, 44);
+# a checkpoint whenever a chunk crosses a multiple of 10 steps: 10, 20, 32
+# (mid-epoch 2), 42, and at the end.
 LONG = (
-  "--config.num_epochs=40",
+  "--config.num_epochs=2",
   "--config.checkpoint_every_steps=10",
   "--config.checkpoint_every_epochs=0",
   "--config.log_every_steps=5",
@@ -30,41 +37,32 @@ LONG = (
 )
 
 
-def _cmd(workdir, *extra):
-  return [
-    sys.executable,
-    "-m",
-    "experiments.train",
-    f"--config={SMOKE}",
-    f"--workdir={workdir}",
-    *extra,
-  ]
+def _args(workdir, *extra):
+  return [f"--config={SMOKE}", f"--workdir={workdir}", *extra]
 
 
-def _env():
+def _env(cache=None):
   env = dict(os.environ)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   env["PYTHONPATH"] = ROOT
+  if cache is not None:
+    # Runs of one config reuse the first one's compiled programs: what is
+    # tested is the state a restart reads back, not XLA's determinism.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
   return env
 
 
-def _run(workdir, *extra):
+def _run(workdir, *extra, cache=None):
   return subprocess.run(
-    _cmd(workdir, *extra),
+    [sys.executable, "-m", "experiments.train", *_args(workdir, *extra)],
     cwd=ROOT,
-    env=_env(),
+    env=_env(cache),
     capture_output=True,
     text=True,
-    timeout=600,
+    timeout=900,  # a hang guard only
   )
-
-
-def _complete_steps(workdir):
-  """Steps with a finished checkpoint (orbax renames a tmp dir when done)."""
-  path = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(path):
-    return []
-  return [int(d) for d in os.listdir(path) if d.isdigit()]
 
 
 def _params(workdir):
@@ -72,63 +70,76 @@ def _params(workdir):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(
+  tmp_path, run_until_killed
+):
+  cache = tmp_path / "jax_cache"
   ref = tmp_path / "ref"
-  proc = _run(ref, *LONG)
+  proc = _run(ref, *LONG, cache=cache)
   assert proc.returncode == 0, proc.stderr[-2000:]
 
+  # Killed when it logs the first chunk ending at step 35 or later ("step
+  # 37/44 ..."), once the checkpoint saved before that chunk (step 32) is
+  # complete: a chunk's progress line comes before its checkpoint, so the
+  # process dies between two saves, in the middle of epoch 2.
   killed = tmp_path / "killed"
-  p = subprocess.Popen(
-    _cmd(killed, *LONG),
+  proc = run_until_killed(
+    "experiments.train",
+    _args(killed, *LONG),
+    r"^step (\d+)/",
+    35,
+    killed / "checkpoints",
+    30,
     cwd=ROOT,
-    env=_env(),
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
+    env=_env(cache),
   )
-  deadline = time.time() + 300
-  # Kill once a mid-epoch checkpoint (step 30: epoch 2 has 22 steps) exists.
-  while time.time() < deadline and p.poll() is None:
-    if max(_complete_steps(killed), default=0) >= 30:
-      break
-    time.sleep(0.05)
-  p.send_signal(signal.SIGKILL)
-  p.wait()
-  assert p.returncode == -signal.SIGKILL, "run ended before it was killed"
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   assert not (killed / "results.json").exists()
   step = checkpoints.latest_step(str(killed))
-  assert step is not None and step % 22 != 0 and step < 880
+  assert step is not None and step % 22 != 0 and 30 <= step < 44, step
 
-  proc = _run(killed, *LONG)
+  proc = _run(killed, *LONG, cache=cache)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"resuming from checkpoint at step {step}" in proc.stderr
   for a, b in zip(_params(ref), _params(killed), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
-def test_nan_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
-  workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+  """A workdir after one epoch of the smoke config (checkpoint at step 22)."""
+  workdir = tmp_path_factory.mktemp("one_epoch") / "run"
   proc = _run(workdir, "--config.num_epochs=1")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  good = _params(workdir)
+  return workdir
+
+
+@pytest.fixture
+def trained(one_epoch, tmp_path):
+  """A private copy of ``one_epoch``'s workdir, for a test to damage."""
+  return shutil.copytree(one_epoch, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_nan_stops_with_the_step_and_keeps_the_checkpoint(trained):
+  good = _params(trained)
   # An absurd learning rate sends the loss to inf/nan within a few steps.
   proc = _run(
-    workdir,
+    trained,
     "--config.num_epochs=3",
     "--config.optimizer.learning_rate=1e30",
   )
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: loss is") and "at step" in last, last
-  assert checkpoints.latest_step(str(workdir)) == 22
-  for a, b in zip(good, _params(workdir), strict=True):
+  assert checkpoints.latest_step(str(trained)) == 22
+  for a, b in zip(good, _params(trained), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
-def test_corrupted_checkpoint_is_one_clear_line(tmp_path):
-  workdir = tmp_path / "run"
-  proc = _run(workdir, "--config.num_epochs=1")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  state_dir = workdir / "checkpoints" / "22" / "state"
+@pytest.mark.slow
+def test_corrupted_checkpoint_is_one_clear_line(trained):
+  state_dir = trained / "checkpoints" / "22" / "state"
   for root, _, files in os.walk(state_dir):
     for f in files:
       if f.endswith(".json") or "manifest" in f or f == "_METADATA":
@@ -136,18 +147,16 @@ def test_corrupted_checkpoint_is_one_clear_line(tmp_path):
       path = os.path.join(root, f)
       with open(path, "r+b") as fh:
         fh.write(b"\0garbage\0" * 8)
-  proc = _run(workdir, "--config.num_epochs=2")
+  proc = _run(trained, "--config.num_epochs=2")
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: cannot restore checkpoint step 22"), last
   assert "Traceback" not in proc.stderr
 
 
-def test_foreign_checkpoint_is_one_clear_line(tmp_path):
-  workdir = tmp_path / "run"
-  proc = _run(workdir, "--config.num_epochs=1")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  proc = _run(workdir, "--config.num_epochs=2", "--config.model.name=linear")
+@pytest.mark.slow
+def test_foreign_checkpoint_is_one_clear_line(trained):
+  proc = _run(trained, "--config.num_epochs=2", "--config.model.name=linear")
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "checkpoint" in last, last
