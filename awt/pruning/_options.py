@@ -26,7 +26,7 @@ import dataclasses
 import numbers
 import textwrap
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import ml_collections
 import numpy as np
@@ -40,7 +40,7 @@ Method = Callable[..., Any]  # fn(ctx: PruningContext, key) -> Ticket
 class Check(Protocol):
   """A declared option's check: the value as the method uses it, or raise."""
 
-  field_type: type
+  field_type: ClassVar[type]  # of the config field (ml_collections).
 
   def __call__(self, key: str, value) -> Any: ...
 
@@ -68,7 +68,7 @@ class OneOf:
   """One of a fixed set of names."""
 
   choices: tuple[str, ...]
-  field_type: type = str
+  field_type: ClassVar[type] = str
 
   def __call__(self, key: str, value) -> str:
     if not isinstance(value, str) or value not in self.choices:
@@ -85,7 +85,7 @@ class OneOf:
 class Flag:
   """True or False."""
 
-  field_type: type = bool
+  field_type: ClassVar[type] = bool
 
   def __call__(self, key: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
@@ -104,7 +104,7 @@ class Integer:
   lo: int | None = None
   hi: int | None = None
   optional: bool = False
-  field_type: type = int
+  field_type: ClassVar[type] = int
 
   def __call__(self, key: str, value) -> int | None:
     if value is None and self.optional:
@@ -119,7 +119,9 @@ class Integer:
     return int(value)
 
   def allowed(self) -> str:
-    kind = " ".join(filter(None, ("integer", _range(self.lo, self.hi, 0, 0))))
+    kind = " ".join(
+      filter(None, ("integer", _range(self.lo, self.hi, False, False)))
+    )
     return kind + (" | None" if self.optional else "")
 
 
@@ -133,7 +135,7 @@ class Number:
   lo_open: bool = False
   hi_open: bool = False
   optional: bool = False
-  field_type: type = float
+  field_type: ClassVar[type] = float
 
   def __call__(self, key: str, value) -> float | None:
     if value is None and self.optional:
