@@ -188,10 +188,12 @@ def test_a_config_without_the_option_gets_the_declared_default():
 
 
 def test_declarations_cannot_conflict():
+  fresh = pruning.Option("fresh", 1, pruning.Integer(lo=1), "new")
   clash = pruning.Option("imp_rounds", 7, pruning.Integer(lo=1), "other")
   with pytest.raises(ValueError, match="'imp_rounds' is already declared"):
-    pruning.register("clashing", lambda ctx, key: None, options=(clash,))
+    pruning.register("clashing", lambda ctx, key: None, options=(fresh, clash))
   assert "clashing" not in pruning.names()
+  assert "fresh" not in [o.name for o in pruning.options()]  # all or none
   with pytest.raises(ValueError, match="'snip' is already registered"):
     pruning.register("snip", lambda ctx, key: None)
   with pytest.raises(ValueError, match="must be >= 0"):

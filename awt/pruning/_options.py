@@ -214,6 +214,7 @@ _SHARED: list[str] = []  # names of the options every method reads.
 
 
 def _declare(options) -> None:
+  """Adds ``options`` to the declared ones; all or none of them."""
   for o in options:
     known = _OPTIONS.get(o.name)
     if known is not None and known != o:
@@ -222,7 +223,7 @@ def _declare(options) -> None:
       )
     if o.name == "method":
       raise ValueError("'method' is the registry name, not an option")
-    _OPTIONS[o.name] = o
+  _OPTIONS.update((o.name, o) for o in options)
 
 
 def share(*options: Option) -> None:
@@ -242,6 +243,18 @@ def register(name: str, fn: Method, *, options=()) -> None:
 
   Raises:
     ValueError: a taken name, or an option declared differently before.
+
+  Examples:
+    >>> from awt import pruning
+    >>> frac = pruning.Option("toy_frac", 0.5, pruning.Number(lo=0.0), "doc")
+    >>> pruning.register("toy", lambda ctx, key: None, options=(frac,))
+    >>> pruning.option({"pruning": {"toy_frac": 0.25}}, "toy_frac")
+    0.25
+    >>> pruning.defaults().toy_frac
+    0.5
+    >>> pruning.unregister("toy")
+    >>> "toy" in pruning.names()
+    False
   """
   if name in METHODS:
     raise ValueError(f"pruning method {name!r} is already registered")
