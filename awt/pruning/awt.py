@@ -23,8 +23,10 @@ recomputed for every batch (``awt``), or the clean points (``ntt``).
 :math:`\theta_0` are the teacher's (dense) weights at initialization,
 :math:`C` the number of logits, :math:`\Theta` the empirical NTK
 (neural-tangents). The terms are ``output``, ``ntk`` and ``l2`` of
-:func:`loss_terms`. Every option below is one key of ``config.pruning``;
-NTT's choice is the default unless marked as our deviation:
+:func:`loss_terms`. Every option below is one key of ``config.pruning``,
+declared once in ``OPTIONS`` (default, check, doc) and read with
+``awt.pruning.option``; NTT's choice is the default unless marked as our
+deviation:
 
 * ``awt_kernel``: ``"cross_full"`` (NTT): :math:`\Theta` is the full
   ``[n/2, n/2, C, C]`` cross-kernel between the first half
@@ -44,8 +46,8 @@ NTT's choice is the default unless marked as our deviation:
 * ``awt_lambda_ntk`` [3.0]: :math:`\lambda_K`, chosen so that the logged
   :math:`\lambda_K \cdot` ntk : output ratio at the start of the search is
   in NTT's range (~1-10; NTT's MLP notebook logs ~6) on the digits and the
-  mnist5k MLPs (experiments/configs/digits_mlp.py); our deviation from
-  NTT's 1e-3, which goes with ``"mean"``.
+  mnist5k MLPs (the measurements at its declaration in ``OPTIONS``); our
+  deviation from NTT's 1e-3, which goes with ``"mean"``.
 * ``awt_l2_on``: ``"weights"`` (NTT): :math:`w` are the prunable kernels
   (``awt.pruning.scores.prunable``); ``"all"``: every parameter, biases
   included. ``awt_lambda_l2`` [1e-4, NTT]: :math:`\lambda_2`.
