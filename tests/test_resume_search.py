@@ -3,10 +3,11 @@
 In process, a search is interrupted (an exception from its progress
 callback, right after a checkpoint) and run again on the same checkpoint
 directory; in a subprocess, ``experiments.find_ticket`` is SIGKILLed in the
-middle of an AWT search and restarted with the same workdir. Either way the
-ticket, its history and (for the binary) the trained parameters must equal
-an uninterrupted run's bit for bit. A checkpoint of another search is
-refused with one line.
+middle of an AWT search (by itself, at a fixed point of its progress log:
+conftest's run_until_killed) and restarted with the same workdir. Either
+way the ticket, its history and (for the binary) the trained parameters
+must equal an uninterrupted run's bit for bit. A checkpoint of another
+search is refused with one line.
 """
 
 import json
@@ -14,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
@@ -221,14 +221,21 @@ SEARCH = (
 )
 
 
-def _cmd(workdir):
-  return [
-    sys.executable,
-    "-m",
-    "experiments.find_ticket",
-    *SEARCH,
-    f"--workdir={workdir}",
-  ]
+def _find_ticket(workdir, env):
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.find_ticket",
+      *SEARCH,
+      f"--workdir={workdir}",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,  # a hang guard only
+  )
 
 
 def _env(cache):
@@ -253,38 +260,34 @@ def _ticket(workdir):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_search_then_resume_is_bit_identical(tmp_path):
+def test_sigkill_mid_search_then_resume_is_bit_identical(
+  tmp_path, run_until_killed
+):
   ref = tmp_path / "ref"
   env = _env(tmp_path / "jax_cache")
-  proc = subprocess.run(
-    _cmd(ref), cwd=ROOT, env=env, capture_output=True, text=True
-  )
+  proc = _find_ticket(ref, env)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "awt search step 40/40: loss " in proc.stderr
 
+  # Killed when it logs search step 10, once a search checkpoint (step 5,
+  # the first mask period's) is complete: in the middle of the search.
   killed = tmp_path / "killed"
-  p = subprocess.Popen(
-    _cmd(killed),
+  proc = run_until_killed(
+    "experiments.find_ticket",
+    [*SEARCH, f"--workdir={killed}"],
+    r"^awt search step (\d+)/40:",
+    10,
+    killed / "search",
+    5,
     cwd=ROOT,
     env=env,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
   )
-  deadline = time.time() + 300
-  while time.time() < deadline and p.poll() is None:
-    if _complete_steps(killed / "search"):
-      break
-    time.sleep(0.02)
-  p.send_signal(signal.SIGKILL)
-  p.wait()
-  assert p.returncode == -signal.SIGKILL, "run ended before it was killed"
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   assert not (killed / "ticket").exists()
   step = max(_complete_steps(killed / "search"))
   assert step % 5 == 0 and step < 40
 
-  proc = subprocess.run(
-    _cmd(killed), cwd=ROOT, env=env, capture_output=True, text=True
-  )
+  proc = _find_ticket(killed, env)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"awt search: resuming at step {step} of 40" in proc.stderr
   # Only the remaining steps ran again.
