@@ -55,22 +55,15 @@ def _choice(config, key, known):
   return v
 
 
-def _pruning_options(config) -> None:
-  """Every ``pruning.<option>`` against its declaration (``awt.pruning``:
-  each method declares its options, their defaults and checks once)."""
-  from awt import pruning  # noqa: PLC0415 (awt.pruning imports this module)
-
-  pruning.check(config)
-
-
 def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
   """Checks types, ranges and names of a run config.
 
   ``pruning_methods`` are the ``pruning.method`` names the caller supports:
   masks made at initialization for ``train``, every registered method for
-  ``find_ticket``. Every ``pruning.<option>`` is checked against the
-  declaration of the method that reads it (``awt.pruning.options()``); an
-  undeclared key is refused.
+  ``find_ticket``. The pruning options' values are checked by
+  ``awt.pruning.validate`` (this check plus every option against its
+  declaration), which the callers that find tickets use; this module sits
+  below ``awt.pruning`` and does not import it.
 
   Raises:
     ConfigError: one line naming the first bad key and its value.
@@ -114,7 +107,6 @@ def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
       if config.adversarial.norm != "linf":
         raise ConfigError("adversarial.method='trades' supports norm='linf'")
   _choice(config, "pruning.method", pruning_methods)
-  _pruning_options(config)
   _choice(config, "eval.norm", ("linf", "l2"))
   _number(config, "eval.eps", lo=0)
   _number(config, "eval.batch_size", lo=1, integer=True)

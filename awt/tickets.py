@@ -158,7 +158,7 @@ def find(
   Raises:
     ConfigError, DatasetNotPreparedError, CheckpointError: one line each.
   """
-  config_lib.validate(config, pruning_methods=pruning.names())
+  pruning.validate(config)
   ablation = check_ablation(config)
   s = setup or load(config)
   params, batch_stats, keys = experiment.initialize(
@@ -354,7 +354,7 @@ def train(
   ticket is found in memory (no NTK probe, nothing saved beside the run's
   checkpoints) and trained by ``awt.experiment.train_and_evaluate``.
   """
-  config_lib.validate(config)
+  pruning.validate(config, methods=config_lib.PRUNING_METHODS)
   ticket = None
   if config.pruning.method != "dense":
     ticket = find(config, measure_ntk=False, log=log)

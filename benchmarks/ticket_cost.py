@@ -33,7 +33,6 @@ import time
 import jax
 from absl import flags
 
-from awt import config as config_lib
 from awt import masks, pruning, tickets
 from benchmarks import _common
 from experiments import _main
@@ -72,7 +71,7 @@ def make_config(
     config.pruning.awt_steps = awt_steps
   if imp_rounds is not None:
     config.pruning.imp_rounds = imp_rounds
-  config_lib.validate(config, pruning_methods=pruning.names())
+  pruning.validate(config)
   return config
 
 

@@ -53,8 +53,9 @@ def _floats(name: str, values: list[str]) -> list[float]:
 
 def main(argv):
   del argv
-  from awt.studies import ntk_spectra  # noqa: PLC0415 (after TF/JAX device setup)
+  # After TF/JAX device setup:
   from awt import workdir as workdir_lib  # noqa: PLC0415
+  from awt.studies import ntk_spectra  # noqa: PLC0415
 
   config = flags.FLAGS.config
   sparsities = _floats("sparsities", flags.FLAGS.sparsities)

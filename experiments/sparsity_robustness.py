@@ -19,9 +19,10 @@ WORKDIR/sparsity_robustness.csv and .json (mean ± sample std over seeds;
 per-seed values, paired differences against the matched control, the trend
 tests and the C&W convergence check in the JSON),
 sparsity_robustness_paired.csv, table.md and
-WORKDIR/plots/sparsity_robustness{,_paired}.png, and prints table.md. Each step runs in WORKDIR/cells/<model>-<step>/; started again
-with the same --workdir, the sweep skips finished cells and resumes the
-running one from its checkpoints.
+WORKDIR/plots/sparsity_robustness{,_paired}.png, and prints table.md.
+Each step runs in WORKDIR/cells/<model>-<step>/; started again with the
+same --workdir, the sweep skips finished cells and resumes the running one
+from its checkpoints.
 """
 
 from absl import flags

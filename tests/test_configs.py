@@ -44,7 +44,7 @@ def _variants(module) -> list[str]:
 
 def _validate(path, config):
   """The run schema, plus the study's own checks where it has them."""
-  config_lib.validate(config, pruning_methods=pruning.names())
+  pruning.validate(config)
   name = os.path.basename(path)[:-3]
   if importlib.util.find_spec(f"awt.studies.{name}") is None:
     return

@@ -103,7 +103,7 @@ def test_every_config_takes_every_option():
       assert value != o.default and o.value(value) == value, o.name
       old = c.pruning[o.name]
       c.pruning[o.name] = value
-      config_lib.validate(c, pruning_methods=pruning.names())
+      pruning.validate(c)
       assert pruning.option(c, o.name) == value, (name, o.name)
       context = types.SimpleNamespace(config=c)  # what methods pass
       assert pruning.option(context, o.name) == value
@@ -123,7 +123,7 @@ def test_every_config_refuses_bad_values_in_one_line():
         c.pruning[o.name] = bad
         target = c
       with pytest.raises(config_lib.ConfigError) as e:
-        config_lib.validate(target, pruning_methods=pruning.names())
+        pruning.validate(target)
       message = str(e.value)
       assert "\n" not in message, (name, message)
       assert f"pruning.{o.name}" in message, (name, message)
@@ -141,7 +141,7 @@ def test_an_undeclared_option_is_refused():
   )
   c.pruning.imp_round = 3  # a typo of imp_rounds
   with pytest.raises(config_lib.ConfigError, match="pruning.imp_round; kno"):
-    config_lib.validate(c, pruning_methods=pruning.names())
+    pruning.validate(c)
 
 
 def _flag_config(path: str, *overrides: str):
@@ -165,7 +165,7 @@ def test_command_line_overrides_reach_the_methods():
     "--config.pruning.dns_low=0.5",
     "--config.pruning.awt_kernel=trace",
   )
-  config_lib.validate(c, pruning_methods=pruning.names())
+  pruning.validate(c)
   assert pruning.option(c, "imp_rounds") == 3
   assert pruning.option(c, "imp_epochs") == 2
   assert pruning.option(c, "dns_low") == 0.5
@@ -175,7 +175,7 @@ def test_command_line_overrides_reach_the_methods():
   with pytest.raises(
     config_lib.ConfigError, match=r"^pruning\.imp_rounds=0 must be >= 1$"
   ):
-    config_lib.validate(bad, pruning_methods=pruning.names())
+    pruning.validate(bad)
 
 
 def test_a_config_without_the_option_gets_the_declared_default():

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import jax
 
+from awt import config as config_lib
 from awt.pruning import ablations, pipelines, scores
 from awt.pruning import awt as _awt
 from awt.pruning._options import (
@@ -77,6 +78,24 @@ def get(method: str) -> Callable[[PruningContext, jax.Array], Ticket]:
   return METHODS[method]
 
 
+def validate(config, *, methods: tuple[str, ...] | None = None) -> None:
+  """``awt.config.validate`` plus every ``pruning.<option>`` checked against
+  its declaration (:func:`check`: the value, and no undeclared key).
+
+  Args:
+    config: a run config.
+    methods: the ``pruning.method`` names the caller supports (default:
+      every registered method).
+
+  Raises:
+    ConfigError: one line naming the first bad key and its value.
+  """
+  config_lib.validate(
+    config, pruning_methods=names() if methods is None else tuple(methods)
+  )
+  check(config)
+
+
 def find(method: str, ctx: PruningContext, key: jax.Array) -> Ticket:
   """Finds the ticket of ``method`` for the network and data in ``ctx``.
 
@@ -106,6 +125,7 @@ def _register_modules() -> None:
 _register_modules()
 
 __all__ = [
+  "validate",
   "METHODS",
   "Flag",
   "Integer",

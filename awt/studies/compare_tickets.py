@@ -50,9 +50,10 @@ import numpy as np
 from absl import logging
 
 from awt import config as config_lib
-from awt import experiment, plots
+from awt import experiment, plots, pruning
 from awt import tickets as tickets_lib
 from awt import workdir as workdir_lib
+from awt.pruning import ablations as ablations_lib
 from awt.studies import _sweep
 
 DENSE = "dense"
@@ -91,8 +92,14 @@ def _cell_config(config, *, seed, method, sparsity, ablation):
       raise config_lib.ConfigError(
         f"sweep.methods entry {method!r}: unknown option pruning.{key}"
       )
-    current = c.pruning[key]
-    kind = type(current) if current is not None else str
+    # The declared type: an option whose default is None (e.g. imp_epochs,
+    # "the config's num_epochs") still takes an int.
+    declared = {o.name: o for o in pruning.options()}
+    kind = (
+      declared[key].check.field_type
+      if key in declared
+      else type(c.pruning[key] if c.pruning[key] is not None else "")
+    )
     try:
       c.pruning[key] = (
         (value.lower() == "true") if kind is bool else kind(value)
@@ -267,9 +274,6 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
 
 def validate(config, methods, sparsities, seeds, ablations) -> None:
   """Checks the grid before any compute; one-line ``ConfigError``."""
-  from awt import pruning  # noqa: PLC0415
-  from awt.pruning import ablations as ablations_lib  # noqa: PLC0415
-
   for m in methods:
     if parse_method(m)[0] not in pruning.names():
       raise config_lib.ConfigError(
@@ -286,15 +290,14 @@ def validate(config, methods, sparsities, seeds, ablations) -> None:
   check(sparsities, "sweep.sparsities", lo=0.0, hi=1.0, lo_open=True)
   check(seeds, "sweep.seeds", integer=True)
   for m in methods or [DENSE]:
-    config_lib.validate(
+    pruning.validate(
       _cell_config(
         config,
         seed=seeds[0],
         method=m,
         sparsity=sparsities[0],
         ablation=ablations[0],
-      ),
-      pruning_methods=pruning.names(),
+      )
     )
 
 

@@ -52,7 +52,6 @@ import numpy as np
 from absl import logging
 
 from awt import attacks, experiment, masks, ntk, pruning, tickets
-from awt import config as config_lib
 from awt import data as data_lib
 from awt.pruning import awt as pruning_awt
 
@@ -138,7 +137,7 @@ def _cell_config(config, method: str, sparsity: float):
   with c.unlocked():
     c.pruning.method = method
     c.pruning.sparsity = float(sparsity)
-  config_lib.validate(c, pruning_methods=pruning.names())
+  pruning.validate(c)
   return c
 
 

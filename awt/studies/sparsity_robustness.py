@@ -193,9 +193,7 @@ def validate(config) -> None:
       raise ConfigError(
         f"unknown sweep.models entry {m!r}; known: {', '.join(models.names())}"
       )
-    config_lib.validate(
-      model_config(config, m), pruning_methods=pruning.names()
-    )
+    pruning.validate(model_config(config, m))
   for m in sw.methods:
     if m not in METHODS:
       raise ConfigError(
