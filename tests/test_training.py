@@ -1,5 +1,7 @@
 """Tests for awt.training: pmap equivalence, masking, objectives."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,7 +21,10 @@ ADV = {
 }
 
 
+@functools.cache
 def _setup(density=1.0, axis_name="batch", opt="momentum"):
+  """(model, tx, step-0 state), built once per argument set (all immutable:
+  a test's steps return new states)."""
   model = models.get("mlp", 10, widths=(32, 16), axis_name=axis_name)
   params, bs = training.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
   mask = (
@@ -184,18 +189,21 @@ def test_eps_warmup_ramps_the_budget_linearly():
     model, tx, dict(ADV, eps_warmup_epochs=2), axis_name=None, steps_per_epoch=2
   )
 
+  ramped = jax.jit(ramped)
+
+  @functools.cache  # one compiled step per budget
   def fixed(scale):
     adv = dict(ADV, eps=ADV["eps"] * scale, step_size=ADV["step_size"] * scale)
-    return training.make_train_step(model, tx, adv, axis_name=None)
+    return jax.jit(training.make_train_step(model, tx, adv, axis_name=None))
 
   for t, scale in ((0, 0.25), (2, 0.75), (3, 1.0), (7, 1.0)):
     s = state.replace(step=jnp.asarray(t, state.step.dtype))
-    _, got = jax.jit(ramped)(s, batch)
-    _, want = jax.jit(fixed(scale))(s, batch)
+    _, got = ramped(s, batch)
+    _, want = fixed(scale)(s, batch)
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)
   # The ramp changes what is trained on: the first step is not full eps.
-  _, full = jax.jit(fixed(1.0))(state, batch)
-  _, first = jax.jit(ramped)(state, batch)
+  _, full = fixed(1.0)(state, batch)
+  _, first = ramped(state, batch)
   assert float(first["loss"]) < float(full["loss"])
   with pytest.raises(ValueError, match="needs steps_per_epoch"):
     training.make_train_step(model, tx, dict(ADV, eps_warmup_epochs=1))
