@@ -16,6 +16,8 @@ import pytest
 from awt import checkpoints, masks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One xdist worker runs this module, so its trained fixture is built once.
+pytestmark = pytest.mark.xdist_group("snip_run")
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
 
 

@@ -24,6 +24,8 @@ import pytest
 from awt import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One xdist worker runs this module, so its trained fixture is built once.
+pytestmark = pytest.mark.xdist_group("one_epoch")
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
 # 2 epochs x 22 steps in chunks of 5 (5, ..., 20, 22, 27, ..., 42, 44);
 # a checkpoint whenever a chunk crosses a multiple of 10 steps: 10, 20, 32

@@ -23,6 +23,8 @@ from experiments import _main
 from experiments.configs import digits_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One xdist worker runs this module, so its trained fixture is built once.
+pytestmark = pytest.mark.xdist_group("smoke_run")
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
 
 
