@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from awt import checkpoints, experiment, masks, pruning
+from awt import checkpoints, experiment, masks, plots, pruning
 from awt import config as config_lib
 from awt import data as data_lib
 from awt import workdir as workdir_lib
@@ -73,18 +73,6 @@ def load(config) -> Setup:
   """Loads ``config.data`` and builds ``config.model`` (once per study)."""
   dataset = config_lib.load_data(config)
   return Setup(dataset, config_lib.build_model(config, dataset.info))
-
-
-def check_ablation(config) -> str:
-  """``config.pruning.ablation`` (default ``"none"``), checked before any
-  compute; raises ``ConfigError`` naming an unknown one."""
-  ablation = config.pruning.get("ablation", "none")
-  if ablation not in ablations.ABLATIONS:
-    raise config_lib.ConfigError(
-      f"unknown pruning.ablation {ablation!r}; known: "
-      f"{', '.join(ablations.ABLATIONS)}"
-    )
-  return ablation
 
 
 def dense(config, info: data_lib.DatasetInfo | None = None) -> Ticket:
@@ -158,8 +146,8 @@ def find(
   Raises:
     ConfigError, DatasetNotPreparedError, CheckpointError: one line each.
   """
-  pruning.validate(config)
-  ablation = check_ablation(config)
+  pruning.validate(config)  # the ablation's name included
+  ablation = pruning.option(config, "ablation")
   s = setup or load(config)
   params, batch_stats, keys = experiment.initialize(
     s.model, config.seed, s.info.image_shape
@@ -278,8 +266,6 @@ def _save(workdir: str, ticket: Ticket, label: str) -> None:
   checkpoints.save_ticket(workdir, ticket.arrays(), ticket.info)
   shutil.rmtree(f"{workdir}/search", ignore_errors=True)
   workdir_lib.write_json(f"{workdir}/ticket.json", ticket.info)
-  from awt import plots  # noqa: PLC0415 (matplotlib only when saving)
-
   plots.plot_layer_densities(
     {label: ticket.info["layer_densities"]},
     f"{workdir}/plots/layer_densities.png",

@@ -24,6 +24,7 @@ import optax
 from flax import struct
 
 from awt import attacks
+from awt import data as data_lib
 from awt.attacks import _common
 
 PyTree = Any
@@ -351,8 +352,6 @@ def epoch_batches(split, batch_size: int, *, seed: int, epoch: int) -> dict:
   Uses ``awt.data.batches`` (same order as the binaries) and adds the
   ``index`` field (position in the batch) the step functions expect.
   """
-  from awt import data as data_lib  # noqa: PLC0415 (avoid an import cycle)
-
   batches = list(
     data_lib.batches(split, batch_size, seed=seed, epoch=epoch, shuffle=True)
   )

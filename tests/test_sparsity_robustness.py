@@ -15,6 +15,7 @@ import pytest
 
 from awt import checkpoints, data, evaluation, experiment, masks, models
 from awt.config import ConfigError
+from awt.pruning import layer_magnitude
 from awt.studies import _sweep
 from awt.studies import sparsity_robustness as sr
 from experiments.configs import sparsity_robustness as sr_config
@@ -158,7 +159,7 @@ def test_magnitude_mask_keeps_the_largest_trained_weights(scope):
     "head": {"kernel": 3 * rng.normal(size=(5, 3)), "bias": np.zeros(3)},
   }
   sparsity = 0.6  # keeps 12 of 30, 6 of 15, 18 of 45: no rounding ties
-  mask = sr.magnitude_mask(params, sparsity, scope=scope)
+  mask = layer_magnitude.magnitude_mask(params, sparsity, scope=scope)
   layers = [params["fc1"]["kernel"], params["head"]["kernel"]]
   got = [np.asarray(mask["fc1"]["kernel"]), np.asarray(mask["head"]["kernel"])]
   if scope == "global":
@@ -182,12 +183,14 @@ def test_magnitude_mask_keeps_the_largest_trained_weights(scope):
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.99])
 def test_layer_plan_keeps_the_output_layer_denser(sparsity):
   paths = [("fc1", "kernel"), ("fc2", "kernel"), ("head", "kernel")]
-  plan = sr.layer_plan(paths, sparsity, 0.1)
+  plan = layer_magnitude.layer_plan(paths, sparsity, 0.1)
   d = 1.0 - sparsity
   assert plan[paths[0]] == plan[paths[1]] == pytest.approx(d)
   assert plan[paths[2]] == pytest.approx(max(d, 0.1))
   # The linear model's only layer is its output layer: no floor.
-  assert sr.layer_plan(paths[2:], sparsity, 0.1) == {paths[2]: pytest.approx(d)}
+  assert layer_magnitude.layer_plan(paths[2:], sparsity, 0.1) == {
+    paths[2]: pytest.approx(d)
+  }
 
 
 def _brute_force_reachable(mask, paths):
@@ -209,7 +212,8 @@ def test_class_reachability_follows_kept_weights():
       "c": {"kernel": (rng.uniform(size=(4, 3)) < 0.4).astype(np.float32)},
     }
     np.testing.assert_array_equal(
-      sr.class_reachability(mask, paths), _brute_force_reachable(mask, paths)
+      layer_magnitude.class_reachability(mask, paths),
+      _brute_force_reachable(mask, paths),
     )
 
 
@@ -257,16 +261,19 @@ def test_99_percent_masks_keep_every_layer_and_class(name):
   params = _starved_params(name, rng)
   paths = masks.prunable_paths(params)
   plain = _plain_topk(params, 0.99)
-  assert not sr.class_reachability(plain, paths)[:5].any()  # it has bite
-  mask = sr.prune_mask(params, 0.99, output_density=0.1)
-  assert sr.class_reachability(mask, paths).all()
+  assert not layer_magnitude.class_reachability(plain, paths)[
+    :5
+  ].any()  # it has bite
+  mask = layer_magnitude.prune_mask(params, 0.99, output_density=0.1)
+  assert layer_magnitude.class_reachability(mask, paths).all()
   np.testing.assert_array_equal(
-    sr.class_reachability(mask, paths), _brute_force_reachable(mask, paths)
+    layer_magnitude.class_reachability(mask, paths),
+    _brute_force_reachable(mask, paths),
   )
-  assert sr.empty_layers(mask, paths) == []
-  report = sr.mask_report(mask)
+  assert layer_magnitude.empty_layers(mask, paths) == []
+  report = layer_magnitude.mask_report(mask)
   assert report["dead_classes"] == 0 and report["empty_layers"] == 0
-  plan = sr.layer_plan(paths, 0.99, 0.1)
+  plan = layer_magnitude.layer_plan(paths, 0.99, 0.1)
   for p in paths:
     m = np.asarray(masks._get(mask, p))
     want = masks.num_to_keep(m.size, plan[p])
@@ -281,11 +288,11 @@ def test_connect_classes_leaves_a_connected_mask_alone_and_keeps_counts():
   params = _starved_params("mlp", np.random.default_rng(1))
   paths = masks.prunable_paths(params)
   dense = masks.ones(params)
-  assert sr.connect_classes(params, dense, paths) is dense
+  assert layer_magnitude.connect_classes(params, dense, paths) is dense
   plain = _plain_topk(params, 0.9)
-  assert not sr.class_reachability(plain, paths).all()
-  fixed = sr.connect_classes(params, plain, paths)
-  assert sr.class_reachability(fixed, paths).all()
+  assert not layer_magnitude.class_reachability(plain, paths).all()
+  fixed = layer_magnitude.connect_classes(params, plain, paths)
+  assert layer_magnitude.class_reachability(fixed, paths).all()
   for p in paths:  # 10% of every layer holds more than the 10 path weights
     assert np.count_nonzero(masks._get(fixed, p)) == np.count_nonzero(
       masks._get(plain, p)
@@ -301,9 +308,9 @@ def test_connect_classes_on_a_conv_net():
   scale = np.where(np.arange(10) < 5, 1e-3, 1.0).astype(np.float32)
   params["head"]["kernel"] = params["head"]["kernel"] * scale
   paths = masks.prunable_paths(params)
-  mask = sr.prune_mask(params, 0.99, output_density=0.02)
-  assert sr.class_reachability(mask, paths).all()
-  assert sr.empty_layers(mask, paths) == []
+  mask = layer_magnitude.prune_mask(params, 0.99, output_density=0.02)
+  assert layer_magnitude.class_reachability(mask, paths).all()
+  assert layer_magnitude.empty_layers(mask, paths) == []
 
 
 @pytest.mark.parametrize("eps, steps", [(0.02, 7), (0.05, 16), (0.3, 81)])
@@ -720,7 +727,7 @@ def test_magnitude_cell_retrains_the_pruned_trained_dense_net(smoke_sweep):
     j = dense["meta"]["members"].index(f"seed{seed}")
     w = jax.tree.map(lambda x, j=j: np.asarray(x[j]), dense["variables"])
     m = jax.tree.map(lambda x, i=i: np.asarray(x[i]), pruned["mask"])
-    want = sr.prune_mask(
+    want = layer_magnitude.prune_mask(
       w["params"], sparsity, output_density=config.sweep.output_density
     )
     for a, b in zip(jax.tree.leaves(m), jax.tree.leaves(want), strict=True):
@@ -728,8 +735,12 @@ def test_magnitude_cell_retrains_the_pruned_trained_dense_net(smoke_sweep):
     if sparsity == 0.0:  # the control keeps every weight
       assert all(np.all(x == 1) for x in jax.tree.leaves(m))
       continue
-    plain = sr.magnitude_mask(w["params"], sparsity, scope="layerwise")
-    connected = sr.class_reachability(plain, masks.prunable_paths(m)).all()
+    plain = layer_magnitude.magnitude_mask(
+      w["params"], sparsity, scope="layerwise"
+    )
+    connected = layer_magnitude.class_reachability(
+      plain, masks.prunable_paths(m)
+    ).all()
     # The mask is the top-|w| of the TRAINED dense weights, per layer.
     for path in masks.prunable_paths(m):
       layer = np.abs(np.asarray(masks._get(w["params"], path))).ravel()

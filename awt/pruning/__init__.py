@@ -7,7 +7,9 @@ doc once). Pruning at initialization (``awt.pruning.scores``): ``dense``,
 ``random``, ``erk``, ``magnitude``, ``snip``, ``grasp``, ``synflow``.
 Three-stage pipelines (``awt.pruning.pipelines``): ``one_shot``, ``imp``,
 ``hydra``, ``dns``. The NTK-matching searches (``awt.pruning.awt``):
-``awt``, ``ntt``. Each module lists its methods in a ``METHODS`` table of
+``awt``, ``ntt``. Pruning a given (trained) network per layer
+(``awt.pruning.layer_magnitude``): ``layer_magnitude``. Each module lists
+its methods in a ``METHODS`` table of
 ``name -> (fn, options)``; this package registers them. Every method also
 reads the shared options ``sparsity``, ``scope``, ``keep_first``,
 ``keep_last`` and ``ablation``. :func:`option` reads a value,
@@ -26,7 +28,7 @@ from collections.abc import Callable
 import jax
 
 from awt import config as config_lib
-from awt.pruning import ablations, pipelines, scores
+from awt.pruning import ablations, layer_magnitude, pipelines, scores
 from awt.pruning import awt as _awt
 from awt.pruning._options import (
   KEEP_FIRST,
@@ -117,7 +119,12 @@ def find(method: str, ctx: PruningContext, key: jax.Array) -> Ticket:
 def _register_modules() -> None:
   """The shared options, then every module's ``METHODS`` table."""
   share(SPARSITY, SCOPE, KEEP_FIRST, KEEP_LAST, ablations.ABLATION)
-  for table in (scores.METHODS, pipelines.METHODS, _awt.METHODS):
+  for table in (
+    scores.METHODS,
+    pipelines.METHODS,
+    _awt.METHODS,
+    layer_magnitude.METHODS,
+  ):
     for name, (fn, declared) in table.items():
       register(name, fn, options=declared)
 

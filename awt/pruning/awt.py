@@ -85,7 +85,7 @@ optimizes :math:`\theta` with Adam. The ticket is then trained with
 PGD-AT from its starting weights like any other ticket. The NTK argument
 is about gradient descent; a kernel match at initialization says nothing
 about Adam's trajectory, which is checked, not assumed (the distances
-below, ``awt.ntk_report``).
+below, ``awt.studies.ntk_spectra``).
 
 A killed search resumes bit-identically: step ``t`` draws its batch from
 ``(key, t)`` (``batch_indices``) and its attack starts from ``(key, t, i)``,

@@ -189,7 +189,7 @@ def spectra(
   _check(
     methods, sparsities, num_points, data_lib.info(base.data.name).num_train
   )
-  ablation = tickets.check_ablation(base)
+  ablation = pruning.option(base, "ablation")
   probe = _Probe(base, num_points, min(top_k, num_points), log)
   cells = [(DENSE, 0.0)] + [
     (m, s) for s in sparsities for m in methods if m != DENSE

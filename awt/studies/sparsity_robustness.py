@@ -148,6 +148,7 @@ from awt import config as config_lib
 from awt import data as data_lib
 from awt import workdir as workdir_lib
 from awt.attacks import cw as cw_lib
+from awt.pruning import layer_magnitude
 from awt.studies import _sweep
 
 METHODS = ("magnitude_retrain", "dns")
@@ -284,292 +285,6 @@ def model_config(config, model: str, **changes) -> ml_collections.ConfigDict:
       node = node[p]
     node[leaf] = v
   return c
-
-
-# ------------------------------------------------------------------- masks
-
-
-def magnitude_mask(
-  params: PyTree, sparsity: float, *, scope: str, paths=None
-) -> PyTree:
-  """Mask keeping the largest-magnitude weights (Han et al. 2015).
-
-  Args:
-    params: trained parameters.
-    sparsity: fraction of the prunable weights to remove, in [0, 1).
-    scope: ``"global"`` (one ranking) or ``"layerwise"``.
-    paths: prunable paths (default: every kernel).
-
-  Returns:
-    ``masks.topk(|params|, 1 - sparsity)``: exactly ``round((1 - s) n)``
-    weights kept over all layers or in each.
-
-  Examples:
-    >>> w = {"fc": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]])}}
-    >>> magnitude_mask(w, 0.5, scope="global")["fc"]["kernel"].tolist()
-    [[0.0, 1.0], [1.0, 0.0]]
-
-  References:
-    Han, Pool, Tran & Dally, NeurIPS 2015, Sec. 3.
-  """
-  scores = jax.tree.map(jnp.abs, params)
-  return masks.topk(scores, 1.0 - sparsity, scope=scope, paths=paths)
-
-
-def layer_plan(
-  paths: Sequence[Path], sparsity: float, output_density: float
-) -> dict[Path, float]:
-  """The density of every prunable layer at a nominal sparsity.
-
-  Args:
-    paths: the prunable kernels in layer order (the last is the output
-      layer).
-    sparsity: ``s`` in [0, 1).
-    output_density: the least density of the output layer of a net with
-      more than one prunable layer.
-
-  Returns:
-    ``{path: density}``: ``1 - s`` for every layer, except the output layer
-    of a multi-layer net, ``max(1 - s, output_density)``.
-
-  Examples:
-    >>> layer_plan([("fc1",), ("head",)], 0.99, 0.1)
-    {('fc1',): 0.01, ('head',): 0.1}
-    >>> layer_plan([("head",)], 0.99, 0.1)
-    {('head',): 0.01}
-  """
-  density = round(1.0 - float(sparsity), 12)
-  plan = dict.fromkeys(map(tuple, paths), density)
-  if len(plan) > 1:
-    plan[tuple(paths[-1])] = max(density, float(output_density))
-  return plan
-
-
-def _unit_view(kernel, units_in: int | None) -> jax.Array:
-  """A kernel as ``[T, U_in, U_out]``: T taps or positions per unit pair.
-
-  Dense ``[F, O]`` after a layer of ``units_in`` output units: ``F =
-  units_in`` gives ``[1, F, O]``; ``F = P * units_in`` (a flattened NHWC
-  feature map, channel fastest) gives ``[P, units_in, O]``. Conv ``[kh, kw,
-  I, O]`` gives ``[kh * kw, I, O]``. The first layer's inputs are its own
-  units (``units_in=None``).
-  """
-  kernel = jnp.asarray(kernel)
-  if kernel.ndim == 4:
-    return kernel.reshape(-1, kernel.shape[2], kernel.shape[3])
-  if kernel.ndim != 2:
-    raise ValueError(
-      f"kernel of shape {kernel.shape} is neither Dense nor Conv"
-    )
-  fan_in = kernel.shape[0]
-  if units_in is None or fan_in == units_in:
-    return kernel[None]
-  if fan_in % units_in:
-    raise ValueError(
-      f"kernel of shape {kernel.shape} does not follow a layer of "
-      f"{units_in} units"
-    )
-  return kernel.reshape(fan_in // units_in, units_in, kernel.shape[1])
-
-
-def _views(kernels: Sequence) -> list[jax.Array]:
-  """``_unit_view`` of each kernel of a chain, input layer first."""
-  out, units = [], None
-  for k in kernels:
-    v = _unit_view(k, units)
-    out.append(v)
-    units = v.shape[2]
-  return out
-
-
-@jax.jit
-def _reached(kernels: tuple) -> jax.Array:
-  """``[K]`` bool: output units joined to the input by nonzero kernels."""
-  views = _views(kernels)
-  reached = jnp.ones(views[0].shape[1], bool)
-  for v in views:
-    links = jnp.any(v != 0, axis=0).astype(jnp.float32)  # [U_in, U_out]
-    reached = (reached.astype(jnp.float32) @ links) > 0
-  return reached
-
-
-def class_reachability(mask: PyTree, paths: Sequence[Path]) -> np.ndarray:
-  """Which class logits depend on the input through kept weights.
-
-  Unit-level connectivity along the layers: a unit is reached when some
-  kept weight joins it to a reached unit of the layer before (for a conv
-  layer or a Dense layer on a flattened feature map, a channel is one unit;
-  the boolean product ignores where in the image a kept tap sits). Biases
-  do not count: a class reached by none is a dead class.
-
-  Args:
-    mask: a mask pytree.
-    paths: the kernels in layer order, the input layer first and the
-      output layer last (``masks.prunable_paths(mask)``).
-
-  Returns:
-    ``[K]`` bool numpy, ``K`` the output layer's units.
-
-  Examples:
-    >>> m = {"a": {"kernel": jnp.array([[1.0, 0.0], [0.0, 0.0]])},
-    ...      "b": {"kernel": jnp.array([[0.0, 1.0], [1.0, 0.0]])}}
-    >>> class_reachability(m, [("a", "kernel"), ("b", "kernel")]).tolist()
-    [False, True]
-  """
-  return np.asarray(_reached(tuple(masks._get(mask, p) for p in paths)))
-
-
-def empty_layers(mask: PyTree, paths: Sequence[Path]) -> list[str]:
-  """Names of the layers in ``paths`` that keep no weight."""
-  return [
-    masks.layer_name(p)
-    for p in paths
-    if not np.any(np.asarray(masks._get(mask, p)) != 0)
-  ]
-
-
-def _scores(weights: tuple, kept: tuple) -> list[jax.Array]:
-  """``|w| + B * kept`` per layer, ``B = 1 + max |w|``: kept ranks first."""
-  layers = [jnp.abs(w) for w in weights]
-  bonus = 1.0 + jnp.max(jnp.stack([jnp.max(w) for w in layers]))
-  return [w + bonus * (m != 0) for w, m in zip(layers, kept, strict=True)]
-
-
-@jax.jit
-def _class_paths(weights: tuple, kept: tuple) -> tuple:
-  scores = _views(_scores(weights, kept))
-  k = scores[-1].shape[2]
-  units = jnp.arange(k)
-  forced = []
-  for w, v in reversed(list(zip(weights, scores, strict=True))):
-    taps, fan_in, _ = v.shape
-    best = jnp.argmax(v[:, :, units].reshape(taps * fan_in, k), axis=0)
-    tap, unit = jnp.divmod(best, fan_in)
-    on = jnp.zeros(v.shape, bool).at[tap, unit, units].set(True)
-    forced.append(on.reshape(w.shape))
-    units = unit
-  return tuple(reversed(forced))
-
-
-def class_paths(params: PyTree, mask: PyTree, paths: Sequence[Path]) -> dict:
-  """Per class, the path of largest weights from the input to its logit.
-
-  Walking back from each class ``j`` of the output layer: the incoming
-  weight of the current unit with the largest score ``|w| + B * m`` (``B =
-  1 + max |w|``: kept weights first, then by magnitude) picks the unit of
-  the layer before, down to an input unit (conv and flattened layers by the
-  tap or position of that score).
-
-  Args:
-    params: the weights.
-    mask: the current mask.
-    paths: the kernels in layer order, output layer last.
-
-  Returns:
-    ``{path: [same shape as the kernel] bool}``: the weights on the ``K``
-    paths (at most ``K`` per layer).
-  """
-  paths = [tuple(p) for p in paths]
-  forced = _class_paths(
-    tuple(jnp.asarray(masks._get(params, p)) for p in paths),
-    tuple(jnp.asarray(masks._get(mask, p)) for p in paths),
-  )
-  return dict(zip(paths, forced, strict=True))
-
-
-@functools.partial(jax.jit, static_argnames="keep")
-def _keep_top(score: jax.Array, keep: int) -> jax.Array:
-  """``masks.topk`` of one layer: exactly ``keep`` highest, ties by position."""
-  flat = {"k": score}
-  density = keep / score.size
-  return masks.topk(flat, density, scope="layerwise", paths=[("k",)])["k"]
-
-
-def connect_classes(
-  params: PyTree, mask: PyTree, paths: Sequence[Path]
-) -> PyTree:
-  """The mask, changed so that every class logit depends on the input.
-
-  If ``class_reachability`` finds a dead class, every class's
-  ``class_paths`` path is kept; in each layer the path weights displace the
-  smallest kept weights, so the layer keeps as many weights as before (or
-  as many as its path weights, if it kept fewer). The other weights stay
-  ranked as before: kept first, each group by ``|w|``. A mask without a
-  dead class is returned unchanged.
-
-  Args:
-    params: the weights the mask was computed from.
-    mask: a mask pytree.
-    paths: the kernels in layer order, output layer last.
-
-  Returns:
-    The new mask.
-  """
-  paths = [tuple(p) for p in paths]
-  if not paths or class_reachability(mask, paths).all():
-    return mask
-  forced = class_paths(params, mask, paths)
-  weights = tuple(jnp.asarray(masks._get(params, p)) for p in paths)
-  kept = tuple(jnp.asarray(masks._get(mask, p)) for p in paths)
-  scores = _scores(weights, kept)
-  new = {}
-  for p, score, m in zip(paths, scores, kept, strict=True):
-    top = 2.0 * jnp.max(score) * forced[p]
-    keep = max(int(jnp.sum(m != 0)), int(jnp.sum(forced[p])))
-    new[p] = _keep_top(score + top, keep)
-
-  def leaf(path, m):
-    return new[path].astype(m.dtype) if path in new else m
-
-  return masks._map_with_path(leaf, mask)
-
-
-def prune_mask(
-  params: PyTree,
-  sparsity: float,
-  *,
-  output_density: float,
-  paths: Sequence[Path] | None = None,
-) -> PyTree:
-  """The sweep's magnitude mask: per-layer rates, then connected classes.
-
-  Args:
-    params: trained weights.
-    sparsity: the nominal sparsity ``s`` (``layer_plan``).
-    output_density: the output layer's least density.
-    paths: prunable kernels in layer order (default: every kernel).
-
-  Returns:
-    ``connect_classes`` of the per-layer top-``|w|`` mask of
-    ``layer_plan(paths, s, output_density)``: ``masks.num_to_keep(n, d)``
-    weights of each layer, the largest ``|w|``.
-  """
-  paths = masks.prunable_paths(params) if paths is None else paths
-  plan = layer_plan(paths, sparsity, output_density)
-  mask = masks.ones(params)
-  for p, density in plan.items():
-    if density < 1.0:
-      w = jnp.abs(jnp.asarray(masks._get(params, p)))
-      kept = _keep_top(w, masks.num_to_keep(w.size, density))
-      mask = _replace(mask, p, kept)
-  return connect_classes(params, mask, paths)
-
-
-def _replace(tree: PyTree, path: Path, value) -> PyTree:
-  return masks._map_with_path(
-    lambda p, leaf: value if p == tuple(path) else leaf, tree
-  )
-
-
-def mask_report(mask: PyTree) -> dict:
-  """Per-layer densities, dead classes and empty layers of a mask (a row)."""
-  paths = masks.prunable_paths(mask)
-  out = {
-    f"density/{name}": d for name, d in masks.layer_densities(mask).items()
-  }
-  out["dead_classes"] = int(np.sum(~class_reachability(mask, paths)))
-  out["empty_layers"] = len(empty_layers(mask, paths))
-  return out
 
 
 # ----------------------------------------------------------------- attacks
@@ -784,7 +499,7 @@ def evaluate_members(
       "name": t.name,
       "seed": t.results.get("seed"),
       "sparsity_actual": masks.sparsity(t.mask),
-      **mask_report(t.mask),
+      **layer_magnitude.mask_report(t.mask),
       "clean_accuracy": float(np.mean(out["clean"][:, i])),
       "num_test_points": n,
     }
@@ -1033,19 +748,13 @@ class _Model:
     for sp in self.sparsities:
       for seed in self.seeds:
         d = dense[seed]
-        mask = jax.device_get(
-          prune_mask(
-            d.params,
-            sp,
-            output_density=self.output_density,
-            paths=self._paths(d.params),
-          )
-        )
-        initial = masks.Ticket(
-          mask=mask,
-          params=jax.tree.map(lambda w, m: w * m, d.params, mask),
-          batch_stats=d.batch_stats,
-          info={"method": "magnitude_retrain"},
+        initial = self._prune(
+          d,
+          seed,
+          method="layer_magnitude",
+          sparsity=sp,
+          scope="layerwise",
+          output_density=self.output_density,
         )
         name = _member_name(sp, seed)
         sparsity_of[name] = sp
@@ -1093,6 +802,28 @@ class _Model:
       r["find_wall_time_s"] = costs[r["name"]]["wall_time_s"]
     return out
 
+  def _prune(self, trained, seed, *, workdir=None, **options) -> masks.Ticket:
+    """``tickets.find`` of ``pruning.<options>`` from a trained dense run."""
+    config = model_config(
+      self.dense_config,
+      self.name,
+      seed=seed,
+      **{f"pruning.{k}": v for k, v in options.items()},
+    )
+    start = masks.Ticket(
+      mask=masks.ones(trained.params),
+      params=trained.params,
+      batch_stats=trained.batch_stats,
+    )
+    return tickets.find(
+      config,
+      workdir=workdir,
+      setup=tickets.Setup(self.dataset, self.eval_model),
+      start=start,
+      measure_ntk=False,
+      log=lambda _: None,
+    )
+
   def _dns_ticket(self, ticket_dir, dense, sparsity, seed) -> masks.Ticket:
     """DNS from the trained dense net, saved so a restart reuses it.
 
@@ -1101,29 +832,14 @@ class _Model:
     density and ``connect_classes`` runs, as for magnitude pruning.
     """
     paths = self._paths(dense.params)
-    c = model_config(
-      self.dense_config,
-      self.name,
-      seed=seed,
-      **{
-        "pruning.method": "dns",
-        "pruning.sparsity": sparsity,
-        "pruning.pretrain_epochs": 0,
-        "pruning.keep_last": len(paths) > 1,
-      },
-    )
-    trained = masks.Ticket(
-      mask=masks.ones(dense.params),
-      params=dense.params,
-      batch_stats=dense.batch_stats,
-    )
-    ticket = tickets.find(
-      c,
+    ticket = self._prune(
+      dense,
+      seed,
       workdir=ticket_dir,
-      setup=tickets.Setup(self.dataset, self.eval_model),
-      start=trained,
-      measure_ntk=False,
-      log=lambda _: None,
+      method="dns",
+      sparsity=sparsity,
+      pretrain_epochs=0,
+      keep_last=len(paths) > 1,
     )
     mask = jax.device_get(self._finish_dns_mask(ticket.arrays(), sparsity))
     return ticket.replace(
@@ -1140,13 +856,13 @@ class _Model:
     """The output layer to its planned density, then connected classes."""
     params, mask = tree["params"], tree["mask"]
     paths = self._paths(params)
-    plan = layer_plan(paths, sparsity, self.output_density)
+    plan = layer_magnitude.layer_plan(paths, sparsity, self.output_density)
     head = paths[-1]
     if len(paths) > 1 and plan[head] < 1.0:
       w = jnp.abs(jnp.asarray(masks._get(params, head)))
-      kept = _keep_top(w, masks.num_to_keep(w.size, plan[head]))
-      mask = _replace(mask, head, kept)
-    return connect_classes(params, mask, paths)
+      kept = layer_magnitude.keep_top(w, masks.num_to_keep(w.size, plan[head]))
+      mask = layer_magnitude.replace_layer(mask, head, kept)
+    return layer_magnitude.connect_classes(params, mask, paths)
 
 
 # ---------------------------------------------------------------- the run
