@@ -1,6 +1,8 @@
-r"""Why PGD on conv nets is slow on XLA:CPU: the input gradient inside a loop.
+r"""Why PGD on conv nets is slow on XLA:CPU, and awt's CPU lowering of convs.
 
   python -m benchmarks.conv_grad [--batch=128] [--iterations=10] [--repeats=3]
+  python -m benchmarks.conv_grad --steps_of=lenet5,conv4 [--batch=128] \
+    [--iterations=10] [--repeats=5]
 
 PGD takes the gradient of the loss in the input once per iteration inside a
 ``lax.fori_loop``. For a convolution that gradient is itself a convolution
@@ -13,13 +15,25 @@ goes to a fast YNNPACK fusion (``ynn_fusion``).
 
 For each conv layer shape of lenet5 and conv4 (3x3 / 5x5, 'SAME' / 'VALID'
 as in awt's models), this times ``--iterations`` signed input-gradient steps
-in one ``fori_loop`` two ways: ``autodiff`` (``jax.vjp`` of
-``lax.conv_general_dilated``, what awt's attacks do today) and
-``custom_vjp`` (the same convolution with a ``jax.custom_vjp`` whose input
-gradient is ``conv(g, flip(w).transpose(0, 1, 3, 2))``), reports the
-relative difference of the two variants' summed input gradients over the
-loop (float rounding only: the sums run in another order) and how many
-YNNPACK fusions each compiled loop has. One JSON line per shape.
+in one ``fori_loop`` three ways: ``autodiff`` (``jax.vjp`` of
+``lax.conv_general_dilated``, ``model.conv_impl="xla"``), ``custom_vjp``
+(the same convolution with a ``jax.custom_vjp`` whose input gradient is
+``conv(g, flip(w).transpose(0, 1, 3, 2))``) and ``awt_cpu``
+(``awt.models._cpu_conv.conv_general_dilated``, ``conv_impl="cpu"``: that
+custom VJP or slice-and-matmul, by patch width), reports the relative
+difference of each variant's summed input gradients over the loop to
+``autodiff``'s (``grad_rel_diff`` and ``speedup`` for ``custom_vjp``,
+``awt_cpu_``-prefixed for ``awt_cpu``; float rounding only: the sums run
+in another order) and how many YNNPACK fusions each compiled loop has. One
+JSON line per shape.
+
+``--steps_of=lenet5,conv4`` instead times awt's PGD-``--iterations`` AT
+step (``benchmarks/train_step.py``'s, ``pgd_at`` objective, one jitted
+step per call) of each model built with ``conv_impl="xla"`` and with
+``conv_impl="cpu"``, both compiled in this process and timed alternately,
+``--repeats`` rounds of one call each (after a warm-up call), so that both
+see the same machine load. One JSON line per model: median milliseconds of
+each, the speed-up, the 1-minute load averages before and after.
 """
 
 import json
@@ -27,10 +41,13 @@ import statistics
 
 import jax
 import jax.numpy as jnp
+import optax
 from absl import flags
 from jax import lax
 
-from benchmarks import _common
+from awt import masks, models, training
+from awt.models import _cpu_conv
+from benchmarks import _common, _jax
 from experiments import _main
 
 # layer: (H, W, C_in, C_out, kernel, padding) of the conv's input.
@@ -46,6 +63,9 @@ flags.DEFINE_integer("batch", 128, "Images per call.")
 flags.DEFINE_integer("iterations", 10, "Gradient steps in the loop.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per variant.")
 flags.DEFINE_list("layers", list(SHAPES), "Layer shapes to time.")
+flags.DEFINE_list(
+  "steps_of", [], "Models whose AT step to time with both conv_impl values."
+)
 
 
 def conv(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
@@ -111,6 +131,9 @@ def measure(layer: str, batch: int, iterations: int, repeats: int) -> dict:
   variants = {
     "autodiff": lambda v, w: conv(v, w, padding),
     "custom_vjp": conv_fast_input_grad(padding),
+    "awt_cpu": lambda v, w: _cpu_conv.conv_general_dilated(
+      v, w, (1, 1), padding, dimension_numbers=DIMS
+    ),
   }
   rec = {
     "benchmark": "conv_grad",
@@ -129,10 +152,59 @@ def measure(layer: str, batch: int, iterations: int, repeats: int) -> dict:
     )
     rec[f"{name}_ms"] = round(statistics.median(times) * 1e3, 2)
     rec[f"{name}_ynn_fusions"] = compiled.as_text().count("ynn_fusion")
-  rec["speedup"] = round(rec["autodiff_ms"] / rec["custom_vjp_ms"], 2)
-  diff = jnp.max(jnp.abs(steps["autodiff"] - steps["custom_vjp"]))
-  rec["grad_rel_diff"] = float(diff / jnp.max(jnp.abs(steps["autodiff"])))
+  scale = jnp.max(jnp.abs(steps["autodiff"]))
+  for name, prefix in (("custom_vjp", ""), ("awt_cpu", "awt_cpu_")):
+    rec[f"{prefix}speedup"] = round(rec["autodiff_ms"] / rec[f"{name}_ms"], 2)
+    diff = jnp.max(jnp.abs(steps["autodiff"] - steps[name]))
+    rec[f"{prefix}grad_rel_diff"] = float(diff / scale)
   rec["load"] = _common.load_average()
+  rec["jax"] = jax.__version__
+  return rec
+
+
+def step_call(model_name: str, conv_impl: str, batch: int, steps: int):
+  """awt's compiled PGD-k AT step for one ``conv_impl``; a no-argument call.
+
+  As ``benchmarks._jax.train_runner`` builds it (SGD with momentum, dense
+  mask, random data, seed 0), the model built with ``conv_impl``.
+  """
+  shape = _common.TASKS[model_name][0]
+  model = models.get(model_name, _common.NUM_CLASSES, conv_impl=conv_impl)
+  tx = optax.sgd(_common.LEARNING_RATE, momentum=_common.MOMENTUM)
+  step = training.make_train_step(
+    model, tx, _jax.attack_config(model_name, steps), axis_name=None
+  )
+  k_init, k_x, k_y, k_train = jax.random.split(jax.random.PRNGKey(0), 4)
+  params, batch_stats = training.init_variables(model, k_init, shape)
+  state = training.create_train_state(
+    params, batch_stats, masks.ones(params), tx, k_train
+  )
+  data = {
+    "image": jax.random.uniform(k_x, (batch, *shape)),
+    "label": jax.random.randint(k_y, (batch,), 0, _common.NUM_CLASSES),
+    "index": jnp.arange(batch, dtype=jnp.int32),
+  }
+  compiled = jax.jit(step).lower(state, data).compile()
+  return lambda: jax.block_until_ready(compiled(state, data))
+
+
+def measure_step(model_name: str, batch: int, steps: int, repeats: int):
+  """Both ``conv_impl`` values' AT steps, timed alternately; the record."""
+  load_before = _common.load_average()
+  calls = {i: step_call(model_name, i, batch, steps) for i in ("xla", "cpu")}
+  times = {i: [] for i in calls}
+  for call in calls.values():
+    call()  # warm-up
+  for r in range(repeats):
+    for impl in sorted(calls, reverse=bool(r % 2)):
+      times[impl].extend(_common.time_calls(calls[impl], 1))
+  rec = {"benchmark": "conv_grad_step", "model": model_name, "batch": batch}
+  rec["steps"] = steps
+  for impl, ts in times.items():
+    rec[f"{impl}_ms"] = round(statistics.median(ts) * 1e3, 1)
+  rec["speedup"] = round(rec["xla_ms"] / rec["cpu_ms"], 2)
+  rec["load_before"] = load_before
+  rec["load_after"] = _common.load_average()
   rec["jax"] = jax.__version__
   return rec
 
@@ -140,12 +212,19 @@ def measure(layer: str, batch: int, iterations: int, repeats: int) -> dict:
 def main(argv):
   del argv
   f = flags.FLAGS
-  for layer in f.layers:
-    if layer not in SHAPES:
-      raise ValueError(f"unknown layer {layer!r}; known: {', '.join(SHAPES)}")
   for name in ("batch", "iterations", "repeats"):
     if getattr(f, name) < 1:
       raise ValueError(f"--{name} must be >= 1, got {getattr(f, name)}")
+  if f.steps_of:
+    for model_name in f.steps_of:
+      _common.check_args(model_name)
+      _main.log(f"{model_name}: compiling and timing both conv_impl steps")
+      rec = measure_step(model_name, f.batch, f.iterations, f.repeats)
+      print(json.dumps(rec), flush=True)
+    return
+  for layer in f.layers:
+    if layer not in SHAPES:
+      raise ValueError(f"unknown layer {layer!r}; known: {', '.join(SHAPES)}")
   for layer in f.layers:
     _main.log(f"{layer}: compiling and timing both variants")
     rec = measure(layer, f.batch, f.iterations, f.repeats)

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from awt.models import _cpu_conv
+
 Dtype = Any
 
 # He et al. (2015), "Delving Deep into Rectifiers", Eq. (10): zero-mean
@@ -39,6 +41,12 @@ class Classifier(nn.Module):
       ignored by models without BatchNorm.
     dtype: compute dtype of Dense/Conv/BatchNorm (parameters stay float32,
       logits are returned as float32).
+    conv_impl: how convolutions and max poolings are lowered: "xla"
+      (``nn.Conv`` / ``nn.max_pool`` as they are), "cpu" (the XLA:CPU
+      lowerings of ``awt.models._cpu_conv``: same parameters, same numbers
+      up to float rounding) or "auto" ("cpu" exactly when
+      ``jax.default_backend()`` is the CPU, at trace time); ignored by
+      models without convolutions.
   """
 
   num_classes: int
@@ -46,6 +54,7 @@ class Classifier(nn.Module):
   std: tuple[float, ...] = (1.0,)
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   def normalize(self, x: jax.Array) -> jax.Array:
     """Maps pixels to the network's input space, ``(x - mean) / std``.
@@ -104,7 +113,7 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
   return jnp.mean(x, axis=(1, 2))
 
 
-def max_pool2(x: jax.Array) -> jax.Array:
+def max_pool2(x: jax.Array, impl: str = "auto") -> jax.Array:
   """2x2 max pooling with stride 2 ('VALID', i.e. floor of odd sizes).
 
   Skipped when a spatial side is already below 2, so that the small-image
@@ -112,13 +121,15 @@ def max_pool2(x: jax.Array) -> jax.Array:
 
   Args:
     x: [B, H, W, C].
+    impl: ``Classifier.conv_impl``: "xla" is ``nn.max_pool``, "cpu" a
+      pooling whose gradient has no scatter (``_cpu_conv.max_pool``).
 
   Returns:
     [B, H // 2, W // 2, C], or ``x`` itself when ``min(H, W) < 2``.
   """
   if min(x.shape[1:3]) < 2:
     return x
-  return nn.max_pool(x, (2, 2), strides=(2, 2))
+  return _cpu_conv.max_pool(x, 2, impl)
 
 
 def head(h: jax.Array, num_classes: int, dtype: Dtype, **dense_kw) -> jax.Array:
@@ -144,6 +155,7 @@ def he_conv(
   padding: int,
   dtype: Dtype,
   name: str,
+  impl: str = "auto",
 ) -> nn.Conv:
   """A bias-free square conv with He (fan_in) normal initialization.
 
@@ -157,13 +169,15 @@ def he_conv(
     padding: zero padding on every side (1 for 3x3, 0 for 1x1).
     dtype: compute dtype.
     name: module name.
+    impl: ``Classifier.conv_impl``, the convolution's lowering.
 
   Returns:
     An ``nn.Conv`` whose ``kernel`` is prunable.
   """
-  return nn.Conv(
+  return _cpu_conv.conv(
     features,
     (kernel_size, kernel_size),
+    impl=impl,
     strides=(strides, strides),
     padding=padding,
     use_bias=False,

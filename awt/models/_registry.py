@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from awt.models import _cpu_conv
 from awt.models._common import Classifier
 from awt.models.convnets import ConvNet, LeNet5
 from awt.models.mlp import MLP, Linear
@@ -43,7 +44,8 @@ def options(name: str) -> tuple[str, ...]:
     name: a registry name.
 
   Returns:
-    The option names, e.g. ``("axis_name", "dtype", "widths")`` for "mlp".
+    The option names, e.g. ``("axis_name", "conv_impl", "dtype", "widths")``
+    for "mlp".
   """
   cls, fixed = _lookup(name)
   return tuple(
@@ -80,14 +82,17 @@ def get(
     std: per-channel standard deviation, positive, same form as ``mean``.
     **kw: model options (see :func:`options`): every model takes
       ``axis_name`` (pmap axis of the BatchNorm statistics; ignored without
-      BatchNorm) and ``dtype`` (compute dtype); mlp ``widths``, vgg16
+      BatchNorm), ``dtype`` (compute dtype) and ``conv_impl`` ("auto",
+      "xla" or "cpu": how convolutions and max poolings are lowered, see
+      ``Classifier``; ignored without convolutions); mlp ``widths``, vgg16
       ``width_multiplier``, resnet18 ``width``, wrn28 ``width`` (the k).
 
   Returns:
     An unbound ``flax.linen.Module``.
 
   Raises:
-    ValueError: for an unknown name, an unknown option or a non-positive std.
+    ValueError: for an unknown name, an unknown option, an unknown
+      ``conv_impl`` or a non-positive std.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -108,6 +113,7 @@ def get(
   std = tuple(float(v) for v in np.ravel(std))
   if not std or min(std) <= 0:
     raise ValueError(f"std must be positive, got {std}")
+  _cpu_conv.resolve(kw.get("conv_impl", "auto"))
   kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
   return cls(num_classes=num_classes, mean=mean, std=std, **fixed, **kw)
 

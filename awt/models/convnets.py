@@ -10,6 +10,7 @@ from awt.models._common import (
   head,
   max_pool2,
 )
+from awt.models._cpu_conv import conv
 
 
 class LeNet5(Classifier):
@@ -42,11 +43,12 @@ class LeNet5(Classifier):
     """
     del train
     h = self.normalize(x)
-    h = nn.Conv(6, (5, 5), padding="SAME", dtype=self.dtype, name="conv1")(h)
-    h = max_pool2(nn.relu(h))
+    kw = {"dtype": self.dtype, "impl": self.conv_impl}
+    h = conv(6, (5, 5), padding="SAME", name="conv1", **kw)(h)
+    h = max_pool2(nn.relu(h), self.conv_impl)
     padding = "VALID" if min(h.shape[1:3]) >= 5 else "SAME"
-    h = nn.Conv(16, (5, 5), padding=padding, dtype=self.dtype, name="conv2")(h)
-    h = flatten(max_pool2(nn.relu(h)))
+    h = conv(16, (5, 5), padding=padding, name="conv2", **kw)(h)
+    h = flatten(max_pool2(nn.relu(h), self.conv_impl))
     h = nn.relu(nn.Dense(120, dtype=self.dtype, name="fc1")(h))
     h = nn.relu(nn.Dense(84, dtype=self.dtype, name="fc2")(h))
     return head(h, self.num_classes, self.dtype)
@@ -90,9 +92,10 @@ class ConvNet(Classifier):
       )
     h = self.normalize(x)
     for i in range(self.depth):
-      h = nn.Conv(
+      h = conv(
         64 * 2 ** (i // 2),
         (3, 3),
+        impl=self.conv_impl,
         padding="SAME",
         dtype=self.dtype,
         kernel_init=glorot_normal,
@@ -100,7 +103,7 @@ class ConvNet(Classifier):
       )(h)
       h = nn.relu(h)
       if i % 2:
-        h = max_pool2(h)
+        h = max_pool2(h, self.conv_impl)
     h = flatten(h)
     for i in range(2):
       h = nn.Dense(

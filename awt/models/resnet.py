@@ -26,6 +26,7 @@ class BasicBlock(nn.Module):
     strides: stride of conv1 and of the shortcut.
     axis_name: pmap axis for the BatchNorm statistics.
     dtype: compute dtype.
+    conv_impl: the convolutions' lowering (``Classifier.conv_impl``).
 
   References:
     He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition",
@@ -36,6 +37,7 @@ class BasicBlock(nn.Module):
   strides: int = 1
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -52,14 +54,22 @@ class BasicBlock(nn.Module):
     def norm(name):
       return batch_norm(train, self.axis_name, self.dtype, name)
 
-    y = he_conv(self.features, 3, self.strides, 1, self.dtype, "conv1")(x)
+    y = he_conv(
+      self.features, 3, self.strides, 1, self.dtype, "conv1", self.conv_impl
+    )(x)
     y = nn.relu(norm("bn1")(y))
-    y = he_conv(self.features, 3, 1, 1, self.dtype, "conv2")(y)
+    y = he_conv(self.features, 3, 1, 1, self.dtype, "conv2", self.conv_impl)(y)
     y = norm("bn2")(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = he_conv(
-        self.features, 1, self.strides, 0, self.dtype, "shortcut_conv"
+        self.features,
+        1,
+        self.strides,
+        0,
+        self.dtype,
+        "shortcut_conv",
+        self.conv_impl,
       )(x)
       shortcut = norm("shortcut_bn")(shortcut)
     return nn.relu(y + shortcut)
@@ -101,7 +111,7 @@ class ResNet(Classifier):
       [B, num_classes] float32 logits.
     """
     h = self.normalize(x)
-    h = he_conv(self.width, 3, 1, 1, self.dtype, "conv1")(h)
+    h = he_conv(self.width, 3, 1, 1, self.dtype, "conv1", self.conv_impl)(h)
     h = nn.relu(batch_norm(train, self.axis_name, self.dtype, "bn1")(h))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
@@ -110,6 +120,7 @@ class ResNet(Classifier):
           strides=2 if stage > 0 and block == 0 else 1,
           axis_name=self.axis_name,
           dtype=self.dtype,
+          conv_impl=self.conv_impl,
           name=f"layer{stage + 1}_{block}",
         )(h, train)
     return head(global_avg_pool(h), self.num_classes, self.dtype)

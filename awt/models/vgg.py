@@ -64,11 +64,11 @@ class VGG16(Classifier):
     i = 0
     for layer in VGG16_LAYERS:
       if layer == "M":
-        h = max_pool2(h)
+        h = max_pool2(h, self.conv_impl)
         continue
       i += 1
       width = max(1, round(layer * self.width_multiplier))
-      h = he_conv(width, 3, 1, 1, self.dtype, f"conv{i}")(h)
+      h = he_conv(width, 3, 1, 1, self.dtype, f"conv{i}", self.conv_impl)(h)
       h = batch_norm(train, self.axis_name, self.dtype, f"bn{i}")(h)
       h = nn.relu(h)
     return head(global_avg_pool(h), self.num_classes, self.dtype)

@@ -26,6 +26,7 @@ class WideBlock(nn.Module):
     strides: stride of conv1 and of the shortcut.
     axis_name: pmap axis for the BatchNorm statistics.
     dtype: compute dtype.
+    conv_impl: the convolutions' lowering (``Classifier.conv_impl``).
 
   References:
     Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016, Figure 1(c)
@@ -37,6 +38,7 @@ class WideBlock(nn.Module):
   strides: int = 1
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -51,13 +53,21 @@ class WideBlock(nn.Module):
     """
     a = batch_norm(train, self.axis_name, self.dtype, "bn1")(x)
     a = nn.relu(a)
-    y = he_conv(self.features, 3, self.strides, 1, self.dtype, "conv1")(a)
+    y = he_conv(
+      self.features, 3, self.strides, 1, self.dtype, "conv1", self.conv_impl
+    )(a)
     y = nn.relu(batch_norm(train, self.axis_name, self.dtype, "bn2")(y))
-    y = he_conv(self.features, 3, 1, 1, self.dtype, "conv2")(y)
+    y = he_conv(self.features, 3, 1, 1, self.dtype, "conv2", self.conv_impl)(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = he_conv(
-        self.features, 1, self.strides, 0, self.dtype, "shortcut"
+        self.features,
+        1,
+        self.strides,
+        0,
+        self.dtype,
+        "shortcut",
+        self.conv_impl,
       )(a)
     return y + shortcut
 
@@ -100,7 +110,7 @@ class WideResNet(Classifier):
       raise ValueError(f"WRN depth must be 6n + 4 (n >= 1), got {self.depth}")
     blocks_per_group = (self.depth - 4) // 6
     h = self.normalize(x)
-    h = he_conv(16, 3, 1, 1, self.dtype, "conv1")(h)
+    h = he_conv(16, 3, 1, 1, self.dtype, "conv1", self.conv_impl)(h)
     for group in range(3):
       for block in range(blocks_per_group):
         h = WideBlock(
@@ -108,6 +118,7 @@ class WideResNet(Classifier):
           strides=2 if group > 0 and block == 0 else 1,
           axis_name=self.axis_name,
           dtype=self.dtype,
+          conv_impl=self.conv_impl,
           name=f"group{group + 1}_{block}",
         )(h, train)
     h = nn.relu(batch_norm(train, self.axis_name, self.dtype, "bn")(h))

@@ -1,0 +1,316 @@
+"""Convolution and max pooling lowered for XLA:CPU, chosen by backend.
+
+XLA:CPU (JAX 0.10) runs the input gradient of a convolution inside a
+``lax.fori_loop`` (PGD's loop) through its generic convolution path, and
+lowers the max-pool gradient (``select_and_scatter``) to scatter fusions;
+together they were 54-65% of a LeNet-5 / Conv-4 PGD-10 training step
+(``benchmarks/README.md``, issue 17). On the CPU this module replaces them
+with lowerings XLA:CPU runs fast, computing the same numbers up to float
+rounding:
+
+* **slice-and-matmul** for a conv with a narrow patch
+  (``kh * kw * C_in <= MATMUL_MAX_PATCH``: LeNet-5's convs, Conv-4's first):
+  the ``kh * kw`` shifted (strided) slices of the padded input concatenated
+  on the channel axis, times the kernel reshaped to
+  ``[kh * kw * C_in, C_out]``; its gradients are JAX's autodiff of that, a
+  matmul and the slices' transposes (pads), no convolution at all;
+* **flipped-kernel input gradient** for wider patches: XLA's own forward
+  convolution, with a ``jax.custom_vjp`` whose input gradient is an
+  ordinary convolution of the (zero-interleaved, for strides > 1) output
+  gradient with the spatially flipped, in/out-transposed kernel, and whose
+  kernel gradient is XLA's own;
+* **max pooling without scatter** (:func:`max_pool`): non-overlapping
+  windows as a reshape and a max; its ``custom_vjp`` routes each window's
+  output gradient to the window's first maximum (row-major order) with
+  equality masks. That is the element ``nn.max_pool``'s gradient
+  (``select_and_scatter`` with ``>=``) picks, so ties are broken the same
+  way; a window holding a NaN gets no gradient.
+
+``impl`` (``model.conv_impl``, default ``"auto"``) chooses: ``"xla"`` is
+``nn.Conv`` / ``nn.max_pool`` unchanged, ``"cpu"`` this module's lowerings,
+``"auto"`` the latter exactly when ``jax.default_backend() == "cpu"`` at
+trace time, so GPUs and TPUs keep XLA's convolutions (cuDNN, the TPU
+compiler). Parameters are the same either way: every conv is an
+``nn.Conv`` (``kernel`` ``[kh, kw, C_in, C_out]``, ``bias``, the same
+initializers), only its ``conv_general_dilated`` differs.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("auto", "xla", "cpu")
+
+# Widest patch kh * kw * C_in lowered to slice-and-matmul; wider ones use
+# the flipped-kernel input gradient. Measured on 2 cores, batch 128, 10
+# forward + input-gradient steps in a fori_loop (ms, XLA autodiff ->
+# slice-and-matmul -> flipped kernel): 28x28x1 5x5 149 -> 77 -> 148;
+# 14x14x6 5x5 233 -> 41 -> 55; 32x32x3 3x3 347 -> 252 -> 420; 32x32x64 3x3
+# 6,872 -> 7,480 -> 3,709; 16x16x64 3x3 (to 128) 7,280 -> 3,559 -> 1,941.
+MATMUL_MAX_PATCH = 256
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def resolve(impl: str) -> str:
+  """``"xla"`` or ``"cpu"``: the lowering ``impl`` means on this backend.
+
+  Args:
+    impl: one of ``CONV_IMPLS``; ``"auto"`` is ``"cpu"`` exactly when
+      ``jax.default_backend()`` is the CPU.
+
+  Returns:
+    ``"xla"`` or ``"cpu"``.
+
+  Raises:
+    ValueError: for an unknown ``impl``.
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(
+      f"unknown conv_impl {impl!r}; known: {', '.join(CONV_IMPLS)}"
+    )
+  if impl == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def conv(features: int, kernel_size, *, impl: str = "auto", **conv_kw):
+  """An ``nn.Conv`` whose convolution is lowered as ``impl`` says.
+
+  Args:
+    features: output channels.
+    kernel_size: ``(kh, kw)``.
+    impl: one of ``CONV_IMPLS``.
+    **conv_kw: further ``nn.Conv`` fields (``padding``, ``strides``,
+      ``use_bias``, ``dtype``, ``kernel_init``, ``name``, ...).
+
+  Returns:
+    An ``nn.Conv``: the same parameters (names, shapes, initializers) for
+    every ``impl``.
+  """
+  if resolve(impl) == "cpu":
+    conv_kw["conv_general_dilated_cls"] = _CpuConvGeneralDilated
+  return nn.Conv(features, kernel_size, **conv_kw)
+
+
+class _CpuConvGeneralDilated:
+  """What ``nn.Conv`` instantiates from ``conv_general_dilated_cls``."""
+
+  def __call__(self, *args, **kwargs) -> jax.Array:
+    return conv_general_dilated(*args, **kwargs)
+
+
+def conv_general_dilated(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision=None,
+  preferred_element_type=None,
+) -> jax.Array:
+  """``lax.conv_general_dilated`` with the CPU lowerings of this module.
+
+  The 2-D NHWC / HWIO case without dilation or groups (every conv of awt's
+  models) is lowered by slice-and-matmul when ``kh * kw * C_in <=
+  MATMUL_MAX_PATCH``, else with the flipped-kernel input gradient; any
+  other call goes to ``lax.conv_general_dilated`` unchanged.
+
+  Args:
+    lhs: [B, H, W, C_in] (with NHWC dimension numbers).
+    rhs: [kh, kw, C_in, C_out].
+    window_strides: ``(sh, sw)``.
+    padding: "SAME", "VALID" or ``((top, bottom), (left, right))``.
+    lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+      batch_group_count, precision, preferred_element_type: as in
+      ``lax.conv_general_dilated``.
+
+  Returns:
+    [B, H', W', C_out], the convolution.
+  """
+  args = (lhs, rhs, window_strides, padding)
+  kw = dict(
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
+  plain = (
+    lhs.ndim == 4
+    and rhs.ndim == 4
+    and feature_group_count == 1
+    and batch_group_count == 1
+    and preferred_element_type is None
+    and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
+    and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  )
+  if not plain:
+    return lax.conv_general_dilated(*args, **kw)
+  kh, kw_, cin, _ = rhs.shape
+  strides = tuple(window_strides)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw_), strides, padding)
+  pads = tuple(tuple(p) for p in padding)
+  if kh * kw_ * cin <= MATMUL_MAX_PATCH:
+    return _slice_matmul_conv(lhs, rhs, strides, pads, precision)
+  return _flipped_grad_conv(lhs, rhs, strides, pads, precision)
+
+
+def _xla_conv(x, w, strides, pads, precision):
+  """``lax.conv_general_dilated``, NHWC / HWIO."""
+  return lax.conv_general_dilated(
+    x, w, strides, pads, dimension_numbers=_NHWC, precision=precision
+  )
+
+
+def _slice_matmul_conv(x, w, strides, pads, precision):
+  """The conv as one matmul of shifted input slices with the kernel.
+
+  .. math::
+    y[b, o_h, o_w, :] = \\sum_{i, j} x_p[b, s_h o_h + i, s_w o_w + j, :]
+    W[i, j] = \\mathrm{concat}_{i, j}(\\text{slices}) \\cdot
+    W_{[k_h k_w C_{in}, C_{out}]}
+
+  Args:
+    x: [B, H, W, C_in].
+    w: [kh, kw, C_in, C_out].
+    strides: ``(sh, sw)``.
+    pads: ``((top, bottom), (left, right))``.
+    precision: ``lax.Precision`` of the matmul, or None.
+
+  Returns:
+    [B, H', W', C_out].
+  """
+  kh, kw, cin, cout = w.shape
+  sh, sw = strides
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  b, hp, wp, _ = xp.shape
+  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  cols = [
+    lax.slice(
+      xp,
+      (0, i, j, 0),
+      (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin),
+      (1, sh, sw, 1),
+    )
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  patches = jnp.concatenate(cols, axis=-1)
+  return jnp.dot(patches, w.reshape(kh * kw * cin, cout), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _flipped_grad_conv(x, w, strides, pads, precision):
+  """XLA's conv whose input gradient is a conv with the flipped kernel.
+
+  Args:
+    x: [B, H, W, C_in].
+    w: [kh, kw, C_in, C_out].
+    strides: ``(sh, sw)``.
+    pads: ``((top, bottom), (left, right))``.
+    precision: ``lax.Precision``, or None.
+
+  Returns:
+    [B, H', W', C_out].
+  """
+  return _xla_conv(x, w, strides, pads, precision)
+
+
+def _flipped_grad_fwd(x, w, strides, pads, precision):
+  return _xla_conv(x, w, strides, pads, precision), (x, w)
+
+
+def _flipped_grad_bwd(strides, pads, precision, res, g):
+  """Input gradient by the transposed-conv identity; XLA's kernel gradient.
+
+  With ``g_s`` the output gradient with ``s - 1`` zeros interleaved and
+  padded by ``kh - 1 - top`` above (cropped where negative) and up to the
+  input's size below, ``dx = conv(g_s, flip(W)^T)``, VALID, stride 1:
+  the transpose of ``x -> conv(x, W)`` (Dumoulin & Visin, "A guide to
+  convolution arithmetic for deep learning", 2016, Section 4).
+  """
+  x, w = res
+  kh, kw, _, _ = w.shape
+  edges = [(0, 0, 0)]
+  for size, k, s, (lo, hi), out in zip(
+    x.shape[1:3], (kh, kw), strides, pads, g.shape[1:3], strict=True
+  ):
+    padded = size + lo + hi
+    edges.append((k - 1 - lo, padded - (out - 1) * s - 1 - hi, s - 1))
+  edges.append((0, 0, 0))
+  g_s = lax.pad(g, jnp.zeros((), g.dtype), edges)
+  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+  dx = _xla_conv(g_s, w_t, (1, 1), "VALID", precision)
+  _, conv_vjp = jax.vjp(lambda v: _xla_conv(x, v, strides, pads, precision), w)
+  return dx, conv_vjp(g)[0]
+
+
+_flipped_grad_conv.defvjp(_flipped_grad_fwd, _flipped_grad_bwd)
+
+
+def max_pool(x: jax.Array, window: int, impl: str = "auto") -> jax.Array:
+  """``window`` x ``window`` max pooling, stride ``window``, 'VALID'.
+
+  Args:
+    x: [B, H, W, C].
+    window: side k of the square, non-overlapping window.
+    impl: one of ``CONV_IMPLS``: ``"xla"`` is ``nn.max_pool``; ``"cpu"``
+      a reshape-and-max whose gradient has no scatter (module docstring).
+
+  Returns:
+    [B, H // k, W // k, C].
+  """
+  if resolve(impl) == "xla":
+    return nn.max_pool(x, (window, window), strides=(window, window))
+  return _window_max(x, window)
+
+
+def _windows(x: jax.Array, k: int) -> jax.Array:
+  """[B, H, W, C] -> [B, H // k, k, W // k, k, C] (trailing rows dropped)."""
+  b, h, w, c = x.shape
+  x = x[:, : h // k * k, : w // k * k]
+  return x.reshape(b, h // k, k, w // k, k, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _window_max(x: jax.Array, k: int) -> jax.Array:
+  """The max over each non-overlapping k x k window; [B, H // k, W // k, C]."""
+  return jnp.max(_windows(x, k), axis=(2, 4))
+
+
+def _window_max_fwd(x, k):
+  y = jnp.max(_windows(x, k), axis=(2, 4))
+  return y, (x, y)
+
+
+def _window_max_bwd(k, res, g):
+  """Each window's gradient to its first maximum, in row-major order."""
+  x, y = res
+  win = _windows(x, k)
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in range(k):
+    row = []
+    for j in range(k):
+      first = (win[:, :, i, :, j] == y) & ~taken
+      taken = taken | first
+      row.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
+    rows.append(jnp.stack(row, axis=3))
+  b, h, w, c = x.shape
+  dx = jnp.stack(rows, axis=2).reshape(b, h // k * k, w // k * k, c)
+  return (jnp.pad(dx, ((0, 0), (0, h % k), (0, w % k), (0, 0))),)
+
+
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)

@@ -1,0 +1,239 @@
+"""awt.models._cpu_conv: the XLA:CPU lowerings equal XLA's conv and pooling.
+
+Every comparison is in values, input gradients and parameter gradients, to
+1e-5 relative (max |a - b| / max |b|), against ``lax.conv_general_dilated``,
+``nn.Conv`` and ``nn.max_pool``; both lowerings of the conv are covered
+(slice-and-matmul for patches kh * kw * C_in <= MATMUL_MAX_PATCH, the
+flipped-kernel input gradient above), as are ``vmap`` over members,
+``pmap``, PGD's loop and whole models.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jax.test_util
+import numpy as np
+import pytest
+from jax import lax
+
+from awt import attacks, models
+from awt.models import _cpu_conv
+
+DIMS = ("NHWC", "HWIO", "NHWC")
+RTOL = 1e-5
+
+
+def _rel(a, b) -> float:
+  """max |a - b| / max |b| over all leaves."""
+  num = jax.tree.leaves(
+    jax.tree.map(lambda u, v: jnp.max(jnp.abs(u - v)), a, b)
+  )
+  den = jax.tree.leaves(jax.tree.map(lambda v: jnp.max(jnp.abs(v)), b))
+  return float(max(num) / max(den))
+
+
+def _value_and_vjp(fn, args, g):
+  """``(fn(*args), vjp(g))``, compiled as one program."""
+  out, vjp = jax.vjp(fn, *args)
+  return out, vjp(g)
+
+
+def _assert_same_vjp(new, ref, args, key):
+  """``new`` and ``ref`` agree in value and in the VJP of every argument."""
+  shape = jax.eval_shape(ref, *args)
+  g = jax.random.normal(key, shape.shape)
+  run = jax.jit(_value_and_vjp, static_argnums=0)
+  out_ref, d_ref = run(ref, args, g)
+  out_new, d_new = run(new, args, g)
+  assert out_new.shape == out_ref.shape
+  assert _rel(out_new, out_ref) <= RTOL
+  for a, b in zip(d_new, d_ref, strict=True):
+    assert a.shape == b.shape
+    assert _rel(a, b) <= RTOL
+
+
+# (H, W, C_in, C_out, kernel, stride, padding): patches of 25, 27, 150 and
+# 50 (slice-and-matmul) and 288, 360 (flipped-kernel input gradient).
+CONV_CASES = [
+  (9, 9, 1, 4, 5, 1, "SAME"),
+  (9, 8, 3, 4, 3, 2, "SAME"),
+  (10, 9, 6, 5, 5, 2, "VALID"),
+  (7, 8, 2, 3, 5, 1, ((1, 2), (0, 3))),
+  (7, 7, 32, 8, 3, 1, "SAME"),
+  (9, 8, 40, 6, 3, 2, "SAME"),
+  (9, 9, 40, 6, 3, 2, "VALID"),
+  (8, 7, 40, 6, 3, 1, "VALID"),
+]
+
+
+@pytest.mark.parametrize("h,w,cin,cout,k,s,padding", CONV_CASES)
+def test_conv_general_dilated_equals_lax(h, w, cin, cout, k, s, padding):
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(h * cin + s), 3)
+  x = jax.random.normal(kx, (3, h, w, cin))
+  kernel = jax.random.normal(kw, (k, k, cin, cout))
+  dn = lax.conv_dimension_numbers(x.shape, kernel.shape, DIMS)
+
+  def ref(a, b):
+    return lax.conv_general_dilated(a, b, (s, s), padding, dimension_numbers=dn)
+
+  def new(a, b):
+    return _cpu_conv.conv_general_dilated(
+      a, b, (s, s), padding, dimension_numbers=dn
+    )
+
+  _assert_same_vjp(new, ref, (x, kernel), kg)
+
+
+def test_custom_gradients_pass_check_grads():
+  """Both custom VJPs against finite differences (float64 would be exact;
+  float32 differences need the loose default tolerances)."""
+  key = jax.random.PRNGKey(0)
+  x = jax.random.normal(key, (2, 5, 5, 30))
+  kernel = jax.random.normal(key, (3, 3, 30, 2)) * 0.1
+  conv = jax.jit(
+    lambda a, b: _cpu_conv.conv_general_dilated(
+      a, b, (2, 2), "SAME", dimension_numbers=DIMS
+    )
+  )
+  jax.test_util.check_grads(conv, (x, kernel), order=1, modes=["rev"])
+  pool = jax.jit(lambda a: _cpu_conv.max_pool(a, 2, "cpu"))
+  jax.test_util.check_grads(pool, (x,), order=1, modes=["rev"])
+
+
+def test_other_convolutions_fall_back_to_lax():
+  """Dilated or grouped convolutions are lax's, bit for bit."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 4))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 4))
+  kw = dict(dimension_numbers=DIMS, feature_group_count=2, rhs_dilation=(2, 2))
+  np.testing.assert_array_equal(
+    _cpu_conv.conv_general_dilated(x, kernel, (1, 1), "SAME", **kw),
+    lax.conv_general_dilated(x, kernel, (1, 1), "SAME", **kw),
+  )
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 6, 2), (2, 7, 9, 3)])
+def test_max_pool_equals_nn_max_pool(shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  ref = lambda a: nn.max_pool(a, (2, 2), strides=(2, 2))  # noqa: E731
+  new = lambda a: _cpu_conv.max_pool(a, 2, "cpu")  # noqa: E731
+  _assert_same_vjp(new, ref, (x,), jax.random.PRNGKey(1))
+
+
+def test_max_pool_ties_go_to_the_first_maximum_like_nn_max_pool():
+  """Rounded inputs tie often (and ReLU outputs tie at 0): each window's
+  gradient goes to its first maximum in row-major order, as nn.max_pool's
+  select_and_scatter does."""
+  x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (4, 6, 6, 3)))
+  x = x.at[0, :2, :2, 0].set(2.0)  # a window of four equal values
+  g = jnp.ones((4, 3, 3, 3))
+  d_new = jax.vjp(lambda a: _cpu_conv.max_pool(a, 2, "cpu"), x)[1](g)[0]
+  d_ref = jax.vjp(lambda a: nn.max_pool(a, (2, 2), strides=(2, 2)), x)[1](g)
+  np.testing.assert_array_equal(d_new, d_ref[0])
+  np.testing.assert_array_equal(d_new[0, :2, :2, 0], [[1.0, 0.0], [0.0, 0.0]])
+
+
+def test_impl_resolution_and_validation():
+  assert _cpu_conv.resolve("auto") == (
+    "cpu" if jax.default_backend() == "cpu" else "xla"
+  )
+  assert _cpu_conv.resolve("xla") == "xla"
+  with pytest.raises(ValueError, match="unknown conv_impl 'cuda'; known"):
+    _cpu_conv.resolve("cuda")
+  with pytest.raises(ValueError, match="unknown conv_impl"):
+    models.get("lenet5", 10, conv_impl="fast")
+  assert "conv_impl" in models.options("conv4")
+
+
+def _model_pair(name, shape):
+  """(xla model, cpu model, variables, x, y) for a registry conv model."""
+  xla = models.get(name, 10, mean=0.5, std=0.25, conv_impl="xla")
+  cpu = models.get(name, 10, mean=0.5, std=0.25, conv_impl="cpu")
+  kx, ky = jax.random.split(jax.random.PRNGKey(3))
+  x = jax.random.uniform(kx, (4, *shape))
+  y = jax.random.randint(ky, (4,), 0, 10)
+  variables = jax.jit(xla.init)(jax.random.PRNGKey(0), x)
+  return xla, cpu, variables, x, y
+
+
+@pytest.mark.parametrize(
+  "name,shape", [("lenet5", (28, 28, 1)), ("conv4", (8, 8, 3))]
+)
+def test_models_equal_between_implementations(name, shape):
+  """Same parameters at init; same logits, input and parameter gradients."""
+  xla, cpu, variables, x, y = _model_pair(name, shape)
+  cpu_vars = jax.jit(cpu.init)(jax.random.PRNGKey(0), x)
+  assert jax.tree.structure(cpu_vars) == jax.tree.structure(variables)
+  jax.tree.map(np.testing.assert_array_equal, cpu_vars, variables)
+
+  def loss(model):
+    def f(params, images):
+      logits = model.apply({"params": params}, images, train=False)
+      return jnp.mean(
+        -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)
+      )
+
+    return f
+
+  params = variables["params"]
+  logits = lambda m: jax.jit(m.apply)(variables, x)  # noqa: E731
+  assert _rel(logits(cpu), logits(xla)) <= RTOL
+  grads_xla = jax.jit(jax.grad(loss(xla), argnums=(0, 1)))(params, x)
+  grads_cpu = jax.jit(jax.grad(loss(cpu), argnums=(0, 1)))(params, x)
+  for leaf_cpu, leaf_xla in zip(
+    jax.tree.leaves(grads_cpu), jax.tree.leaves(grads_xla), strict=True
+  ):
+    assert _rel(leaf_cpu, leaf_xla) <= RTOL
+
+
+def test_vmap_over_members():
+  """Three members' stacked parameters under vmap."""
+  xla, cpu, variables, x, _ = _model_pair("lenet5", (12, 12, 1))
+  stacked = jax.tree.map(lambda v: jnp.stack([v, -0.5 * v, 2.0 * v]), variables)
+
+  def member_grads(model):
+    def f(v, images):
+      logits = model.apply(v, images, train=False)
+      return jnp.sum(logits * jnp.arange(10.0)[None, :])
+
+    return jax.jit(jax.vmap(jax.grad(f, argnums=(0, 1)), in_axes=(0, None)))
+
+  got = member_grads(cpu)(stacked, x)
+  want = member_grads(xla)(stacked, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    assert _rel(a, b) <= RTOL
+
+
+def test_pmap():
+  """The batch split over 2 devices (tests/conftest.py forces 4)."""
+  xla, cpu, variables, x, _ = _model_pair("lenet5", (12, 12, 1))
+  shards = x.reshape(2, 2, *x.shape[1:])
+
+  def sharded_grad(model):
+    f = lambda v, images: jnp.sum(model.apply(v, images, train=False))  # noqa: E731
+    return jax.pmap(jax.grad(f, argnums=(0, 1)), in_axes=(None, 0))
+
+  got = sharded_grad(cpu)(variables, shards)
+  want = sharded_grad(xla)(variables, shards)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    assert _rel(a, b) <= RTOL
+
+
+def test_pgd_finds_the_same_adversarial_examples():
+  """awt's PGD (random start, sign steps in a fori_loop) on lenet5: the same
+  iterates with either implementation."""
+  xla, cpu, variables, x, y = _model_pair("lenet5", (28, 28, 1))
+
+  def attack(model):
+    def run(images, labels, key):
+      logits_fn = lambda v: model.apply(variables, v, train=False)  # noqa: E731
+      return attacks.pgd(
+        logits_fn, images, labels, key, eps=0.3, step_size=0.075, steps=4
+      )
+
+    return jax.jit(run)
+
+  key = jax.random.PRNGKey(7)
+  x_xla = attack(xla)(x, y, key)
+  x_cpu = attack(cpu)(x, y, key)
+  assert float(jnp.max(jnp.abs(x_xla - x))) > 0.1  # the attack moved
+  np.testing.assert_allclose(x_cpu, x_xla, rtol=0, atol=1e-5)
