@@ -113,6 +113,7 @@ def test_ticket_cost_prints_costs_and_the_ratio():
   assert ratio["target_met"] == (ratio["awt_over_imp_wall_time"] <= 0.2)
 
 
+@pytest.mark.slow  # five processes (each cell runs in its own): ~20 s of CPU
 def test_ntk_reports_time_memory_and_the_auto_choice():
   """Blocked kernel (n=5 in blocks of 2) timed, then compile-only."""
   common = [
