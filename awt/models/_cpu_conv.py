@@ -22,9 +22,9 @@ rounding:
 * **max pooling without scatter** (:func:`max_pool`): non-overlapping
   windows as a reshape and a max; its ``custom_vjp`` routes each window's
   output gradient to the window's first maximum (row-major order) with
-  equality masks. That is the element ``nn.max_pool``'s gradient
-  (``select_and_scatter`` with ``>=``) picks, so ties are broken the same
-  way; a window holding a NaN gets no gradient.
+  equality masks against the broadcast max. That is the element
+  ``nn.max_pool``'s gradient (``select_and_scatter`` with ``>=``) picks, so
+  ties are broken the same way; a window holding a NaN gets no gradient.
 
 ``impl`` (``model.conv_impl``, default ``"auto"``) chooses: ``"xla"`` is
 ``nn.Conv`` / ``nn.max_pool`` unchanged, ``"cpu"`` this module's lowerings,
@@ -296,20 +296,22 @@ def _window_max_fwd(x, k):
 
 
 def _window_max_bwd(k, res, g):
-  """Each window's gradient to its first maximum, in row-major order."""
+  """Each window's gradient to its first maximum, in row-major order.
+
+  ``first`` is the smallest row-major index ``i * k + j`` at which the
+  window equals its max; only broadcasts, compares and a min, no scatter.
+  """
   x, y = res
-  win = _windows(x, k)
-  taken = jnp.zeros(y.shape, bool)
-  rows = []
-  for i in range(k):
-    row = []
-    for j in range(k):
-      first = (win[:, :, i, :, j] == y) & ~taken
-      taken = taken | first
-      row.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
-    rows.append(jnp.stack(row, axis=3))
   b, h, w, c = x.shape
-  dx = jnp.stack(rows, axis=2).reshape(b, h // k * k, w // k * k, c)
+  idx = (jnp.arange(k)[:, None] * k + jnp.arange(k)[None, :]).reshape(
+    1, 1, k, 1, k, 1
+  )
+  at_max = _windows(x, k) == y[:, :, None, :, None, :]
+  first = jnp.min(jnp.where(at_max, idx, k * k), axis=(2, 4), keepdims=True)
+  dx = jnp.where(
+    idx == first, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)
+  )
+  dx = dx.reshape(b, h // k * k, w // k * k, c)
   return (jnp.pad(dx, ((0, 0), (0, h % k), (0, w % k), (0, 0))),)
 
 
