@@ -43,6 +43,7 @@ the body's count on a loop.
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -327,7 +328,7 @@ class Counter:
     flops: the sum over calls.
     calls: jitted calls counted.
     traces: distinct (function, signature) pairs traced for counting.
-    by_function: function name -> :class:`Flops`.
+    by_function: function name -> (calls, :class:`Flops` of them all).
     enabled: whether calls are counted now.
   """
 
@@ -367,6 +368,7 @@ class _Counted:
     self._cache = {}
     self.__wrapped__ = fn
     self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+    self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
     self.__doc__ = getattr(fn, "__doc__", None)
 
   def __getattr__(self, name):
@@ -384,8 +386,9 @@ class _Counted:
           COUNTER.traces += 1
         COUNTER.flops = COUNTER.flops + flops
         COUNTER.calls += 1
-        mine = COUNTER.by_function.get(self.__name__, Flops())
-        COUNTER.by_function[self.__name__] = mine + flops
+        name = self.__qualname__
+        calls, mine = COUNTER.by_function.get(name, (0, Flops()))
+        COUNTER.by_function[name] = (calls + 1, mine + flops)
     return self._jitted(*args, **kwargs)
 
 
@@ -401,5 +404,10 @@ def install() -> None:
 
   Must run before the measured modules are imported (they bind ``jax.jit``
   at decoration time).
+
+  Raises:
+    RuntimeError: ``awt`` is imported already.
   """
+  if any(m == "awt" or m.startswith("awt.") for m in sys.modules):
+    raise RuntimeError("install the FLOP counter before importing awt")
   jax.jit = counting_jit

@@ -133,4 +133,6 @@ def test_counting_jit_counts_concrete_calls_once_each():
   mm = 2 * 4 * 32 * 32
   assert counter.calls == 4
   assert counter.flops.matmul == (2 + 2 + 3 + 2) * mm
+  calls, flops = counter.by_function[inner.__qualname__]
+  assert (calls, flops.matmul) == (3, (2 + 2 + 3) * mm)
   assert jnp.allclose(inner(x, times=1), x @ a)
