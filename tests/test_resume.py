@@ -8,7 +8,8 @@ last good checkpoint untouched; a corrupted checkpoint gives one clear line.
 The kill is deterministic: the killed run SIGKILLs itself from its progress
 log once a mid-epoch checkpoint is complete (conftest's run_until_killed),
 so no test races the process or depends on how fast the machine is. The
-failure tests start from copies of one run trained once for the module.
+failure tests start from copies of the uninterrupted reference run, which
+is trained once for the module.
 """
 
 import os
@@ -25,7 +26,7 @@ from awt import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One xdist worker runs this module, so its trained fixture is built once.
-pytestmark = pytest.mark.xdist_group("one_epoch")
+pytestmark = pytest.mark.xdist_group("resume")
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
 # 2 epochs x 22 steps in chunks of 5 (5, ..., 20, 22, 27, ..., 42, 44);
 # a checkpoint whenever a chunk crosses a multiple of 10 steps: 10, 20, 32
@@ -71,15 +72,26 @@ def _params(workdir):
   return jax.tree.leaves(checkpoints.restore(workdir)["variables"])
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(
-  tmp_path, run_until_killed
-):
-  cache = tmp_path / "jax_cache"
-  ref = tmp_path / "ref"
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  """The JAX compilation cache of the module's runs of the LONG config."""
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache):
+  """An uninterrupted run of the LONG config (checkpoints 42 and 44 kept)."""
+  ref = tmp_path_factory.mktemp("reference") / "run"
   proc = _run(ref, *LONG, cache=cache)
   assert proc.returncode == 0, proc.stderr[-2000:]
+  assert checkpoints.latest_step(str(ref)) == 44
+  return ref
 
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(
+  reference, cache, tmp_path, run_until_killed
+):
   # Killed when it logs the first chunk ending at step 35 or later ("step
   # 37/44 ..."), once the checkpoint saved before that chunk (step 32) is
   # complete: a chunk's progress line comes before its checkpoint, so the
@@ -103,23 +115,14 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
   proc = _run(killed, *LONG, cache=cache)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"resuming from checkpoint at step {step}" in proc.stderr
-  for a, b in zip(_params(ref), _params(killed), strict=True):
+  for a, b in zip(_params(reference), _params(killed), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.fixture(scope="module")
-def one_epoch(tmp_path_factory):
-  """A workdir after one epoch of the smoke config (checkpoint at step 22)."""
-  workdir = tmp_path_factory.mktemp("one_epoch") / "run"
-  proc = _run(workdir, "--config.num_epochs=1")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  return workdir
-
-
 @pytest.fixture
-def trained(one_epoch, tmp_path):
-  """A private copy of ``one_epoch``'s workdir, for a test to damage."""
-  return shutil.copytree(one_epoch, tmp_path / "run")
+def trained(reference, tmp_path):
+  """A private copy of the reference run's workdir, for a test to damage."""
+  return shutil.copytree(reference, tmp_path / "run")
 
 
 @pytest.mark.slow
@@ -134,14 +137,14 @@ def test_nan_stops_with_the_step_and_keeps_the_checkpoint(trained):
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: loss is") and "at step" in last, last
-  assert checkpoints.latest_step(str(trained)) == 22
+  assert checkpoints.latest_step(str(trained)) == 44
   for a, b in zip(good, _params(trained), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
 def test_corrupted_checkpoint_is_one_clear_line(trained):
-  state_dir = trained / "checkpoints" / "22" / "state"
+  state_dir = trained / "checkpoints" / "44" / "state"
   for root, _, files in os.walk(state_dir):
     for f in files:
       if f.endswith(".json") or "manifest" in f or f == "_METADATA":
@@ -149,16 +152,16 @@ def test_corrupted_checkpoint_is_one_clear_line(trained):
       path = os.path.join(root, f)
       with open(path, "r+b") as fh:
         fh.write(b"\0garbage\0" * 8)
-  proc = _run(trained, "--config.num_epochs=2")
+  proc = _run(trained, "--config.num_epochs=3")
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: cannot restore checkpoint step 22"), last
+  assert last.startswith("error: cannot restore checkpoint step 44"), last
   assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
 def test_foreign_checkpoint_is_one_clear_line(trained):
-  proc = _run(trained, "--config.num_epochs=2", "--config.model.name=linear")
+  proc = _run(trained, "--config.num_epochs=3", "--config.model.name=linear")
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "checkpoint" in last, last
