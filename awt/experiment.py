@@ -287,13 +287,15 @@ class _Run:
 
 def _prepare(config, workdir, members, single) -> _Run:
   """Validates the config, loads the data, builds model and optimizer."""
+  method = config.pruning.method
+  if method != "dense" and any(m.initial is None for m in members):
+    raise config_lib.ConfigError(
+      f"pruning.method={method!r}, but a member has no ticket: training "
+      "starts from the ticket it is given (awt.tickets.find; "
+      "awt.tickets.train for a mask at init) or from the dense net"
+    )
   # A ticket's method was checked by whoever found it (awt.tickets).
-  methods = (
-    (config.pruning.method,)
-    if all(m.initial is not None for m in members)
-    else ("dense",)
-  )
-  config_lib.validate(config, pruning_methods=methods)
+  config_lib.validate(config, pruning_methods=(method,))
   workdir = workdir_lib.prepare(workdir)
   devices = jax.local_devices()
   if config.batch_size % len(devices):

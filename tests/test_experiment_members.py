@@ -93,3 +93,14 @@ def test_function_distance_matches_numpy():
 def test_bad_members(tmp_path, members):
   with pytest.raises(ConfigError):
     experiment.train_members(_config(), str(tmp_path), members)
+
+
+def test_a_pruned_config_without_a_ticket_is_refused_before_any_work(tmp_path):
+  """Training does not prune: a non-dense method needs its ticket."""
+  config = _config()
+  config.pruning.method = "random"
+  workdir = tmp_path / "run"
+  with pytest.raises(ConfigError, match="has no ticket") as e:
+    experiment.train_and_evaluate(config, str(workdir))
+  assert "\n" not in str(e.value)
+  assert not workdir.exists()
