@@ -1,5 +1,6 @@
 """Test configuration: 4 forced host devices (for pmap tests), strict numpy,
-and a binary that SIGKILLs itself for the preemption tests.
+the smoke run of experiments/train.py (trained once per session), and a
+binary that SIGKILLs itself for the preemption tests.
 
 XLA_FLAGS must be set before JAX initializes its backends, so this runs at
 import time of the conftest, before any test module imports jax.
@@ -19,6 +20,42 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = "experiments/configs/digits_mlp.py:smoke"
+
+
+def _run_binary(module, *args, devices=2):
+  """``python -m module *args`` from the repository root on ``devices`` host
+  devices; the ``subprocess.CompletedProcess`` with text stdout/stderr."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = ROOT
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,  # a hang guard only
+  )
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+  """``(workdir, CompletedProcess)`` of experiments/train.py on the
+  digits_mlp smoke config (2 epochs of 22 steps, 2 host devices).
+
+  Trained once per session, i.e. per xdist worker: modules that use it
+  carry ``pytest.mark.xdist_group("smoke_run")`` so that one worker runs
+  them all. A test that changes the workdir works on a copy.
+  """
+  workdir = str(tmp_path_factory.mktemp("smoke"))
+  proc = _run_binary(
+    "experiments.train", f"--config={SMOKE}", f"--workdir={workdir}"
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
 
 
 # A binary that SIGKILLs itself at a chosen point of its progress log: when

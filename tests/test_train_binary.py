@@ -11,6 +11,7 @@ touches the workdir.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,7 +24,8 @@ from experiments import _main
 from experiments.configs import digits_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One xdist worker runs this module, so its trained fixture is built once.
+# conftest's smoke_run (the trained smoke config) is built once per xdist
+# worker; its users run in one.
 pytestmark = pytest.mark.xdist_group("smoke_run")
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
 
@@ -40,14 +42,6 @@ def _run(*args):
     text=True,
     timeout=900,  # a hang guard only
   )
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("smoke"))
-  proc = _run(f"--config={SMOKE}", f"--workdir={workdir}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
 
 
 @pytest.mark.slow
@@ -89,8 +83,8 @@ def test_restore_reloads_the_run(smoke_run):
 
 
 @pytest.mark.slow
-def test_rerun_resumes_and_does_not_retrain(smoke_run):
-  workdir, _ = smoke_run
+def test_rerun_resumes_and_does_not_retrain(smoke_run, tmp_path):
+  workdir = str(shutil.copytree(smoke_run[0], tmp_path / "run"))
   before = checkpoints.restore(workdir)
   proc = _run(f"--config={SMOKE}", f"--workdir={workdir}")
   assert proc.returncode == 0, proc.stderr[-2000:]
