@@ -2,7 +2,7 @@ r"""Where one AWT search step spends its FLOPs and its time.
 
   python -m benchmarks.profile_awt [--config=mnist5k_mlp] [--sparsity=0.95] \
     [--implementations=auto,ntk_vector_products,jacobian_contraction] \
-    [--repeats=3] [--trace_steps=4] [--top=12]
+    [--repeats=3] [--trace_steps=4] [--layerwise_steps=4] [--top=12]
 
 (``--top`` is ``benchmarks.profile_step``'s flag, whose HLO parsing this
 script reuses; that module's other flags are not read.)
@@ -29,7 +29,14 @@ and summed by part (:func:`part_of`, from the instruction's JAX name
 stack) and opcode (a fusion by the dot or convolution it contains, else
 its root).
 
-Prints one JSON line per part and implementation, one per (part, opcode)
+On the MLP configs, ``--layerwise_steps`` steps of the same search with
+both kernels computed layer by layer (:func:`dense_layerwise_ntk`, the
+structured form of the Dense-layer NTK, checked against ``ntk_of``) are
+counted and timed against the search's own ``_chunk`` on the same batches:
+what the search would cost with that kernel.
+
+Prints one JSON line per part and implementation, one per step kind of the
+layerwise comparison, one per (part, opcode)
 of the trace (the ``--top`` most expensive) and one summary line.
 """
 
@@ -56,6 +63,9 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("repeats", 3, "Timed calls per part.")
 flags.DEFINE_integer("trace_steps", 4, "Steps of the traced chunk; 0: none.")
+flags.DEFINE_integer(
+  "layerwise_steps", 4, "Steps of the layerwise-kernel search (MLPs); 0: none."
+)
 
 PARTS = (
   "points",
@@ -211,6 +221,173 @@ def measure_parts(ctx, settings, mask, coefs, batch, implementation, repeats):
   return records
 
 
+def dense_layerwise_ntk(model, params, x1, x2):
+  r"""The ``[n1, n2, C, C]`` empirical NTK of an ``awt.models.MLP``, by layer.
+
+  For a Dense layer :math:`z_l = a_l W_l + b_l` the Jacobian of logit
+  :math:`c` in :math:`W_l` is :math:`a_l \otimes \delta_{l,c}`,
+  :math:`\delta_{l,c} = \partial f_c / \partial z_l`, so
+
+  .. math::
+    \Theta_{ij,cd} = \sum_l (a_l(x_i) \cdot a_l(x_j) + 1)
+      (\delta_{l,c}(x_i) \cdot \delta_{l,d}(x_j))
+
+  (the 1: the bias) — the structured form of Novak et al. (ICML 2022),
+  which neural-tangents' ``STRUCTURED_DERIVATIVES`` computes in general
+  and which fails on this JAX (``awt/_nt.py``). :math:`\delta` is
+  back-propagated in closed form (``C`` rows per point), so no ``P``-sized
+  Jacobian is formed: ``O(n C P)`` for the deltas plus
+  ``O(n^2 C^2 \sum_l d_l)`` for the Gram products, against ``O(n^2 C P)``.
+
+  Args:
+    model: an ``awt.models.MLP`` (Dense layers ``fc1``.., ``head``, ReLU).
+    params: its parameters.
+    x1: ``[n1, H, W, C]``; x2: ``[n2, H, W, C]``.
+
+  Returns:
+    ``[n1, n2, K, K]`` float32, equal to ``ntk_of(..., "cross_full")``.
+
+  References:
+    Novak, Sohl-Dickstein & Schoenholz, "Fast Finite Width Neural Tangent
+    Kernel", ICML 2022, Section 3 (structured derivatives).
+  """
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from awt.models._common import flatten  # noqa: PLC0415
+
+  names = [f"fc{i + 1}" for i in range(len(model.widths))] + ["head"]
+
+  def features(x):
+    h = flatten(
+      model.apply({"params": params}, x, method=lambda m, x: m.normalize(x))
+    )
+    acts, gates = [], []
+    for i, name in enumerate(names):
+      acts.append(h)
+      z = h @ params[name]["kernel"] + params[name]["bias"]
+      if i < len(names) - 1:
+        gates.append((z > 0).astype(z.dtype))
+        h = jax.nn.relu(z)
+    k = z.shape[-1]
+    delta = jnp.broadcast_to(jnp.eye(k, dtype=z.dtype), (z.shape[0], k, k))
+    deltas = [delta]
+    for i in range(len(names) - 2, -1, -1):
+      w = params[names[i + 1]]["kernel"]
+      delta = jnp.einsum("bck,jk->bcj", delta, w) * gates[i][:, None, :]
+      deltas.insert(0, delta)
+    return acts, deltas
+
+  (a1, d1), (a2, d2) = features(x1), features(x2)
+  kernel = 0.0
+  for a, b, p, q in zip(a1, a2, d1, d2, strict=True):
+    gram = a @ b.T + 1.0
+    kernel = kernel + gram[:, :, None, None] * jnp.einsum("icz,jdz->ijcd", p, q)
+  return kernel
+
+
+def layerwise_step(ctx, settings, mask, coefs):
+  """``_chunk``'s step (awt, ``cross_full``, student kernel ``"all"``) with
+  :func:`dense_layerwise_ntk` for both kernels; ``(carry, batch) -> ...``.
+
+  The step of ``awt.pruning.awt._chunk`` line by line (PGD points against
+  the teacher, the teacher's kernel and outputs, value and gradient of
+  output + lambda_K * relative kernel distance + lambda_2 * L2, Adam), only
+  the kernel function swapped: what the search would cost with it.
+  """
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+
+  from awt.pruning import awt as awt_lib  # noqa: PLC0415
+
+  hyper = settings.hyper
+  if hyper.kernel != "cross_full" or hyper.student != "all":
+    raise ValueError("layerwise_step: cross_full kernel, student 'all' only")
+  f = awt_lib.eval_logits_fn(ctx.model, ctx.batch_stats)
+  teacher = ctx.params
+  tx = optax.adam(coefs["lr"])
+
+  def kernel(params, x):
+    return dense_layerwise_ntk(ctx.model, params, *awt_lib.halves(x))
+
+  def step(carry, batch):
+    th, opt = carry
+    x = awt_lib._points(f, hyper, teacher, awt_lib._masked(th, mask), batch)
+    k0, f0 = kernel(teacher, x), f(teacher, x)
+
+    def total(w):
+      eff = awt_lib._masked(w, mask)
+      output = jnp.mean((f(eff, x) - f0) ** 2)
+      ntk_term = awt_lib.kernel_distance(kernel(eff, x), k0, hyper.ntk_norm)
+      l2 = awt_lib.l2_norm(w, mask, hyper.l2_paths)
+      loss = output + coefs["lambda_ntk"] * ntk_term
+      return loss + coefs["lambda_l2"] * l2
+
+    loss, grads = jax.value_and_grad(total)(th)
+    updates, opt = tx.update(grads, opt, th)
+    return (optax.apply_updates(th, updates), opt), loss
+
+  return step
+
+
+def measure_layerwise(ctx, settings, mask, coefs, stacked, steps, repeats):
+  """FLOPs and seconds per step of ``steps`` layerwise steps in a scan,
+  against ``_chunk``'s on the same batches; the kernels' agreement and the
+  largest relative difference of the two searches' per-step losses."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+
+  from awt.pruning import awt as awt_lib  # noqa: PLC0415
+  from benchmarks import _flops  # noqa: PLC0415
+
+  f = awt_lib.eval_logits_fn(ctx.model, ctx.batch_stats)
+  x = stacked(1)["image"][0]
+  ref = awt_lib.ntk_of(f, ctx.params, x, kernel="cross_full")
+  mine = dense_layerwise_ntk(ctx.model, ctx.params, *awt_lib.halves(x))
+  error = float(jnp.linalg.norm(mine - ref) / jnp.linalg.norm(ref))
+  step = layerwise_step(ctx, settings, mask, coefs)
+  opt_state = optax.adam(settings.lr).init(ctx.params)
+  batches = stacked(steps)
+  carry = (ctx.params, opt_state)
+
+  def scan(carry, batches):
+    return jax.lax.scan(step, carry, batches)
+
+  def chunk(carry, batches):
+    kw = {"hyper": settings.hyper}
+    args = (mask, ctx.params, ctx.batch_stats, coefs, batches)
+    return awt_lib._chunk(*carry, *args, **kw)
+
+  records, losses = [], {}
+  for name, fn in (("layerwise", scan), ("search (_chunk)", chunk)):
+    flops = _flops.count(fn, carry, batches).scaled(1 / steps)
+    jitted = jax.jit(fn)
+    _, out = jax.block_until_ready(jitted(carry, batches))
+    losses[name] = out["loss"] if isinstance(out, dict) else out
+    times = _common.time_calls(
+      lambda jitted=jitted: jax.block_until_ready(jitted(carry, batches)),
+      repeats,
+    )
+    records.append(
+      {
+        "benchmark": "profile_awt_layerwise",
+        "step": name,
+        "flops_per_step": flops.as_dict(),
+        "median_s_per_step": round(statistics.median(times) / steps, 5),
+        "kernel_relative_error": error,
+        "load": _common.load_average(),
+      }
+    )
+  # The same search: its per-step losses agree with _chunk's.
+  a, b = losses["layerwise"], losses["search (_chunk)"]
+  gap = float(jnp.max(jnp.abs(a - b) / jnp.abs(b)))
+  for r in records:
+    r["max_relative_loss_difference"] = gap
+  return records
+
+
 _LOOPS = re.compile(r"while/body")
 
 
@@ -293,6 +470,11 @@ def main(argv):
     for r in measure_parts(ctx, settings, mask, coefs, batch, impl, f.repeats):
       print(json.dumps({**r, **common}), flush=True)
       totals[(impl, r["part"])] = r
+  if f.layerwise_steps and f.config.endswith("mlp"):
+    for r in measure_layerwise(
+      ctx, settings, mask, coefs, stacked, f.layerwise_steps, f.repeats
+    ):
+      print(json.dumps({**r, **common}), flush=True)
   if f.trace_steps:
     load = _common.load_average()
     ns, wall = trace_chunk(
