@@ -18,6 +18,7 @@ from jax import lax
 
 from awt import attacks, models
 from awt.models import _cpu_conv
+from awt.pruning import scores
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 RTOL = 1e-5
@@ -130,6 +131,30 @@ def test_max_pool_ties_go_to_the_first_maximum_like_nn_max_pool():
   d_ref = jax.vjp(lambda a: nn.max_pool(a, (2, 2), strides=(2, 2)), x)[1](g)
   np.testing.assert_array_equal(d_new, d_ref[0])
   np.testing.assert_array_equal(d_new[0, :2, :2, 0], [[1.0, 0.0], [0.0, 0.0]])
+
+
+@pytest.mark.slow
+def test_forward_mode_and_hessian_vector_products():
+  """The pooling and the slice-and-matmul conv support jax.jvp (lenet5 is
+  all of those); GraSP's forward-over-reverse H v also goes through the
+  flipped-kernel conv's custom VJP (conv2's second conv)."""
+  xla, cpu, variables, x, _ = _model_pair("lenet5", (12, 12, 1))
+  t = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+  jvp = lambda m: jax.jit(  # noqa: E731
+    lambda v, u: jax.jvp(lambda a: m.apply(variables, a), (v,), (u,))
+  )(x, t)
+  assert _rel(jvp(cpu), jvp(xla)) <= RTOL
+  xla, cpu, variables, x, _ = _model_pair("conv2", (8, 8, 3))
+  params = variables["params"]
+
+  def hvp(model):
+    loss = lambda p, v: jnp.sum(model.apply({"params": p}, v) ** 2)  # noqa: E731
+    run = lambda p, v: scores.hessian_vector_product(loss, p, p, v)  # noqa: E731
+    return jax.jit(run)(params, x)
+
+  got, want = hvp(cpu), hvp(xla)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    assert _rel(a, b) <= RTOL
 
 
 def test_impl_resolution_and_validation():

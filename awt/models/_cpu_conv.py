@@ -20,11 +20,18 @@ rounding:
   gradient with the spatially flipped, in/out-transposed kernel, and whose
   kernel gradient is XLA's own;
 * **max pooling without scatter** (:func:`max_pool`): non-overlapping
-  windows as a reshape and a max; its ``custom_vjp`` routes each window's
-  output gradient to the window's first maximum (row-major order) with
-  equality masks against the broadcast max. That is the element
+  windows as a reshape and a max; its ``custom_jvp`` takes each window's
+  tangent at the window's first maximum (row-major order), found with
+  equality masks against the broadcast max, so its gradient is a masked
+  broadcast. That is the element
   ``nn.max_pool``'s gradient (``select_and_scatter`` with ``>=``) picks, so
   ties are broken the same way; a window holding a NaN gets no gradient.
+
+Forward mode: the pooling and the slice-and-matmul conv support
+``jax.jvp``; the flipped-kernel conv is a ``custom_vjp``, so ``jax.jvp`` /
+``jax.jacfwd`` of a model with a wide conv raises under ``"cpu"`` (use
+``"xla"``), while forward-over-reverse (GraSP's Hessian-vector products)
+works.
 
 ``impl`` (``model.conv_impl``, default ``"auto"``) chooses: ``"xla"`` is
 ``nn.Conv`` / ``nn.max_pool`` unchanged, ``"cpu"`` this module's lowerings,
@@ -284,35 +291,28 @@ def _windows(x: jax.Array, k: int) -> jax.Array:
   return x.reshape(b, h // k, k, w // k, k, c)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _window_max(x: jax.Array, k: int) -> jax.Array:
   """The max over each non-overlapping k x k window; [B, H // k, W // k, C]."""
   return jnp.max(_windows(x, k), axis=(2, 4))
 
 
-def _window_max_fwd(x, k):
-  y = jnp.max(_windows(x, k), axis=(2, 4))
-  return y, (x, y)
-
-
-def _window_max_bwd(k, res, g):
-  """Each window's gradient to its first maximum, in row-major order.
+@_window_max.defjvp
+def _window_max_jvp(k, primals, tangents):
+  """The tangent at each window's first maximum, in row-major order.
 
   ``first`` is the smallest row-major index ``i * k + j`` at which the
-  window equals its max; only broadcasts, compares and a min, no scatter.
+  window equals its max. The tangent map is a select with that mask and a
+  sum over the window, so its transpose (the gradient JAX derives) is a
+  broadcast and a select: no scatter.
   """
-  x, y = res
-  b, h, w, c = x.shape
+  (x,), (t,) = primals, tangents
+  win = _windows(x, k)
+  y = jnp.max(win, axis=(2, 4))
   idx = (jnp.arange(k)[:, None] * k + jnp.arange(k)[None, :]).reshape(
     1, 1, k, 1, k, 1
   )
-  at_max = _windows(x, k) == y[:, :, None, :, None, :]
+  at_max = win == y[:, :, None, :, None, :]
   first = jnp.min(jnp.where(at_max, idx, k * k), axis=(2, 4), keepdims=True)
-  dx = jnp.where(
-    idx == first, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)
-  )
-  dx = dx.reshape(b, h // k * k, w // k * k, c)
-  return (jnp.pad(dx, ((0, 0), (0, h % k), (0, w % k), (0, 0))),)
-
-
-_window_max.defvjp(_window_max_fwd, _window_max_bwd)
+  zero = jnp.zeros((), t.dtype)
+  return y, jnp.sum(jnp.where(idx == first, _windows(t, k), zero), axis=(2, 4))
