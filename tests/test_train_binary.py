@@ -4,9 +4,9 @@ The process boundary is tested where it is what matters: the workdir a run
 writes, a restart of the binary, and how an expected error ends the process
 (exit status 1, one ``error:`` line, no traceback) for one representative
 bad config value and the flags absl rejects while parsing. Every other bad
-config is checked in-process: ``experiment.train_and_evaluate`` raises one
-line that ``experiments._main`` turns into that ``error:`` line, before it
-touches the workdir.
+config is checked in-process: ``awt.tickets.train`` (what the binary's
+``main`` calls) raises one line that ``experiments._main`` turns into that
+``error:`` line, before it touches the workdir.
 """
 
 import json
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from awt import checkpoints, experiment
+from awt import checkpoints, tickets
 from experiments import _main
 from experiments.configs import digits_mlp
 
@@ -146,7 +146,7 @@ def test_bad_config_is_one_line_and_keeps_checkpoints(
 ):
   before = _workdir_bytes(saved_workdir)
   with pytest.raises(_main.EXPECTED_ERRORS) as e:
-    experiment.train_and_evaluate(_smoke_config(**{key: value}), saved_workdir)
+    tickets.train(_smoke_config(**{key: value}), saved_workdir)
   assert "\n" not in str(e.value) and expected in str(e.value), str(e.value)
   assert _workdir_bytes(saved_workdir) == before
 
@@ -177,7 +177,7 @@ def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises(_main.EXPECTED_ERRORS) as e:
-    experiment.train_and_evaluate(_smoke_config(), f"{blocker}/run")
+    tickets.train(_smoke_config(), f"{blocker}/run")
   msg = str(e.value)
   assert msg.startswith("workdir") and "not writable" in msg, msg
   assert "\n" not in msg
