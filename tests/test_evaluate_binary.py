@@ -1,19 +1,21 @@
 """Smoke and failure tests of experiments/evaluate.py (run as a subprocess).
 
-Trains the smoke config once with experiments/train.py, then evaluates it
-with small attack budgets. Unoptimized XLA (JAX_DISABLE_MOST_OPTIMIZATIONS)
-keeps the subprocesses' compilation short.
+Evaluates a copy of conftest's trained smoke run (``smoke_run``, trained
+once per worker) with small attack budgets. Unoptimized XLA
+(JAX_DISABLE_MOST_OPTIMIZATIONS) keeps the subprocesses' compilation short.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("smoke_run")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = "experiments/configs/digits_mlp.py:smoke"
 SMALL = (
   "--attacks=pgd3,apgd-ce3,apgd-t3,square20",
   "--eps_sweep=0,0.05,0.1",
@@ -23,7 +25,7 @@ SMALL = (
 )
 
 
-def _run(module, *args, timeout=300):
+def _run(module, *args, timeout=900):  # a hang guard only
   env = dict(os.environ)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
@@ -39,15 +41,15 @@ def _run(module, *args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("smoke"))
-  proc = _run("experiments.train", f"--config={SMOKE}", f"--workdir={workdir}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def evaluated_run(smoke_run, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("evaluate") / "run")
+  shutil.copytree(smoke_run[0], workdir)
   proc = _run("experiments.evaluate", f"--workdir={workdir}", *SMALL)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc
 
 
+@pytest.mark.slow
 def test_evaluate_writes_report_and_plot(evaluated_run):
   workdir, proc = evaluated_run
   assert os.path.getsize(
