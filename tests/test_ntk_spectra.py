@@ -107,7 +107,7 @@ def _run(workdir, *extra):
     env=env,
     capture_output=True,
     text=True,
-    timeout=600,
+    timeout=900,  # a hang guard only
   )
 
 
