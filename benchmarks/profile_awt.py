@@ -265,7 +265,7 @@ def dense_layerwise_ntk(model, params, x1, x2):
     acts, gates = [], []
     for i, name in enumerate(names):
       acts.append(h)
-      z = h @ params[name]["kernel"] + params[name]["bias"]
+      z = h @ params[name]["kernel"] + params[name]["bias"][None, :]
       if i < len(names) - 1:
         gates.append((z > 0).astype(z.dtype))
         h = jax.nn.relu(z)

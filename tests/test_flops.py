@@ -136,3 +136,31 @@ def test_counting_jit_counts_concrete_calls_once_each():
   calls, flops = counter.by_function[inner.__qualname__]
   assert (calls, flops.matmul) == (3, (2 + 2 + 3) * mm)
   assert jnp.allclose(inner(x, times=1), x @ a)
+
+
+def test_layerwise_mlp_kernel_equals_the_empirical_ntk():
+  """benchmarks/profile_awt.py's proposal computes the search's kernel."""
+  from awt.pruning import awt as awt_lib
+  from benchmarks import profile_awt
+
+  model = models.MLP(num_classes=3, widths=(8, 5))
+  x = jax.random.uniform(jax.random.key(1), (6, 4, 4, 1))
+  params = model.init(jax.random.key(0), x[:1])["params"]
+
+  def f(p, z):
+    return model.apply({"params": p}, z)
+
+  ref = awt_lib.ntk_of(f, params, x, kernel="cross_full")
+  mine = profile_awt.dense_layerwise_ntk(model, params, *awt_lib.halves(x))
+  assert mine.shape == ref.shape == (3, 3, 3, 3)
+  assert jnp.allclose(mine, ref, rtol=1e-5, atol=1e-5)
+  ours = _flops.count(
+    lambda p, a, b: profile_awt.dense_layerwise_ntk(model, p, a, b),
+    params,
+    x[:3],
+    x[3:],
+  )
+  theirs = _flops.count(
+    lambda p, z: awt_lib.ntk_of(f, p, z, kernel="cross_full"), params, x
+  )
+  assert ours.total < theirs.total
