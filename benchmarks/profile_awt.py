@@ -50,7 +50,8 @@ import time
 
 from absl import flags
 
-from benchmarks import _common, profile_step  # profile_step: --top.
+# profile_step defines --top.
+from benchmarks import _common, _layerwise, profile_step
 
 flags.DEFINE_enum(
   "config", "mnist5k_mlp", ["digits_mlp", "mnist5k_mlp", "mnist5k_lenet5"], ""
@@ -221,71 +222,6 @@ def measure_parts(ctx, settings, mask, coefs, batch, implementation, repeats):
   return records
 
 
-def dense_layerwise_ntk(model, params, x1, x2):
-  r"""The ``[n1, n2, C, C]`` empirical NTK of an ``awt.models.MLP``, by layer.
-
-  For a Dense layer :math:`z_l = a_l W_l + b_l` the Jacobian of logit
-  :math:`c` in :math:`W_l` is :math:`a_l \otimes \delta_{l,c}`,
-  :math:`\delta_{l,c} = \partial f_c / \partial z_l`, so
-
-  .. math::
-    \Theta_{ij,cd} = \sum_l (a_l(x_i) \cdot a_l(x_j) + 1)
-      (\delta_{l,c}(x_i) \cdot \delta_{l,d}(x_j))
-
-  (the 1: the bias) — the structured form of Novak et al. (ICML 2022),
-  which neural-tangents' ``STRUCTURED_DERIVATIVES`` computes in general
-  and which fails on this JAX (``awt/_nt.py``). :math:`\delta` is
-  back-propagated in closed form (``C`` rows per point), so no ``P``-sized
-  Jacobian is formed: ``O(n C P)`` for the deltas plus
-  ``O(n^2 C^2 \sum_l d_l)`` for the Gram products, against ``O(n^2 C P)``.
-
-  Args:
-    model: an ``awt.models.MLP`` (Dense layers ``fc1``.., ``head``, ReLU).
-    params: its parameters.
-    x1: ``[n1, H, W, C]``; x2: ``[n2, H, W, C]``.
-
-  Returns:
-    ``[n1, n2, K, K]`` float32, equal to ``ntk_of(..., "cross_full")``.
-
-  References:
-    Novak, Sohl-Dickstein & Schoenholz, "Fast Finite Width Neural Tangent
-    Kernel", ICML 2022, Section 3 (structured derivatives).
-  """
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-
-  from awt.models._common import flatten  # noqa: PLC0415
-
-  names = [f"fc{i + 1}" for i in range(len(model.widths))] + ["head"]
-
-  def features(x):
-    h = flatten(
-      model.apply({"params": params}, x, method=lambda m, x: m.normalize(x))
-    )
-    acts, gates = [], []
-    for i, name in enumerate(names):
-      acts.append(h)
-      z = h @ params[name]["kernel"] + params[name]["bias"][None, :]
-      if i < len(names) - 1:
-        gates.append((z > 0).astype(z.dtype))
-        h = jax.nn.relu(z)
-    k = z.shape[-1]
-    delta = jnp.broadcast_to(jnp.eye(k, dtype=z.dtype), (z.shape[0], k, k))
-    deltas = [delta]
-    for i in range(len(names) - 2, -1, -1):
-      w = params[names[i + 1]]["kernel"]
-      delta = jnp.einsum("bck,jk->bcj", delta, w) * gates[i][:, None, :]
-      deltas.insert(0, delta)
-    return acts, deltas
-
-  (a1, d1), (a2, d2) = features(x1), features(x2)
-  kernel = 0.0
-  for a, b, p, q in zip(a1, a2, d1, d2, strict=True):
-    gram = a @ b.T + 1.0
-    kernel = kernel + gram[:, :, None, None] * jnp.einsum("icz,jdz->ijcd", p, q)
-  return kernel
-
-
 def layerwise_step(ctx, settings, mask, coefs):
   """``_chunk``'s step (awt, ``cross_full``, student kernel ``"all"``) with
   :func:`dense_layerwise_ntk` for both kernels; ``(carry, batch) -> ...``.
@@ -309,7 +245,7 @@ def layerwise_step(ctx, settings, mask, coefs):
   tx = optax.adam(coefs["lr"])
 
   def kernel(params, x):
-    return dense_layerwise_ntk(ctx.model, params, *awt_lib.halves(x))
+    return _layerwise.dense_layerwise_ntk(ctx.model, params, *awt_lib.halves(x))
 
   def step(carry, batch):
     th, opt = carry
@@ -345,7 +281,9 @@ def measure_layerwise(ctx, settings, mask, coefs, stacked, steps, repeats):
   f = awt_lib.eval_logits_fn(ctx.model, ctx.batch_stats)
   x = stacked(1)["image"][0]
   ref = awt_lib.ntk_of(f, ctx.params, x, kernel="cross_full")
-  mine = dense_layerwise_ntk(ctx.model, ctx.params, *awt_lib.halves(x))
+  mine = _layerwise.dense_layerwise_ntk(
+    ctx.model, ctx.params, *awt_lib.halves(x)
+  )
   error = float(jnp.linalg.norm(mine - ref) / jnp.linalg.norm(ref))
   step = layerwise_step(ctx, settings, mask, coefs)
   opt_state = optax.adam(settings.lr).init(ctx.params)

@@ -139,9 +139,10 @@ def test_counting_jit_counts_concrete_calls_once_each():
 
 
 def test_layerwise_mlp_kernel_equals_the_empirical_ntk():
-  """benchmarks/profile_awt.py's proposal computes the search's kernel."""
+  """benchmarks/profile_awt.py's proposal (``_layerwise``) computes the
+  search's kernel."""
   from awt.pruning import awt as awt_lib
-  from benchmarks import profile_awt
+  from benchmarks import _layerwise
 
   model = models.MLP(num_classes=3, widths=(8, 5))
   x = jax.random.uniform(jax.random.key(1), (6, 4, 4, 1))
@@ -151,11 +152,11 @@ def test_layerwise_mlp_kernel_equals_the_empirical_ntk():
     return model.apply({"params": p}, z)
 
   ref = awt_lib.ntk_of(f, params, x, kernel="cross_full")
-  mine = profile_awt.dense_layerwise_ntk(model, params, *awt_lib.halves(x))
+  mine = _layerwise.dense_layerwise_ntk(model, params, *awt_lib.halves(x))
   assert mine.shape == ref.shape == (3, 3, 3, 3)
   assert jnp.allclose(mine, ref, rtol=1e-5, atol=1e-5)
   ours = _flops.count(
-    lambda p, a, b: profile_awt.dense_layerwise_ntk(model, p, a, b),
+    lambda p, a, b: _layerwise.dense_layerwise_ntk(model, p, a, b),
     params,
     x[:3],
     x[3:],
