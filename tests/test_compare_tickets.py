@@ -42,6 +42,7 @@ def study(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("compare_study")
 def test_study_writes_table_figures_and_rows(study):
   workdir, _ = study
   out = json.loads((workdir / "compare_tickets.json").read_text())
@@ -88,6 +89,7 @@ def test_study_writes_table_figures_and_rows(study):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("compare_study")
 def test_rerun_skips_finished_work(study):
   workdir, _ = study
   proc = _run(workdir)

@@ -602,6 +602,7 @@ def smoke_sweep(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("smoke_sweep")
 def test_sweep_outputs(smoke_sweep):
   config, workdir, out, _ = smoke_sweep
   seeds, sweep = config.sweep.seeds, config.sweep
@@ -680,6 +681,7 @@ def test_sweep_outputs(smoke_sweep):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("smoke_sweep")
 def test_every_network_of_a_method_trains_as_long_as_its_control(smoke_sweep):
   """Matched controls: same dense, surgery and retraining epochs and steps."""
   config, workdir, out, _ = smoke_sweep
@@ -712,6 +714,7 @@ def test_every_network_of_a_method_trains_as_long_as_its_control(smoke_sweep):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("smoke_sweep")
 def test_magnitude_cell_retrains_the_pruned_trained_dense_net(smoke_sweep):
   config, workdir, _, _ = smoke_sweep
   dense = checkpoints.restore(
@@ -753,6 +756,7 @@ def test_magnitude_cell_retrains_the_pruned_trained_dense_net(smoke_sweep):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("smoke_sweep")
 def test_restart_skips_finished_cells(smoke_sweep, tmp_path):
   config, workdir, out, _ = smoke_sweep
   copy = str(tmp_path / "again")
