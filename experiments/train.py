@@ -28,9 +28,7 @@ def main(argv):
   del argv
   from awt import tickets  # noqa: PLC0415 (after TF/JAX device setup)
 
-  tickets.train(
-    flags.FLAGS.config, flags.FLAGS.workdir, log=_main.log
-  )
+  tickets.train(flags.FLAGS.config, flags.FLAGS.workdir, log=_main.log)
 
 
 if __name__ == "__main__":
