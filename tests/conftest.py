@@ -16,29 +16,13 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import _binary  # tests/_binary.py: the one subprocess runner
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
-
-
-def _run_binary(module, *args, devices=2):
-  """``python -m module *args`` from the repository root on ``devices`` host
-  devices; the ``subprocess.CompletedProcess`` with text stdout/stderr."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["PYTHONPATH"] = ROOT
-  return subprocess.run(
-    [sys.executable, "-m", module, *args],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,  # a hang guard only
-  )
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +35,7 @@ def smoke_run(tmp_path_factory):
   them all. A test that changes the workdir works on a copy.
   """
   workdir = str(tmp_path_factory.mktemp("smoke"))
-  proc = _run_binary(
+  proc = _binary.run(
     "experiments.train", f"--config={SMOKE}", f"--workdir={workdir}"
   )
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,10 +9,8 @@ extra and are skipped without it.
 """
 
 import json
-import os
-import subprocess
-import sys
 
+import _binary  # tests/_binary.py: the one subprocess runner
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,22 +19,12 @@ import pytest
 from awt import attacks, models
 from benchmarks import _common
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_TRAIN = 1437  # bundled digits' training split
 BATCH = 128  # digits_mlp's batch size
 
 
 def _run(module, *args):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs them
-  proc = subprocess.run(
-    [sys.executable, "-m", module, *args],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,  # a hang guard only
-  )
+  proc = _binary.run(module, *args, devices=None)  # one CPU device
   assert proc.returncode == 0, proc.stderr[-3000:]
   return [json.loads(line) for line in proc.stdout.splitlines()]
 
@@ -72,15 +60,7 @@ def test_train_step_prints_one_json_record(scan_length):
 
 
 def test_train_step_rejects_an_unknown_model_in_one_line():
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.run(
-    [sys.executable, "-m", "benchmarks.train_step", "--model=mpl"],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,  # a hang guard only
-  )
+  proc = _binary.run("benchmarks.train_step", "--model=mpl", devices=None)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines() == [
     "error: unknown model 'mpl'; known: mlp, lenet5, conv4, resnet18"

@@ -2,34 +2,19 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
+import _binary  # tests/_binary.py: the one subprocess runner
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/configs/compare_tickets.py:smoke"
 
 
 def _run(workdir, *extra):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  env["PYTHONPATH"] = ROOT
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.compare_tickets",
-      f"--config={SMOKE}",
-      f"--workdir={workdir}",
-      *extra,
-    ],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
+  return _binary.run(
+    "experiments.compare_tickets",
+    f"--config={SMOKE}",
+    f"--workdir={workdir}",
+    *extra,
   )
 
 

@@ -8,14 +8,12 @@ once per worker) with small attack budgets. Unoptimized XLA
 import json
 import os
 import shutil
-import subprocess
-import sys
 
+import _binary  # tests/_binary.py: the one subprocess runner
 import pytest
 
 pytestmark = pytest.mark.xdist_group("smoke_run")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = (
   "--attacks=pgd3,apgd-ce3,apgd-t3,square20",
   "--eps_sweep=0,0.05,0.1",
@@ -25,18 +23,9 @@ SMALL = (
 )
 
 
-def _run(module, *args, timeout=900):  # a hang guard only
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
-  env["PYTHONPATH"] = ROOT
-  return subprocess.run(
-    [sys.executable, "-m", module, *args],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
+def _run(module, *args):
+  return _binary.run(
+    module, *args, env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
   )
 
 

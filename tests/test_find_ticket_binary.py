@@ -5,42 +5,27 @@ read it are slow; an unknown method ending the binary in one line is not.
 """
 
 import json
-import os
-import subprocess
-import sys
 
+import _binary  # tests/_binary.py: the one subprocess runner
 import jax
 import numpy as np
 import pytest
 
 from awt import checkpoints, masks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One xdist worker runs this module, so its trained fixture is built once.
 pytestmark = pytest.mark.xdist_group("snip_run")
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
 
 
 def _run(workdir, *extra):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  env["PYTHONPATH"] = ROOT
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.find_ticket",
-      f"--config={SMOKE}",
-      f"--workdir={workdir}",
-      "--config.pruning.method=snip",
-      "--config.pruning.sparsity=0.9",
-      *extra,
-    ],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,  # a hang guard only
+  return _binary.run(
+    "experiments.find_ticket",
+    f"--config={SMOKE}",
+    f"--workdir={workdir}",
+    "--config.pruning.method=snip",
+    "--config.pruning.sparsity=0.9",
+    *extra,
   )
 
 

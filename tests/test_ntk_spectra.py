@@ -1,10 +1,8 @@
 """Tests for awt.studies.ntk_spectra and experiments/ntk_spectra.py."""
 
 import json
-import os
-import subprocess
-import sys
 
+import _binary  # tests/_binary.py: the one subprocess runner
 import jax
 import numpy as np
 import pytest
@@ -16,7 +14,6 @@ from awt import tickets
 from awt.studies import ntk_spectra
 from experiments.configs import digits_mlp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
 
 
@@ -91,23 +88,11 @@ def test_spectra_match_a_jacobian_reference_and_find_ticket(tmp_path):
 
 
 def _run(workdir, *extra):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  env["PYTHONPATH"] = ROOT
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.ntk_spectra",
-      f"--config={SMOKE}",
-      f"--workdir={workdir}",
-      *extra,
-    ],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,  # a hang guard only
+  return _binary.run(
+    "experiments.ntk_spectra",
+    f"--config={SMOKE}",
+    f"--workdir={workdir}",
+    *extra,
   )
 
 

@@ -5,9 +5,8 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
+import _binary  # tests/_binary.py: the one subprocess runner
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,9 +18,6 @@ from awt.pruning import layer_magnitude
 from awt.studies import _sweep
 from awt.studies import sparsity_robustness as sr
 from experiments.configs import sparsity_robustness as sr_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # ---------------------------------------------------------------- _sweep
 
@@ -782,21 +778,11 @@ def test_restart_skips_finished_cells(smoke_sweep, tmp_path):
 
 
 def test_binary_bad_input_is_one_line(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.sparsity_robustness",
-      "--config=experiments/configs/sparsity_robustness.py:smoke",
-      "--config.sweep.methods=('magnitude_retrain','imp')",
-      f"--workdir={tmp_path / 'w'}",
-    ],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,  # a hang guard only
+  proc = _binary.run(
+    "experiments.sparsity_robustness",
+    "--config=experiments/configs/sparsity_robustness.py:smoke",
+    "--config.sweep.methods=('magnitude_retrain','imp')",
+    f"--workdir={tmp_path / 'w'}",
   )
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]

@@ -12,9 +12,8 @@ config is checked in-process: ``awt.tickets.train`` (what the binary's
 import json
 import os
 import shutil
-import subprocess
-import sys
 
+import _binary  # tests/_binary.py: the one subprocess runner
 import jax
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from awt import checkpoints, tickets
 from experiments import _main
 from experiments.configs import digits_mlp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # conftest's smoke_run (the trained smoke config) is built once per xdist
 # worker; its users run in one.
 pytestmark = pytest.mark.xdist_group("smoke_run")
@@ -31,17 +29,7 @@ SMOKE = "experiments/configs/digits_mlp.py:smoke"
 
 
 def _run(*args):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  env["PYTHONPATH"] = ROOT
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.train", *args],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,  # a hang guard only
-  )
+  return _binary.run("experiments.train", *args)
 
 
 @pytest.mark.slow
