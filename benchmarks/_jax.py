@@ -60,6 +60,7 @@ def train_runner(
   dtype: str = "float32",
   scan_length: int = 0,
   seed: int = 0,
+  conv_impl: str = "auto",
 ) -> _common.Runner:
   """Compiles awt's PGD-k training step on random data; a Runner.
 
@@ -75,12 +76,16 @@ def train_runner(
       else S steps per call in one ``lax.scan`` (``training.scan_steps``)
       over S copies of the batch.
     seed: PRNG seed of the weights, the inputs and the attack starts.
+    conv_impl: the conv models' lowering (``awt.models``: "auto", "xla",
+      "cpu").
 
   Returns:
     The Runner; each ``call()`` advances the training state.
   """
   shape = _common.TASKS[model_name][0]
-  model = models.get(model_name, _common.NUM_CLASSES, dtype=DTYPES[dtype])
+  model = models.get(
+    model_name, _common.NUM_CLASSES, dtype=DTYPES[dtype], conv_impl=conv_impl
+  )
   tx = optax.sgd(_common.LEARNING_RATE, momentum=_common.MOMENTUM)
   step = training.make_train_step(
     model, tx, attack_config(model_name, steps), axis_name=None

@@ -41,11 +41,9 @@ import statistics
 
 import jax
 import jax.numpy as jnp
-import optax
 from absl import flags
 from jax import lax
 
-from awt import masks, models, training
 from awt.models import _cpu_conv
 from benchmarks import _common, _jax
 from experiments import _main
@@ -162,36 +160,13 @@ def measure(layer: str, batch: int, iterations: int, repeats: int) -> dict:
   return rec
 
 
-def step_call(model_name: str, conv_impl: str, batch: int, steps: int):
-  """awt's compiled PGD-k AT step for one ``conv_impl``; a no-argument call.
-
-  As ``benchmarks._jax.train_runner`` builds it (SGD with momentum, dense
-  mask, random data, seed 0), the model built with ``conv_impl``.
-  """
-  shape = _common.TASKS[model_name][0]
-  model = models.get(model_name, _common.NUM_CLASSES, conv_impl=conv_impl)
-  tx = optax.sgd(_common.LEARNING_RATE, momentum=_common.MOMENTUM)
-  step = training.make_train_step(
-    model, tx, _jax.attack_config(model_name, steps), axis_name=None
-  )
-  k_init, k_x, k_y, k_train = jax.random.split(jax.random.PRNGKey(0), 4)
-  params, batch_stats = training.init_variables(model, k_init, shape)
-  state = training.create_train_state(
-    params, batch_stats, masks.ones(params), tx, k_train
-  )
-  data = {
-    "image": jax.random.uniform(k_x, (batch, *shape)),
-    "label": jax.random.randint(k_y, (batch,), 0, _common.NUM_CLASSES),
-    "index": jnp.arange(batch, dtype=jnp.int32),
-  }
-  compiled = jax.jit(step).lower(state, data).compile()
-  return lambda: jax.block_until_ready(compiled(state, data))
-
-
 def measure_step(model_name: str, batch: int, steps: int, repeats: int):
   """Both ``conv_impl`` values' AT steps, timed alternately; the record."""
   load_before = _common.load_average()
-  calls = {i: step_call(model_name, i, batch, steps) for i in ("xla", "cpu")}
+  calls = {
+    i: _jax.train_runner(model_name, batch=batch, steps=steps, conv_impl=i).call
+    for i in ("xla", "cpu")
+  }
   times = {i: [] for i in calls}
   for call in calls.values():
     call()  # warm-up
