@@ -280,6 +280,14 @@ class _Run:
     """All members see the same batches (one data stream, not vmapped)."""
     return len({m.seed for m in self.members}) == 1
 
+  @property
+  def eval_batch(self) -> int:
+    return min(self.config.eval.batch_size, self.dataset.test.num_examples)
+
+  def eval_apply(self, variables, x):
+    """Logits in eval mode (BatchNorm: running statistics)."""
+    return self.eval_model.apply(variables, x, train=False)
+
   def prefix(self, i: int) -> str:
     """Metric-key prefix of member ``i``: ``""`` or ``"members/<name>/"``."""
     return "" if self.single else f"members/{self.members[i].name}/"
@@ -534,8 +542,8 @@ class _EpochEval:
 
   def __init__(self, run: _Run):
     self.run = run
-    self.apply = _eval_apply(run)
-    self.batch = _eval_batch(run)
+    self.apply = run.eval_apply
+    self.batch = run.eval_batch
     self.evaluator = evaluation.make_evaluator(self.apply)
     self.probe = _FunctionProbe(
       run.config, self.apply, run.dataset.test, run.members
@@ -564,17 +572,6 @@ class _EpochEval:
     return record
 
 
-def _eval_apply(run: _Run):
-  def apply(variables, x):
-    return run.eval_model.apply(variables, x, train=False)
-
-  return apply
-
-
-def _eval_batch(run: _Run) -> int:
-  return min(run.config.eval.batch_size, run.dataset.test.num_examples)
-
-
 def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
   """Every member's robust evaluation (``config.eval``) and results dict."""
   config = run.config
@@ -587,13 +584,13 @@ def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
       f"{run.dataset.held_out} split"
     )
     ev = evaluation.evaluate_cascade(
-      _eval_apply(run),
+      run.eval_apply,
       training.model_variables(s.params, s.batch_stats),
       run.dataset.test,
       attack_names=tuple(config.eval.attacks),
       eps=config.eval.eps,
       norm=config.eval.norm,
-      batch_size=_eval_batch(run),
+      batch_size=run.eval_batch,
       key=eval_keys[i],
       log=log,
       cache=compiled,
