@@ -308,12 +308,25 @@ def count(fn: Callable, *args, **kwargs) -> Flops:
   return count_jaxpr(_dce(jax.make_jaxpr(fn)(*args, **kwargs)))
 
 
-def xla_flops(fn: Callable, *args) -> float:
-  """XLA's cost analysis of the compiled ``fn(*args)`` (loops counted once)."""
-  analysis = _REAL_JIT(fn).lower(*args).compile().cost_analysis()
+def compiled_flops(compiled) -> float:
+  """XLA's cost analysis of a compiled executable (loops counted once).
+
+  Args:
+    compiled: ``jax.jit(fn).lower(*args).compile()``.
+
+  Returns:
+    Its ``cost_analysis()["flops"]``: a while loop's body (so a
+    ``fori_loop`` or ``scan``) counts once, whatever its trip count.
+  """
+  analysis = compiled.cost_analysis()
   if isinstance(analysis, list):  # Older JAX: one dict per device.
     analysis = analysis[0]
   return float(analysis["flops"])
+
+
+def xla_flops(fn: Callable, *args) -> float:
+  """XLA's cost analysis of the compiled ``fn(*args)`` (loops counted once)."""
+  return compiled_flops(_REAL_JIT(fn).lower(*args).compile())
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,14 @@ training step (``awt.training.make_train_step``) and its PGD evaluation
 attack (``awt.evaluation.parse_attack("pgdK")``) on random inputs, built the
 way awt runs them. ``benchmarks/train_step.py`` and
 ``benchmarks/compare.py`` time them.
+
+Each Runner's ``info`` carries the FLOPs of one call (:func:`flop_info`):
+``flops_per_call`` from ``benchmarks._flops.count`` (the jaxpr, loop bodies
+times their trip counts) and ``xla_flops_per_call`` from XLA's cost
+analysis of the compiled executable, which counts a while loop's body once:
+PGD's ``fori_loop`` (and a ``lax.scan`` of steps) is undercounted there.
+:func:`matmul_gflop_per_s` measures the machine's float32 matmul rate, a
+reference for those FLOP rates.
 """
 
 import time
@@ -15,7 +23,7 @@ import jaxlib
 import optax
 
 from awt import evaluation, masks, models, training
-from benchmarks import _common
+from benchmarks import _common, _flops
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -52,6 +60,61 @@ def _num_params(params) -> int:
   return int(sum(v.size for v in jax.tree.leaves(params)))
 
 
+def flop_info(fn, compiled, *args) -> dict:
+  """The FLOPs of one call ``fn(*args)``, for a Runner's ``info``.
+
+  Traces ``fn`` (it does not run it, so donated ``args`` stay valid).
+
+  Args:
+    fn: the jitted function.
+    compiled: ``fn.lower(*args).compile()``.
+    *args: its arguments.
+
+  Returns:
+    ``flops_per_call``: ``benchmarks._flops.count(fn, *args).total``
+    (matrix products, convolutions and elementwise arithmetic; loop bodies
+    times their trip counts); ``matmul_flops_per_call``: its matrix product
+    and convolution part; ``xla_flops_per_call``: XLA's cost analysis of
+    ``compiled`` (a loop body counted once); and ``flops_unbounded_loops``
+    when the program has ``while`` loops of unknown trip count (each counted
+    once: ``flops_per_call`` is then a lower bound).
+  """
+  counted = _flops.count(fn, *args)
+  info = {
+    "flops_per_call": counted.total,
+    "matmul_flops_per_call": counted.matmul + counted.conv,
+    "xla_flops_per_call": _flops.compiled_flops(compiled),
+  }
+  if counted.unbounded_loops:
+    info["flops_unbounded_loops"] = counted.unbounded_loops
+  return info
+
+
+def matmul_gflop_per_s(
+  n: int = 1024, warmup: int = 3, repeats: int = 10
+) -> float:
+  """The machine's float32 matmul rate under XLA: ``jnp.dot`` of two n x n.
+
+  Args:
+    n: the matrices' side.
+    warmup: untimed calls after compilation.
+    repeats: timed calls.
+
+  Returns:
+    ``2 n^3`` over the fastest timed call's seconds, in GFLOP/s (the best
+    call: the rate the machine reaches when nothing else interferes).
+  """
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  call = lambda: jax.block_until_ready(dot(a, b))
+  for _ in range(warmup):
+    call()
+  best = min(_common.time_calls(call, repeats))
+  return round(2 * n**3 / best / 1e9, 2)
+
+
 def train_runner(
   model_name: str,
   *,
@@ -80,7 +143,8 @@ def train_runner(
       "cpu").
 
   Returns:
-    The Runner; each ``call()`` advances the training state.
+    The Runner; each ``call()`` advances the training state. Its ``info``
+    has :func:`flop_info`'s fields.
   """
   shape = _common.TASKS[model_name][0]
   model = models.get(
@@ -108,6 +172,7 @@ def train_runner(
   else:
     fn = jax.jit(step, donate_argnums=(0,))
   compiled, compile_s = _compile(fn, state, data)
+  flops = flop_info(fn, compiled, state, data)
   holder = [state]
 
   def call():
@@ -120,6 +185,7 @@ def train_runner(
     info={
       "mode": f"scan{scan_length}" if scan_length else "step",
       "params": _num_params(params),
+      **flops,
     },
     hlo=compiled.as_text,
   )
@@ -141,7 +207,7 @@ def pgd_eval_runner(
     seed: PRNG seed of the weights, the inputs and the random starts.
 
   Returns:
-    The Runner.
+    The Runner; its ``info`` has :func:`flop_info`'s fields.
   """
   shape, eps = _common.TASKS[model_name]
   model = models.get(model_name, _common.NUM_CLASSES)
@@ -156,7 +222,9 @@ def pgd_eval_runner(
     logits_fn = lambda v: model.apply(variables, v, train=False)
     return attack(logits_fn, x, y, keys)
 
-  compiled, compile_s = _compile(jax.jit(run), variables, x, y, keys)
+  fn = jax.jit(run)
+  compiled, compile_s = _compile(fn, variables, x, y, keys)
+  flops = flop_info(fn, compiled, variables, x, y, keys)
 
   def call():
     jax.block_until_ready(compiled(variables, x, y, keys))
@@ -165,7 +233,11 @@ def pgd_eval_runner(
     call=call,
     images_per_call=batch,
     compile_s=compile_s,
-    info={"mode": "jit", "params": _num_params(variables["params"])},
+    info={
+      "mode": "jit",
+      "params": _num_params(variables["params"]),
+      **flops,
+    },
     hlo=compiled.as_text,
   )
 

@@ -120,6 +120,31 @@ def test_ntk_reports_time_memory_and_the_auto_choice():
   assert compiled["peak_bytes"] is None and compiled["xla_bytes"] > 0
 
 
+def test_mlp_train_step_flops_are_the_dense_layers_closed_form():
+  """The runner's jaxpr count of a PGD-2 step of LeNet-300-100: matrix
+  products as derived by hand, the loop counted twice, XLA's once."""
+  from benchmarks import _jax
+
+  b, k = 4, 2
+  runner = _jax.train_runner("mlp", batch=b, steps=k)
+  layers = [(784, 300), (300, 100), (100, 10)]
+  forward = sum(2 * b * i * o for i, o in layers)
+  # Each PGD step: forward + input gradient (every layer's g W^T). The
+  # update: forward + weight gradients (all layers) + input gradients of
+  # every layer but the first (the attacked images are constants).
+  pgd_step = 2 * forward
+  update = 2 * forward + sum(2 * b * i * o for i, o in layers[1:])
+  info = runner.info
+  assert info["matmul_flops_per_call"] == k * pgd_step + update
+  elementwise = info["flops_per_call"] - info["matmul_flops_per_call"]
+  assert 0 < elementwise < 0.25 * info["matmul_flops_per_call"]
+  # XLA's cost analysis counts the fori_loop's body once: about one PGD
+  # step fewer than the jaxpr count.
+  missing = info["flops_per_call"] - info["xla_flops_per_call"]
+  assert missing == pytest.approx(pgd_step, rel=0.25)
+  runner.call()  # the count did not consume the donated state
+
+
 def test_tasks_are_registry_models():
   for name, (shape, eps) in _common.TASKS.items():
     assert name in models.names()
