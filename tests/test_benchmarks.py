@@ -252,6 +252,47 @@ def test_torch_pgd_is_awt_pgd(torch_common, select):
   assert not np.allclose(ours, np.asarray(start))  # the attack moved
 
 
+@pytest.fixture(scope="module")
+def torchattacks_pgd(torch_common):
+  pytest.importorskip("torchattacks")
+  return torch_common.torchattacks_pgd
+
+
+def test_torchattacks_pgd_is_the_hand_written_last_iterate(
+  torch_common, torchattacks_pgd
+):
+  """From the same random start (same torch seed), torchattacks.PGD takes
+  pgd_linf(select="last")'s steps, up to sign flips of gradient entries
+  that are zero up to float rounding (its loss is the mean, ours the sum)."""
+  import torch
+
+  net = torch_common.get("mlp", _common.NUM_CLASSES).eval()
+  x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+  y = torch.arange(16) % _common.NUM_CLASSES
+  kw = dict(eps=0.1, step_size=0.02, steps=5)
+  torch.manual_seed(0)
+  theirs = torchattacks_pgd(net, **kw)(x, y).numpy()
+  torch.manual_seed(0)
+  ours = torch_common.pgd_linf(net, x, y, **kw).numpy()
+  assert np.mean(np.isclose(theirs, ours, atol=1e-6)) >= 0.99
+  assert np.max(np.abs(theirs - x.numpy())) <= 0.1 + 1e-6
+  assert not np.allclose(theirs, x.numpy())
+
+
+@pytest.mark.parametrize("kind", ["train_step", "pgd_eval"])
+def test_torch_runners_run_either_attack(torch_common, torchattacks_pgd, kind):
+  build = {
+    "train_step": torch_common.train_runner,
+    "pgd_eval": torch_common.pgd_eval_runner,
+  }[kind]
+  for attack in torch_common.ATTACKS:
+    runner = build("mlp", batch=4, steps=1, attack=attack)
+    runner.call()
+    assert runner.info["attack"] == attack
+  with pytest.raises(ValueError, match="unknown attack"):
+    build("mlp", batch=4, steps=1, attack="foolbox")
+
+
 @pytest.mark.slow
 def test_compare_prints_a_ratio_per_peer(torch_common):
   (rec,) = _run(

@@ -3,9 +3,11 @@
 The networks mirror awt's; ``pgd_linf`` is awt's PGD; ``train_runner`` and
 ``pgd_eval_runner`` build the measured work as ``benchmarks/_jax.py`` does
 for awt (``benchmarks._common.Runner``), on the same inputs
-(``benchmarks._common.TASKS``). Each network mirrors the awt registry model
-of the same name (``awt/models``): the same layers, widths, kernel sizes,
-paddings, strides and biases, so the parameter counts are equal
+(``benchmarks._common.TASKS``), with either attack of ``ATTACKS``: ``hand``
+(``pgd_linf``) or ``torchattacks`` (``torchattacks.PGD``, what PyTorch users
+run; the ``bench`` extra installs it). Each network mirrors the awt registry
+model of the same name (``awt/models``): the same layers, widths, kernel
+sizes, paddings, strides and biases, so the parameter counts are equal
 (``tests/test_benchmarks.py`` checks this). Inputs are NCHW, PyTorch's
 default layout. Initialization is PyTorch's default: it does not change the
 cost.
@@ -210,6 +212,46 @@ def pgd_linf(
   return x_adv.detach()
 
 
+ATTACKS = ("hand", "torchattacks")
+
+
+def torchattacks_pgd(
+  model: nn.Module, *, eps: float, step_size: float, steps: int
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+  """``torchattacks.PGD``: l_inf PGD as PyTorch users run it.
+
+  A uniform random start, ``steps`` sign steps of ``step_size`` on the mean
+  cross-entropy, projection to the eps-ball and [0, 1]; it returns the last
+  iterate. By default torchattacks switches the model to ``eval()`` for the
+  attack and back afterwards: BatchNorm and dropout would behave as in
+  evaluation (mlp, lenet5 and conv4 have neither, in awt and here).
+
+  Args:
+    model: the network.
+    eps, step_size, steps: budget, alpha, k.
+
+  Returns:
+    The attack: ``(x [B, C, H, W] in [0, 1], y [B] int64) -> x_adv``.
+
+  Raises:
+    ImportError: torchattacks is not installed (one line).
+  """
+  try:
+    import torchattacks  # noqa: PLC0415 (optional: the torchattacks peer)
+  except ImportError as e:
+    raise ImportError(
+      f"torchattacks is not importable ({e}); pip install -e '.[bench]'"
+    ) from None
+  return torchattacks.PGD(
+    model, eps=eps, alpha=step_size, steps=steps, random_start=True
+  )
+
+
+def _check_attack(attack: str) -> None:
+  if attack not in ATTACKS:
+    raise ValueError(f"unknown attack {attack!r}; known: {', '.join(ATTACKS)}")
+
+
 def setup_threads(threads: int) -> int:
   """Sets torch's intra-op threads (0: all cores); returns the number."""
   threads = threads or os.cpu_count()
@@ -247,9 +289,13 @@ def train_runner(
   steps: int,
   dtype: str = "float32",
   compiled: bool = False,
+  attack: str = "hand",
   seed: int = 0,
 ) -> Runner:
   """Builds the PyTorch PGD-k training step on random data; a Runner.
+
+  The attack on the batch, then ``zero_grad``, the cross-entropy of the
+  adversarial batch, ``backward`` and one SGD step.
 
   Args:
     model_name: a key of ``benchmarks._common.TASKS``.
@@ -257,12 +303,19 @@ def train_runner(
     steps: PGD steps k.
     dtype: "float32", or "bfloat16" for autocast forward passes.
     compiled: wrap the network in ``torch.compile``.
+    attack: "hand" (:func:`pgd_linf`, in train mode as awt's step) or
+      "torchattacks" (:func:`torchattacks_pgd`; it runs the network in eval
+      mode, the same computation for networks without BatchNorm or dropout).
     seed: ``torch.manual_seed`` of the weights and inputs.
 
   Returns:
     The Runner, ``compile_s`` 0: :func:`warm_up` measures torch.compile's
-    lazy compilation on the first calls.
+    lazy compilation on the first calls. ``info["attack"]`` is ``attack``.
+
+  Raises:
+    ImportError: ``attack="torchattacks"`` without torchattacks.
   """
+  _check_attack(attack)
   torch.manual_seed(seed)
   (h, w, c), eps = _common.TASKS[model_name]
   net = get(model_name, _common.NUM_CLASSES)
@@ -275,17 +328,19 @@ def train_runner(
   y = torch.randint(0, _common.NUM_CLASSES, (batch,))
   autocast = torch.bfloat16 if dtype == "bfloat16" else None
   step_size = _common.STEP_SIZE_FACTOR * eps / steps
+  budget = dict(eps=eps, step_size=step_size, steps=steps)
+  if attack == "torchattacks":
+    pgd = torchattacks_pgd(fwd, **budget)
+
+    def adversary():
+      with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(autocast)):
+        return pgd(x, y)
+
+  else:
+    adversary = lambda: pgd_linf(fwd, x, y, **budget, autocast_dtype=autocast)
 
   def call():
-    x_adv = pgd_linf(
-      fwd,
-      x,
-      y,
-      eps=eps,
-      step_size=step_size,
-      steps=steps,
-      autocast_dtype=autocast,
-    )
+    x_adv = adversary()
     opt.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(autocast)):
       logits = fwd(x_adv)
@@ -299,6 +354,7 @@ def train_runner(
     compile_s=0.0,
     info={
       "mode": "compile" if compiled else "eager",
+      "attack": attack,
       "params": sum(p.numel() for p in net.parameters()),
     },
   )
@@ -310,20 +366,32 @@ def pgd_eval_runner(
   batch: int,
   steps: int,
   compiled: bool = False,
+  attack: str = "hand",
   seed: int = 0,
 ) -> Runner:
-  """Builds PGD-``steps`` evaluation (``select="best"``) on random data.
+  """Builds PGD-``steps`` evaluation on random data, the network in eval mode.
 
   Args:
     model_name: a key of ``benchmarks._common.TASKS``.
     batch: images per call.
     steps: PGD steps.
     compiled: wrap the network in ``torch.compile``.
+    attack: "hand" (:func:`pgd_linf` with ``select="best"``, awt's
+      evaluation PGD: per example the first fooling iterate, else the one
+      of highest loss, over the iterates and the final point) or
+      "torchattacks" (:func:`torchattacks_pgd`): the last iterate, so it
+      does slightly less work than awt's: no best-iterate bookkeeping per
+      step and no forward pass at the final point.
     seed: ``torch.manual_seed`` of the weights, inputs and random starts.
 
   Returns:
-    The Runner (``compile_s`` 0; see ``warm_up``).
+    The Runner (``compile_s`` 0; see ``warm_up``); ``info["attack"]`` is
+    ``attack``.
+
+  Raises:
+    ImportError: ``attack="torchattacks"`` without torchattacks.
   """
+  _check_attack(attack)
   torch.manual_seed(seed)
   (h, w, c), eps = _common.TASKS[model_name]
   net = get(model_name, _common.NUM_CLASSES)
@@ -333,11 +401,12 @@ def pgd_eval_runner(
   with torch.no_grad():
     y = torch.argmax(net(x), -1)
   step_size = _common.STEP_SIZE_FACTOR * eps / steps
-
-  def call():
-    pgd_linf(
-      fwd, x, y, eps=eps, step_size=step_size, steps=steps, select="best"
-    )
+  budget = dict(eps=eps, step_size=step_size, steps=steps)
+  if attack == "torchattacks":
+    pgd = torchattacks_pgd(fwd, **budget)
+    call = lambda: pgd(x, y)
+  else:
+    call = lambda: pgd_linf(fwd, x, y, **budget, select="best")
 
   return Runner(
     call=call,
@@ -345,9 +414,34 @@ def pgd_eval_runner(
     compile_s=0.0,
     info={
       "mode": "compile" if compiled else "eager",
+      "attack": attack,
       "params": sum(p.numel() for p in net.parameters()),
     },
   )
+
+
+def matmul_gflop_per_s(
+  n: int = 1024, warmup: int = 3, repeats: int = 10
+) -> float:
+  """The machine's float32 matmul rate under torch: ``torch.mm`` of n x n.
+
+  Args:
+    n: the matrices' side.
+    warmup: untimed calls.
+    repeats: timed calls.
+
+  Returns:
+    ``2 n^3`` over the fastest timed call's seconds, in GFLOP/s, with
+    torch's current intra-op threads (``setup_threads``).
+  """
+  gen = torch.Generator().manual_seed(0)
+  a = torch.randn(n, n, generator=gen)
+  b = torch.randn(n, n, generator=gen)
+  call = lambda: torch.mm(a, b)
+  for _ in range(warmup):
+    call()
+  best = min(_common.time_calls(call, repeats))
+  return round(2 * n**3 / best / 1e9, 2)
 
 
 def versions() -> dict:
