@@ -1,11 +1,12 @@
-"""What the benchmarks and their PyTorch peers share: tasks and timing.
+"""What the benchmarks and their PyTorch peers share: tasks, timing, ratios.
 
 Pure Python (no JAX, no torch), so that a peer process imports neither
 framework it does not measure. ``TASKS`` fixes each benchmark network's
 inputs and attack budget for both sides. A measurement is a
 :class:`Runner`: built (compiled) once, then ``call()`` runs one unit of
 work (a training step, a scanned chunk of steps, an attack on one batch) and
-blocks until it is done.
+blocks until it is done. :func:`ratio_fields` and :func:`fastest_peer`
+summarize ``benchmarks/compare.py``'s alternating pairs.
 """
 
 import dataclasses
@@ -188,6 +189,54 @@ def record(
   out.update(extra)
   out.update(machine())
   return out
+
+
+def ratio_fields(ours: list[float], peer: list[float]) -> dict:
+  """Per-pair ratios ours/peer of images/s, and their median and range.
+
+  Args:
+    ours: our images/s, one per pair [P], P >= 1.
+    peer: the peer's images/s in the same pairs [P].
+
+  Returns:
+    ``ratio_median``, ``ratio_min``, ``ratio_max`` and ``ratios`` [P],
+    rounded to 3 decimals.
+  """
+  ratios = [a / b for a, b in zip(ours, peer, strict=True)]
+  return {
+    "ratio_median": round(statistics.median(ratios), 3),
+    "ratio_min": round(min(ratios), 3),
+    "ratio_max": round(max(ratios), 3),
+    "ratios": [round(r, 3) for r in ratios],
+  }
+
+
+def fastest_peer(ours: list[float], peers: dict[str, list[float]]) -> dict:
+  """Ours against the fastest peer of each pair.
+
+  Args:
+    ours: our images/s, one per pair [P], P >= 1.
+    peers: peer name -> its images/s in the same pairs [P]; at least one.
+
+  Returns:
+    ``fastest_peers``: per pair the name of the peer of most images/s (the
+    first one listed on a tie) [P]; ``peer_images_per_s``: its images/s [P];
+    and :func:`ratio_fields` of ours over it.
+
+  Raises:
+    ValueError: no peers.
+  """
+  if not peers:
+    raise ValueError("no peer to compare with")
+  names = [
+    max(peers, key=lambda name: peers[name][i]) for i in range(len(ours))
+  ]
+  best = [peers[name][i] for i, name in enumerate(names)]
+  return {
+    "fastest_peers": names,
+    "peer_images_per_s": best,
+    **ratio_fields(ours, best),
+  }
 
 
 def load_average() -> float:

@@ -1,8 +1,9 @@
 r"""awt against PyTorch, timed alternately in one invocation: ratios ours/peer.
 
   python -m benchmarks.compare [--tasks=KIND:MODEL,...] \
-    [--peers=eager,compile] [--pairs=5] [--batch=128] [--at_steps=10] \
-    [--eval_steps=40] [--block_s=3] [--threads=0] [--scan_length=0]
+    [--peers=eager,compile,torchattacks] [--pairs=5] [--batch=128] \
+    [--at_steps=10] [--eval_steps=40] [--block_s=3] [--threads=0] \
+    [--scan_length=0]
 
 The default tasks are train_step:mlp, train_step:lenet5, train_step:conv4,
 pgd_eval:mlp and pgd_eval:lenet5 (the issue's targets). A task is
@@ -11,6 +12,19 @@ pgd_eval:mlp and pgd_eval:lenet5 (the issue's targets). A task is
 ``pgd_eval:MODEL`` (awt's evaluation PGD against
 ``_torch_common.pgd_eval_runner``), on the same random inputs, budgets and
 optimizer (``benchmarks._common``).
+
+The PyTorch peers (``--peers``, all three by default):
+
+* ``eager``: PyTorch eager, the attack written by hand
+  (``_torch_common.pgd_linf``: awt's PGD, best-iterate selection in
+  ``pgd_eval``);
+* ``compile``: the same under ``torch.compile`` (the network is compiled);
+* ``torchattacks``: PyTorch eager, the attack by ``torchattacks.PGD(net,
+  eps, alpha, steps, random_start=True)``, what PyTorch users run. It
+  returns the last iterate, not awt's best one, so in ``pgd_eval`` it does
+  slightly less work (no per-step bookkeeping, no forward pass at the final
+  point); it switches the network to eval mode during the attack, which
+  changes nothing for mlp, lenet5 and conv4 (no BatchNorm, no dropout).
 
 How it is timed, and why this way: the machines drift by several percent
 within minutes and other jobs come and go, so separate runs of the two
@@ -26,8 +40,29 @@ both measured within seconds of each other; a task's line gives the median
 and range over the pairs, with the 1-minute load average of every block.
 Torch uses ``--threads`` intra-op threads (0: every core, as XLA does).
 
-Prints one JSON line per (task, peer); a peer that failed (torch missing,
-torch.compile failing) gives a line with ``"error"``.
+Prints, per task, one JSON line per peer (``"peer": "torch-eager"``, ...)
+and one line ``"peer": "fastest"``: per pair, ours over the fastest live
+peer of that pair (``fastest_peers`` names it; the issue's targets count
+against the fastest PyTorch peer). A peer that failed (torch or
+torchattacks missing, torch.compile failing) gives a line with ``"error"``
+and is left out of ``fastest``. The FLOP fields:
+
+* ``flops_per_call``: FLOPs of one call of awt's compiled function by
+  ``benchmarks._flops.count`` (its jaxpr, loop bodies times their trip
+  counts: k PGD steps count k times); ``images_per_call`` images;
+* ``xla_flops_per_call``: XLA's cost analysis of the compiled executable,
+  which counts a while loop's body once, so PGD's ``fori_loop`` is
+  undercounted (its k steps count as one; a ``--scan_length`` scan's S
+  steps too);
+* ``ours_gflop_per_s``, ``xla_cost_gflop_per_s``, ``peer_gflop_per_s``: per
+  pair, ``flops_per_call`` (resp. ``xla_flops_per_call``) over the seconds
+  per call of the block median, i.e. FLOPs per image times images/s. The
+  peer does the same work (same network, attack and batch), so it gets the
+  same FLOP count per image;
+* ``matmul_gflop_per_s``, ``peer_matmul_gflop_per_s``: the machine's best
+  float32 matmul rate (1024 x 1024 matrices) measured once per task in the
+  JAX worker (``jnp.dot``) and in the peer's worker (``torch.mm``): what
+  the step's FLOP rate can be held against.
 """
 
 import json
@@ -44,7 +79,7 @@ from experiments import _main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("train_step", "pgd_eval")
-PEERS = ("eager", "compile")
+PEERS = ("eager", "compile", "torchattacks")
 DEFAULT_TASKS = [
   "train_step:mlp",
   "train_step:lenet5",
@@ -54,7 +89,7 @@ DEFAULT_TASKS = [
 ]
 
 flags.DEFINE_list("tasks", DEFAULT_TASKS, "KIND:MODEL, KIND in " + str(KINDS))
-flags.DEFINE_list("peers", list(PEERS), "PyTorch modes: eager, compile.")
+flags.DEFINE_list("peers", list(PEERS), "PyTorch peers: " + ", ".join(PEERS))
 flags.DEFINE_integer("pairs", 5, "Alternating (ours, peer) blocks per task.")
 flags.DEFINE_integer("batch", 128, "Images per call.")
 flags.DEFINE_integer("at_steps", 10, "PGD steps of the training attack.")
@@ -67,7 +102,7 @@ flags.DEFINE_integer("threads", 0, "torch threads; 0: os.cpu_count().")
 flags.DEFINE_integer(
   "scan_length", 0, "awt's step: 0 one jitted step per call; S a lax.scan."
 )
-flags.DEFINE_string("worker", None, "Internal: jax, eager or compile.")
+flags.DEFINE_string("worker", None, "Internal: jax or a peer.")
 flags.DEFINE_string("task", None, "Internal: the worker's KIND:MODEL.")
 
 
@@ -104,22 +139,26 @@ def _build(side: str, kind: str, model: str, f) -> _common.Runner:
       runner = _jax.pgd_eval_runner(model, batch=f.batch, steps=steps)
     runner.call()
     runner.info.update(_jax.versions())
+    runner.info["matmul_gflop_per_s"] = _jax.matmul_gflop_per_s()
     return runner
   from benchmarks.peers import _torch_common  # noqa: PLC0415 (worker only)
 
   _torch_common.setup_threads(f.threads)
   compiled = side == "compile"
+  peer = dict(
+    batch=f.batch,
+    steps=steps,
+    compiled=compiled,
+    attack="torchattacks" if side == "torchattacks" else "hand",
+  )
   if kind == "train_step":
-    runner = _torch_common.train_runner(
-      model, batch=f.batch, steps=steps, dtype=f.dtype, compiled=compiled
-    )
+    runner = _torch_common.train_runner(model, dtype=f.dtype, **peer)
   else:
-    runner = _torch_common.pgd_eval_runner(
-      model, batch=f.batch, steps=steps, compiled=compiled
-    )
+    runner = _torch_common.pgd_eval_runner(model, **peer)
   warm_s = _torch_common.warm_up(runner.call, compiled)
   runner.compile_s = warm_s if compiled else 0.0
   runner.info.update(_torch_common.versions())
+  runner.info["matmul_gflop_per_s"] = _torch_common.matmul_gflop_per_s()
   return runner
 
 
@@ -182,7 +221,7 @@ class _Worker:
 
 
 def compare_task(task: str, f) -> list[dict]:
-  """Runs one task's alternating pairs; one record per peer."""
+  """Runs one task's alternating pairs; its records (see :func:`_records`)."""
   kind, model = parse_task(task)
   steps = f.at_steps if kind == "train_step" else f.eval_steps
   _main.log(f"{task}: starting and compiling the workers")
@@ -213,43 +252,76 @@ def compare_task(task: str, f) -> list[dict]:
   finally:
     for w in workers:
       w.close()
+  return _records(kind, model, steps, workers, ips, loads, f)
+
+
+def _gflop_per_s(flops_per_image: float, ips: list[float]) -> list[float]:
+  """GFLOP/s per pair from images/s [P], to 4 significant digits."""
+  return [float(f"{flops_per_image * v / 1e9:.4g}") for v in ips]
+
+
+def _records(kind, model, steps, workers, ips, loads, f) -> list[dict]:
+  """The task's JSON records: one per peer, then ``"peer": "fastest"``."""
   ours = workers[0]
+  info = ours.ready["info"]
+  per_image = info["flops_per_call"] / ours.ready["images_per_call"]
+  xla_per_image = info["xla_flops_per_call"] / ours.ready["images_per_call"]
+  base = {
+    "benchmark": "compare",
+    "task": kind,
+    "model": model,
+    "input_shape": [f.batch, *_common.TASKS[model][0]],
+    "attack_steps": steps,
+    "dtype": f.dtype if kind == "train_step" else "float32",
+    "ours": "jax-" + info["mode"],
+  }
+  timing = {
+    "ours_images_per_s": [round(v, 1) for v in ips["jax"]],
+    "ours_compile_s": round(ours.ready["compile_s"], 3),
+    "images_per_call": ours.ready["images_per_call"],
+    "flops_per_call": info["flops_per_call"],
+    "xla_flops_per_call": info["xla_flops_per_call"],
+    "ours_gflop_per_s": _gflop_per_s(per_image, ips["jax"]),
+    "xla_cost_gflop_per_s": _gflop_per_s(xla_per_image, ips["jax"]),
+    "matmul_gflop_per_s": info["matmul_gflop_per_s"],
+    "load_ours": loads["jax"],
+    "pairs": f.pairs,
+    "block_s": f.block_s,
+  }
+  tail = {k: info[k] for k in ("jax", "jaxlib", "device")}
+  tail.update(_common.machine())
   records = []
   for w in workers[1:]:
-    rec = {
-      "benchmark": "compare",
-      "task": kind,
-      "model": model,
-      "input_shape": [f.batch, *_common.TASKS[model][0]],
-      "attack_steps": steps,
-      "dtype": f.dtype if kind == "train_step" else "float32",
-      "ours": "jax-" + ours.ready["info"]["mode"],
-      "peer": "torch-" + w.side,
-    }
+    rec = {**base, "peer": "torch-" + w.side}
     if "error" in w.ready:
       rec["error"] = w.ready["error"]
     else:
-      ratios = [a / b for a, b in zip(ips["jax"], ips[w.side], strict=True)]
+      peer = w.ready["info"]
+      rec.update(_common.ratio_fields(ips["jax"], ips[w.side]))
       rec.update(
-        ratio_median=round(statistics.median(ratios), 3),
-        ratio_min=round(min(ratios), 3),
-        ratio_max=round(max(ratios), 3),
-        ratios=[round(r, 3) for r in ratios],
-        ours_images_per_s=[round(v, 1) for v in ips["jax"]],
+        timing,
         peer_images_per_s=[round(v, 1) for v in ips[w.side]],
-        ours_compile_s=round(ours.ready["compile_s"], 3),
+        peer_gflop_per_s=_gflop_per_s(per_image, ips[w.side]),
+        peer_matmul_gflop_per_s=peer["matmul_gflop_per_s"],
         peer_compile_s=round(w.ready["compile_s"], 3),
-        load_ours=loads["jax"],
         load_peer=loads[w.side],
-        pairs=f.pairs,
-        block_s=f.block_s,
       )
-      for k in ("torch", "threads", "omp_wait_policy"):
-        rec[k] = w.ready["info"][k]
-    for k in ("jax", "jaxlib", "device"):
-      rec[k] = ours.ready["info"][k]
-    rec.update(_common.machine())
-    records.append(rec)
+      for k in ("attack", "torch", "threads", "omp_wait_policy"):
+        rec[k] = peer[k]
+    records.append({**rec, **tail})
+  rec = {**base, "peer": "fastest"}
+  peers = {"torch-" + s: v for s, v in ips.items() if s != "jax"}
+  if peers:
+    fast = _common.fastest_peer(ips["jax"], peers)
+    rec.update(
+      fast,
+      **timing,
+      peer_images_per_s=[round(v, 1) for v in fast["peer_images_per_s"]],
+      peer_gflop_per_s=_gflop_per_s(per_image, fast["peer_images_per_s"]),
+    )
+  else:
+    rec["error"] = "no peer ran"
+  records.append({**rec, **tail})
   return records
 
 

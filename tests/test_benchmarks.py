@@ -145,6 +145,22 @@ def test_mlp_train_step_flops_are_the_dense_layers_closed_form():
   runner.call()  # the count did not consume the donated state
 
 
+def test_fastest_peer_takes_each_pairs_fastest():
+  ours = [100.0, 90.0, 120.0]
+  peers = {"torch-eager": [50.0, 60.0, 40.0], "torch-x": [80.0, 45.0, 40.0]}
+  out = _common.fastest_peer(ours, peers)
+  assert out["fastest_peers"] == ["torch-x", "torch-eager", "torch-eager"]
+  assert out["peer_images_per_s"] == [80.0, 60.0, 40.0]
+  assert out["ratios"] == [1.25, 1.5, 3.0]
+  assert (out["ratio_min"], out["ratio_median"], out["ratio_max"]) == (
+    1.25,
+    1.5,
+    3.0,
+  )
+  with pytest.raises(ValueError):
+    _common.fastest_peer(ours, {})
+
+
 def test_tasks_are_registry_models():
   for name, (shape, eps) in _common.TASKS.items():
     assert name in models.names()
@@ -294,24 +310,47 @@ def test_torch_runners_run_either_attack(torch_common, torchattacks_pgd, kind):
 
 
 @pytest.mark.slow
-def test_compare_prints_a_ratio_per_peer(torch_common):
-  (rec,) = _run(
+def test_compare_prints_a_ratio_per_peer_and_against_the_fastest(
+  torchattacks_pgd,
+):
+  *peers, fastest = _run(
     "benchmarks.compare",
     "--tasks=train_step:mlp",
-    "--peers=eager",
+    "--peers=eager,torchattacks",
     "--pairs=2",
     "--block_s=0.1",
     "--settle_s=0",
     "--batch=4",
     "--at_steps=1",
   )
-  assert rec["peer"] == "torch-eager" and rec["ours"] == "jax-step"
-  assert len(rec["ratios"]) == 2
-  for r, a, b in zip(
-    rec["ratios"],
-    rec["ours_images_per_s"],
-    rec["peer_images_per_s"],
-    strict=True,
-  ):
-    assert r == pytest.approx(a / b, rel=1e-2)
-  assert rec["ratio_min"] <= rec["ratio_median"] <= rec["ratio_max"]
+  assert [r["peer"] for r in peers] == ["torch-eager", "torch-torchattacks"]
+  assert [r["attack"] for r in peers] == ["hand", "torchattacks"]
+  for rec in peers:
+    assert rec["ours"] == "jax-step" and len(rec["ratios"]) == 2
+    for r, a, b in zip(
+      rec["ratios"],
+      rec["ours_images_per_s"],
+      rec["peer_images_per_s"],
+      strict=True,
+    ):
+      assert r == pytest.approx(a / b, rel=1e-2)
+    assert rec["ratio_min"] <= rec["ratio_median"] <= rec["ratio_max"]
+    assert rec["matmul_gflop_per_s"] > 0 and rec["peer_matmul_gflop_per_s"] > 0
+  assert fastest["peer"] == "fastest"
+  for i in range(2):
+    best = max(peers, key=lambda r: r["peer_images_per_s"][i])
+    assert fastest["fastest_peers"][i] == best["peer"]
+    assert fastest["peer_images_per_s"][i] == best["peer_images_per_s"][i]
+  for rec in (*peers, fastest):
+    per_image = rec["flops_per_call"] / rec["images_per_call"]
+    xla_per_image = rec["xla_flops_per_call"] / rec["images_per_call"]
+    for name, flops in (
+      ("ours", per_image),
+      ("xla_cost", xla_per_image),
+      ("peer", per_image),
+    ):
+      side = "peer" if name == "peer" else "ours"
+      expected = [flops * v / 1e9 for v in rec[f"{side}_images_per_s"]]
+      np.testing.assert_allclose(
+        rec[f"{name}_gflop_per_s"], expected, rtol=1e-2
+      )
