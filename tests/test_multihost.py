@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import _binary
 import pytest
 
 from experiments import _main
@@ -29,7 +30,7 @@ FLAGS = (
 
 def _train(*args):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)  # one CPU device per process
+  env["XLA_FLAGS"] = _binary.xla_flags(None, env.get("XLA_FLAGS", ""))
   return subprocess.Popen(
     [sys.executable, "-m", "experiments.train", *args],
     cwd=ROOT,

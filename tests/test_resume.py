@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 
+import _binary
 import jax
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def _args(workdir, *extra):
 
 def _env(cache=None):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["XLA_FLAGS"] = _binary.xla_flags(2, env.get("XLA_FLAGS", ""))
   env["PYTHONPATH"] = ROOT
   if cache is not None:
     # Runs of one config reuse the first one's compiled programs: what is

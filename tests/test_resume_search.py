@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 
+import _binary
 import jax
 import ml_collections
 import numpy as np
@@ -240,7 +241,7 @@ def _find_ticket(workdir, env):
 
 def _env(cache):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["XLA_FLAGS"] = _binary.xla_flags(2, env.get("XLA_FLAGS", ""))
   env["PYTHONPATH"] = ROOT
   # The reference run's compiled programs are reused by the other two (the
   # search step alone takes ~10 s of CPU to compile); what is tested is the
