@@ -6,9 +6,12 @@ a timeout that is only a hang guard (no test depends on the machine's
 speed).
 """
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG_GUARD_S = 900
@@ -49,6 +52,43 @@ def xla_flags(devices=None, inherited=""):
   return " ".join(flags)
 
 
+def share_compilation_cache():
+  """One persistent JAX compilation cache for this test session.
+
+  Called by the first process that imports the conftest (pytest's, or
+  xdist's controller, which starts the workers after it): it creates a
+  temporary directory, points ``JAX_COMPILATION_CACHE_DIR`` at it for
+  itself and every process it starts (xdist workers, the binaries the
+  tests run) and removes it at exit. Tests that build the same program
+  (the same HLO and options: XLA's cache key) compile it once; every
+  program is cached, however fast it compiled. A cache directory already
+  in the environment is used as it is and kept.
+  """
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  cache = tempfile.mkdtemp(prefix="awt-tests-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+  atexit.register(shutil.rmtree, cache, ignore_errors=True)
+
+
+def environment(devices=2, extra=None):
+  """The environment of a binary a test starts.
+
+  Args:
+    devices: forced host devices, or None for one CPU device.
+    extra: more variables.
+
+  Returns:
+    This process's environment (with the session's compilation cache),
+    the repository root on PYTHONPATH and ``xla_flags(devices)``.
+  """
+  env = dict(os.environ, PYTHONPATH=ROOT, **(extra or {}))
+  env["XLA_FLAGS"] = xla_flags(devices, os.environ.get("XLA_FLAGS", ""))
+  return env
+
+
 def run(module, *args, devices=2, env=None):
   """``python -m module *args`` from the repository root.
 
@@ -62,12 +102,10 @@ def run(module, *args, devices=2, env=None):
   Returns:
     The ``subprocess.CompletedProcess`` with text stdout and stderr.
   """
-  full = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
-  full["XLA_FLAGS"] = xla_flags(devices, os.environ.get("XLA_FLAGS", ""))
   return subprocess.run(
     [sys.executable, "-m", module, *args],
     cwd=ROOT,
-    env=full,
+    env=environment(devices, env),
     capture_output=True,
     text=True,
     timeout=HANG_GUARD_S,

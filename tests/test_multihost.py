@@ -29,12 +29,10 @@ FLAGS = (
 
 
 def _train(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env["XLA_FLAGS"] = _binary.xla_flags(None, env.get("XLA_FLAGS", ""))
   return subprocess.Popen(
     [sys.executable, "-m", "experiments.train", *args],
     cwd=ROOT,
-    env=env,
+    env=_binary.environment(None),
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,

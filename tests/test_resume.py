@@ -45,24 +45,11 @@ def _args(workdir, *extra):
   return [f"--config={SMOKE}", f"--workdir={workdir}", *extra]
 
 
-def _env(cache=None):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = _binary.xla_flags(2, env.get("XLA_FLAGS", ""))
-  env["PYTHONPATH"] = ROOT
-  if cache is not None:
-    # Runs of one config reuse the first one's compiled programs: what is
-    # tested is the state a restart reads back, not XLA's determinism.
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
-  return env
-
-
-def _run(workdir, *extra, cache=None):
+def _run(workdir, *extra):
   return subprocess.run(
     [sys.executable, "-m", "experiments.train", *_args(workdir, *extra)],
     cwd=ROOT,
-    env=_env(cache),
+    env=_binary.environment(2),
     capture_output=True,
     text=True,
     timeout=900,  # a hang guard only
@@ -74,16 +61,10 @@ def _params(workdir):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  """The JAX compilation cache of the module's runs of the LONG config."""
-  return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, cache):
+def reference(tmp_path_factory):
   """An uninterrupted run of the LONG config (checkpoints 42 and 44 kept)."""
   ref = tmp_path_factory.mktemp("reference") / "run"
-  proc = _run(ref, *LONG, cache=cache)
+  proc = _run(ref, *LONG)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert checkpoints.latest_step(str(ref)) == 44
   return ref
@@ -91,7 +72,7 @@ def reference(tmp_path_factory, cache):
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(
-  reference, cache, tmp_path, run_until_killed
+  reference, tmp_path, run_until_killed
 ):
   # Killed when it logs the first chunk ending at step 35 or later ("step
   # 37/44 ..."), once the checkpoint saved before that chunk (step 32) is
@@ -106,14 +87,14 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
     killed / "checkpoints",
     30,
     cwd=ROOT,
-    env=_env(cache),
+    env=_binary.environment(2),
   )
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   assert not (killed / "results.json").exists()
   step = checkpoints.latest_step(str(killed))
   assert step is not None and step % 22 != 0 and 30 <= step < 44, step
 
-  proc = _run(killed, *LONG, cache=cache)
+  proc = _run(killed, *LONG)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"resuming from checkpoint at step {step}" in proc.stderr
   for a, b in zip(_params(reference), _params(killed), strict=True):

@@ -239,19 +239,6 @@ def _find_ticket(workdir, env):
   )
 
 
-def _env(cache):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = _binary.xla_flags(2, env.get("XLA_FLAGS", ""))
-  env["PYTHONPATH"] = ROOT
-  # The reference run's compiled programs are reused by the other two (the
-  # search step alone takes ~10 s of CPU to compile); what is tested is the
-  # state a restart reads back, not XLA's determinism.
-  env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
-  return env
-
-
 def _ticket(workdir):
   with checkpoints.manager(str(workdir), subdir=checkpoints.TICKET_DIR) as m:
     state = m.restore(
@@ -265,7 +252,7 @@ def test_sigkill_mid_search_then_resume_is_bit_identical(
   tmp_path, run_until_killed
 ):
   ref = tmp_path / "ref"
-  env = _env(tmp_path / "jax_cache")
+  env = _binary.environment(2)
   proc = _find_ticket(ref, env)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "awt search step 40/40: loss " in proc.stderr
