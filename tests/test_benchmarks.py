@@ -34,9 +34,8 @@ def _lenet300_params() -> int:
   return 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
 
 
-@pytest.mark.parametrize(
-  "scan_length", [0, pytest.param(2, marks=pytest.mark.slow)]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("scan_length", [0, 2])
 def test_train_step_prints_one_json_record(scan_length):
   (rec,) = _run(
     "benchmarks.train_step",

@@ -53,6 +53,7 @@ def test_vectorized_seeds_equal_separate_runs(tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_function_distance_to_a_reference(tmp_path):
   config = _config(num_epochs=1)
   members = [

@@ -31,7 +31,9 @@ def _loss_and_grad(model):
   return jax.value_and_grad(loss)
 
 
-@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+@pytest.mark.parametrize(
+  "name", ["mlp", pytest.param("lenet5", marks=pytest.mark.slow)]
+)
 def test_agrees_with_xla_on_a_loop_free_program(name):
   model = {"mlp": models.MLP, "lenet5": models.LeNet5}[name](num_classes=10)
   x = jnp.zeros((32, 28, 28, 1))

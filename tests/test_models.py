@@ -416,6 +416,7 @@ def test_batchnorm_running_stats_update_in_train_mode_only():
   )
 
 
+@pytest.mark.slow
 def test_batch_stats_are_all_reduced_under_pmap():
   n = jax.local_device_count()
   assert n == 4 and BN_SHAPE[0] % n == 0

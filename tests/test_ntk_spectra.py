@@ -35,6 +35,7 @@ def _relative(k, ref):
   return np.linalg.norm(k - ref) / np.linalg.norm(ref)
 
 
+@pytest.mark.slow
 def test_spectra_match_a_jacobian_reference_and_find_ticket(tmp_path):
   config = digits_mlp.get_config("smoke")
   config.model.widths = (32, 16)

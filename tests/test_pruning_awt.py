@@ -103,9 +103,16 @@ def test_loss_is_exactly_zero_for_the_dense_network():
   assert float(output) > 0 and float(ntk) > 0
 
 
-@pytest.mark.parametrize("method", ["awt", "ntt"])
-@pytest.mark.parametrize("scope", ["global", "layerwise"])
-def test_search_reduces_the_loss_and_keeps_exact_density(method, scope):
+@pytest.mark.parametrize(
+  "scope,method",
+  [
+    ("global", "awt"),
+    pytest.param("global", "ntt", marks=pytest.mark.slow),
+    pytest.param("layerwise", "awt", marks=pytest.mark.slow),
+    pytest.param("layerwise", "ntt", marks=pytest.mark.slow),
+  ],
+)
+def test_search_reduces_the_loss_and_keeps_exact_density(scope, method):
   ctx = _ctx(scope=scope)
   ticket = pruning.find(method, ctx, jax.random.PRNGKey(1))
   hist = ticket.info["history"]

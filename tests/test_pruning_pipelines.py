@@ -419,6 +419,7 @@ def test_rewound_rounds_resume_the_learning_rate_schedule():
   np.testing.assert_allclose(updates["w"], -0.6 * 2.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_shared_pretraining_gives_the_tickets_of_separate_ones(tmp_path):
   """HYDRA, one-shot and IMP of one seed train the dense net once."""
   lines = []
