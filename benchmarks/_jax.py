@@ -91,28 +91,31 @@ def flop_info(fn, compiled, *args) -> dict:
 
 
 def matmul_gflop_per_s(
-  n: int = 1024, warmup: int = 3, repeats: int = 10
+  shape: tuple[int, int, int] = (1024, 1024, 1024),
+  warmup: int = 3,
+  repeats: int = 10,
 ) -> float:
-  """The machine's float32 matmul rate under XLA: ``jnp.dot`` of two n x n.
+  """The machine's float32 matmul rate under XLA: ``jnp.dot`` [m, k] [k, n].
 
   Args:
-    n: the matrices' side.
+    shape: ``(m, k, n)``.
     warmup: untimed calls after compilation.
     repeats: timed calls.
 
   Returns:
-    ``2 n^3`` over the fastest timed call's seconds, in GFLOP/s (the best
+    ``2 m k n`` over the fastest timed call's seconds, in GFLOP/s (the best
     call: the rate the machine reaches when nothing else interferes).
   """
+  m, k, n = shape
   ka, kb = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(ka, (n, n), jnp.float32)
-  b = jax.random.normal(kb, (n, n), jnp.float32)
+  a = jax.random.normal(ka, (m, k), jnp.float32)
+  b = jax.random.normal(kb, (k, n), jnp.float32)
   dot = jax.jit(jnp.dot)
   call = lambda: jax.block_until_ready(dot(a, b))
   for _ in range(warmup):
     call()
   best = min(_common.time_calls(call, repeats))
-  return round(2 * n**3 / best / 1e9, 2)
+  return round(2 * m * k * n / best / 1e9, 2)
 
 
 def train_runner(

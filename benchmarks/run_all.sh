@@ -65,6 +65,8 @@ done
 OMP_WAIT_POLICY=PASSIVE run compare benchmarks.compare --pairs=$PAIRS
 run compare benchmarks.compare --pairs=$PAIRS \
   --tasks=train_step:mlp,train_step:lenet5,pgd_eval:mlp,pgd_eval:lenet5
+#    The GEMM and convolution rates behind the ratios, layer by layer.
+run matmul benchmarks.matmul
 
 # 4. Cost of finding a 95%-sparse ticket on digits_mlp (config defaults).
 run ticket_cost benchmarks.ticket_cost

@@ -67,6 +67,31 @@ def test_train_step_rejects_an_unknown_model_in_one_line():
 
 
 @pytest.mark.slow
+def test_matmul_worker_reports_a_rate_per_shape_and_rejects_bad_shapes():
+  shapes = ["4x3x2", "16x8x4"]
+  (rates,) = _run(
+    "benchmarks.matmul",
+    "--worker=jax",
+    f"--shapes={','.join(shapes)}",
+    "--convs=6x2x3",
+    "--repeats=2",
+  )
+  assert sorted(rates) == sorted([*shapes, "conv:6x2x3"])
+  assert all(v > 0 for v in rates.values() if not isinstance(v, list))
+  assert len(rates["conv:6x2x3"]) == 2 and min(rates["conv:6x2x3"]) > 0
+  for flag, form in (
+    ("--shapes=8x8", "MxKxN"),
+    ("--convs=8x0x2", "HxCINxCOUT"),
+  ):
+    proc = _binary.run("benchmarks.matmul", flag, devices=None)
+    assert proc.returncode == 1
+    bad = flag.split("=")[1]
+    assert proc.stderr.strip().splitlines() == [
+      f"error: bad shape '{bad}': want {form} of positive integers"
+    ]
+
+
+@pytest.mark.slow
 def test_ticket_cost_prints_costs_and_the_ratio():
   recs = _run(
     "benchmarks.ticket_cost",

@@ -421,27 +421,30 @@ def pgd_eval_runner(
 
 
 def matmul_gflop_per_s(
-  n: int = 1024, warmup: int = 3, repeats: int = 10
+  shape: tuple[int, int, int] = (1024, 1024, 1024),
+  warmup: int = 3,
+  repeats: int = 10,
 ) -> float:
-  """The machine's float32 matmul rate under torch: ``torch.mm`` of n x n.
+  """The machine's float32 matmul rate under torch: ``torch.mm`` [m, k] [k, n].
 
   Args:
-    n: the matrices' side.
+    shape: ``(m, k, n)``.
     warmup: untimed calls.
     repeats: timed calls.
 
   Returns:
-    ``2 n^3`` over the fastest timed call's seconds, in GFLOP/s, with
+    ``2 m k n`` over the fastest timed call's seconds, in GFLOP/s, with
     torch's current intra-op threads (``setup_threads``).
   """
+  m, k, n = shape
   gen = torch.Generator().manual_seed(0)
-  a = torch.randn(n, n, generator=gen)
-  b = torch.randn(n, n, generator=gen)
+  a = torch.randn(m, k, generator=gen)
+  b = torch.randn(k, n, generator=gen)
   call = lambda: torch.mm(a, b)
   for _ in range(warmup):
     call()
   best = min(_common.time_calls(call, repeats))
-  return round(2 * n**3 / best / 1e9, 2)
+  return round(2 * m * k * n / best / 1e9, 2)
 
 
 def versions() -> dict:
