@@ -15,17 +15,18 @@ goes to a fast YNNPACK fusion (``ynn_fusion``).
 
 For each conv layer shape of lenet5 and conv4 (3x3 / 5x5, 'SAME' / 'VALID'
 as in awt's models), this times ``--iterations`` signed input-gradient steps
-in one ``fori_loop`` three ways: ``autodiff`` (``jax.vjp`` of
-``lax.conv_general_dilated``, ``model.conv_impl="xla"``), ``custom_vjp``
-(the same convolution with a ``jax.custom_vjp`` whose input gradient is
-``conv(g, flip(w).transpose(0, 1, 3, 2))``) and ``awt_cpu``
-(``awt.models._cpu_conv.conv_general_dilated``, ``conv_impl="cpu"``: that
-custom VJP or slice-and-matmul, by patch width), reports the relative
-difference of each variant's summed input gradients over the loop to
-``autodiff``'s (``grad_rel_diff`` and ``speedup`` for ``custom_vjp``,
-``awt_cpu_``-prefixed for ``awt_cpu``; float rounding only: the sums run
-in another order) and how many YNNPACK fusions each compiled loop has. One
-JSON line per shape.
+through the conv and a ReLU (a forward and an input-gradient convolution
+per step, as in PGD; see :func:`loop`) in one ``fori_loop`` three ways:
+``autodiff`` (``jax.vjp`` of ``lax.conv_general_dilated``,
+``model.conv_impl="xla"``), ``custom_vjp`` (the same convolution with a
+``jax.custom_vjp`` whose input gradient is ``conv(g, flip(w).transpose(0,
+1, 3, 2))``) and ``awt_cpu`` (``awt.models._cpu_conv.conv_general_dilated``,
+``conv_impl="cpu"``: that custom VJP or slice-and-matmul, by patch width),
+reports the relative difference of each variant's first input-gradient
+step to ``autodiff``'s (``grad_rel_diff`` and ``speedup`` for
+``custom_vjp``, ``awt_cpu_``-prefixed for ``awt_cpu``; float rounding only:
+the sums run in another order) and how many YNNPACK fusions each compiled
+loop has. One JSON line per shape.
 
 ``--steps_of=lenet5,conv4`` instead times awt's PGD-``--iterations`` AT
 step (``benchmarks/train_step.py``'s, ``pgd_at`` objective, one jitted
@@ -101,7 +102,14 @@ def conv_fast_input_grad(padding: str):
 
 
 def loop(apply, iterations: int, signed: bool = True):
-  """``x -> x_T``: T steps on ``sum(apply(x) * g)`` in one fori_loop.
+  """``x -> x_T``: T steps on ``sum(relu(apply(x)) * g)`` in one fori_loop.
+
+  The ReLU makes each step's input gradient depend on the iterate, as
+  PGD's does, so every step runs a forward and an input-gradient
+  convolution. Without it the gradient ``conv^T(g)`` is loop-invariant:
+  XLA hoists it out of the loop and drops the forward (before 2026-11-30
+  this benchmark timed that: a conv4/conv2 "loop" of 10 steps took 143 ms,
+  1,350 GFLOP/s of nominal work on 2 cores, i.e. one convolution).
 
   ``signed``: sign steps as PGD takes them; else plain gradient steps (to
   compare two variants without sign flips of gradients that are zero up to
@@ -110,7 +118,7 @@ def loop(apply, iterations: int, signed: bool = True):
 
   def run(x, w, g):
     def body(_, xa):
-      grad = jax.vjp(lambda v: apply(v, w), xa)[1](g)[0]
+      grad = jax.vjp(lambda v: jax.nn.relu(apply(v, w)), xa)[1](g)[0]
       return xa + 0.01 * (jnp.sign(grad) if signed else grad)
 
     return lax.fori_loop(0, iterations, body, x)
@@ -142,7 +150,9 @@ def measure(layer: str, batch: int, iterations: int, repeats: int) -> dict:
   }
   steps = {}
   for name, apply in variants.items():
-    plain = jax.jit(loop(apply, iterations, signed=False))
+    # One step: later iterates drift apart once a ReLU gate flips on a
+    # rounding difference, which says nothing about the gradient.
+    plain = jax.jit(loop(apply, 1, signed=False))
     steps[name] = plain(x, w, g) - x
     compiled = jax.jit(loop(apply, iterations)).lower(x, w, g).compile()
     times = _common.time_calls(
