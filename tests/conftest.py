@@ -1,6 +1,6 @@
 """Test configuration: 4 forced host devices (for pmap tests), XLA:CPU's
-code generated at LLVM level 0 (``_binary.xla_flags``: same values,
-compiled 2-3x faster), one JAX compilation cache for the session's
+code generated at LLVM level 0 (``_binary.xla_flags``: values equal up to
+rounding, compiled 2-3x faster), one JAX compilation cache for the session's
 processes (``_binary.share_compilation_cache``), strict numpy,
 the smoke run of experiments/train.py (trained once per session), and a
 binary that SIGKILLs itself for the preemption tests.
