@@ -76,6 +76,26 @@ def time_calls(call: Callable[[], None], repeats: int) -> list[float]:
   return times
 
 
+def best_gflop_per_s(
+  call: Callable[[], None], flops: float, warmup: int = 3, repeats: int = 10
+) -> float:
+  """A kernel's rate: ``flops`` over the fastest of ``repeats`` timed calls.
+
+  Args:
+    call: runs the kernel once and blocks until it is done.
+    flops: the FLOPs of one call.
+    warmup: untimed calls first (compilation, caches, thread pools).
+    repeats: timed calls; the best counts (the rate the machine reaches
+      when nothing else interferes).
+
+  Returns:
+    GFLOP/s, rounded to 2 decimals.
+  """
+  for _ in range(warmup):
+    call()
+  return round(flops / min(time_calls(call, repeats)) / 1e9, 2)
+
+
 def time_block(
   call: Callable[[], None], seconds: float, max_calls: int
 ) -> list[float]:

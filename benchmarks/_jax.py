@@ -111,11 +111,9 @@ def matmul_gflop_per_s(
   a = jax.random.normal(ka, (m, k), jnp.float32)
   b = jax.random.normal(kb, (k, n), jnp.float32)
   dot = jax.jit(jnp.dot)
-  call = lambda: jax.block_until_ready(dot(a, b))
-  for _ in range(warmup):
-    call()
-  best = min(_common.time_calls(call, repeats))
-  return round(2 * m * k * n / best / 1e9, 2)
+  return _common.best_gflop_per_s(
+    lambda: jax.block_until_ready(dot(a, b)), 2 * m * k * n, warmup, repeats
+  )
 
 
 def train_runner(

@@ -72,12 +72,6 @@ def parse_shape(text: str, form: str = "MxKxN") -> tuple[int, int, int]:
   return tuple(int(p) for p in parts)
 
 
-def _best_gflop_per_s(call, flops: float, repeats: int) -> float:
-  for _ in range(3):
-    call()
-  return round(flops / min(_common.time_calls(call, repeats)) / 1e9, 2)
-
-
 def _jax_conv_rates(h, cin, cout, repeats):
   """(forward, input gradient) GFLOP/s of awt's CPU conv path."""
   import jax  # noqa: PLC0415 (worker only)
@@ -96,8 +90,12 @@ def _jax_conv_rates(h, cin, cout, repeats):
   dx = jax.jit(lambda v, g: jax.vjp(conv, v)[1](g)[0])
   flops = 2 * CONV_BATCH * h * h * 9 * cin * cout
   return (
-    _best_gflop_per_s(lambda: fwd(x).block_until_ready(), flops, repeats),
-    _best_gflop_per_s(lambda: dx(x, g).block_until_ready(), flops, repeats),
+    _common.best_gflop_per_s(
+      lambda: fwd(x).block_until_ready(), flops, repeats=repeats
+    ),
+    _common.best_gflop_per_s(
+      lambda: dx(x, g).block_until_ready(), flops, repeats=repeats
+    ),
   )
 
 
@@ -114,8 +112,8 @@ def _torch_conv_rates(h, cin, cout, repeats):
   flops = 2 * CONV_BATCH * h * h * 9 * cin * cout
   with torch.no_grad():
     return (
-      _best_gflop_per_s(fwd, flops, repeats),
-      _best_gflop_per_s(dx, flops, repeats),
+      _common.best_gflop_per_s(fwd, flops, repeats=repeats),
+      _common.best_gflop_per_s(dx, flops, repeats=repeats),
     )
 
 

@@ -440,11 +440,9 @@ def matmul_gflop_per_s(
   gen = torch.Generator().manual_seed(0)
   a = torch.randn(m, k, generator=gen)
   b = torch.randn(k, n, generator=gen)
-  call = lambda: torch.mm(a, b)
-  for _ in range(warmup):
-    call()
-  best = min(_common.time_calls(call, repeats))
-  return round(2 * m * k * n / best / 1e9, 2)
+  return _common.best_gflop_per_s(
+    lambda: torch.mm(a, b), 2 * m * k * n, warmup, repeats
+  )
 
 
 def versions() -> dict:
