@@ -1,8 +1,8 @@
 """Smoke and failure tests of experiments/evaluate.py (run as a subprocess).
 
 Evaluates a copy of conftest's trained smoke run (``smoke_run``, trained
-once per worker) with small attack budgets. Unoptimized XLA
-(JAX_DISABLE_MOST_OPTIMIZATIONS) keeps the subprocesses' compilation short.
+once per worker) with small attack budgets. The suite's LLVM level 0
+(tests/_binary.py) keeps the subprocesses' compilation short.
 """
 
 import json
@@ -23,17 +23,11 @@ SMALL = (
 )
 
 
-def _run(module, *args):
-  return _binary.run(
-    module, *args, env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
-  )
-
-
 @pytest.fixture(scope="module")
 def evaluated_run(smoke_run, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("evaluate") / "run")
   shutil.copytree(smoke_run[0], workdir)
-  proc = _run("experiments.evaluate", f"--workdir={workdir}", *SMALL)
+  proc = _binary.run("experiments.evaluate", f"--workdir={workdir}", *SMALL)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc
 
@@ -95,7 +89,7 @@ def test_evaluate_writes_report_and_plot(evaluated_run):
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):
   missing = str(tmp_path / "no_such_run")
-  proc = _run(
+  proc = _binary.run(
     "experiments.evaluate", *(a.format(missing=missing) for a in args)
   )
   assert proc.returncode != 0

@@ -4,7 +4,8 @@ References are independent of the code under test: plain Python over
 known fool sets for the ensemble arithmetic (scenic-style fake model with
 fixed logits), the closed form ``|w.x + b| / ||w||_2`` of a linear model
 for the minimal-perturbation statistics, and hand-made numbers for the
-checks. Unoptimized XLA keeps compilation, which dominates here, short.
+checks. Compilation, which dominates here, is kept short by the suite's
+LLVM level 0 (tests/_binary.py).
 """
 
 import functools
@@ -19,19 +20,6 @@ import pytest
 
 from awt import attacks, checkpoints, data, evaluation, models, training
 from awt.attacks import _common
-
-
-@pytest.fixture(autouse=True)
-def _fast_compile(request):
-  """Unoptimized XLA for the fast tests; the slow end-to-end test runs as
-  the binaries do."""
-  if request.node.get_closest_marker("slow"):
-    yield
-    return
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
 
 
 def _split(x: np.ndarray, y: np.ndarray) -> data.Split:
