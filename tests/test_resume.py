@@ -15,8 +15,6 @@ is trained once for the module.
 import os
 import shutil
 import signal
-import subprocess
-import sys
 
 import _binary
 import jax
@@ -25,7 +23,6 @@ import pytest
 
 from awt import checkpoints
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One xdist worker runs this module, so its trained fixture is built once.
 pytestmark = pytest.mark.xdist_group("resume")
 SMOKE = "experiments/configs/digits_mlp.py:smoke"
@@ -46,14 +43,7 @@ def _args(workdir, *extra):
 
 
 def _run(workdir, *extra):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.train", *_args(workdir, *extra)],
-    cwd=ROOT,
-    env=_binary.environment(2),
-    capture_output=True,
-    text=True,
-    timeout=900,  # a hang guard only
-  )
+  return _binary.run("experiments.train", *_args(workdir, *extra))
 
 
 def _params(workdir):
@@ -86,7 +76,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
     35,
     killed / "checkpoints",
     30,
-    cwd=ROOT,
+    cwd=_binary.ROOT,
     env=_binary.environment(2),
   )
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

@@ -13,8 +13,6 @@ search is refused with one line.
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import _binary
 import jax
@@ -24,8 +22,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from awt import checkpoints, data, models, pruning, training
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ctx(
@@ -222,21 +218,8 @@ SEARCH = (
 )
 
 
-def _find_ticket(workdir, env):
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.find_ticket",
-      *SEARCH,
-      f"--workdir={workdir}",
-    ],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,  # a hang guard only
-  )
+def _find_ticket(workdir):
+  return _binary.run("experiments.find_ticket", *SEARCH, f"--workdir={workdir}")
 
 
 def _ticket(workdir):
@@ -252,8 +235,7 @@ def test_sigkill_mid_search_then_resume_is_bit_identical(
   tmp_path, run_until_killed
 ):
   ref = tmp_path / "ref"
-  env = _binary.environment(2)
-  proc = _find_ticket(ref, env)
+  proc = _find_ticket(ref)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "awt search step 40/40: loss " in proc.stderr
 
@@ -267,15 +249,15 @@ def test_sigkill_mid_search_then_resume_is_bit_identical(
     10,
     killed / "search",
     5,
-    cwd=ROOT,
-    env=env,
+    cwd=_binary.ROOT,
+    env=_binary.environment(2),
   )
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   assert not (killed / "ticket").exists()
   step = max(_complete_steps(killed / "search"))
   assert step % 5 == 0 and step < 40
 
-  proc = _find_ticket(killed, env)
+  proc = _find_ticket(killed)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"awt search: resuming at step {step} of 40" in proc.stderr
   # Only the remaining steps ran again.
