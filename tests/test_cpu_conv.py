@@ -10,6 +10,7 @@ flipped-kernel input gradient above), as are ``vmap`` over members,
 
 import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import jax.test_util
 import numpy as np
@@ -83,6 +84,68 @@ def test_conv_general_dilated_equals_lax(h, w, cin, cout, k, s, padding):
     )
 
   _assert_same_vjp(new, ref, (x, kernel), kg)
+
+
+def _primitive_count(jaxpr, name: str) -> int:
+  """Equations named ``name`` in ``jaxpr`` and every jaxpr nested in it."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name == name
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      count += _primitive_count(sub, name)
+  return count
+
+
+def test_wide_conv_backward_has_no_kernel_gradient_convolution():
+  """The flipped-kernel conv's VJP: one convolution forward, one for the
+  input gradient, none for the kernel gradient (XLA:CPU's batch-contracting
+  kernel-gradient convolution is 100-250x slower inside a lax.scan); the
+  reference, lax's VJP, has three."""
+  x = jnp.ones((2, 6, 6, 40))
+  kernel = jnp.ones((3, 3, 40, 4))
+
+  def convs(conv):
+    def fwd_bwd(a, b):
+      out, vjp = jax.vjp(
+        lambda u, v: conv(u, v, (1, 1), "SAME", dimension_numbers=DIMS), a, b
+      )
+      return vjp(out)
+
+    return _primitive_count(
+      jax.make_jaxpr(fwd_bwd)(x, kernel).jaxpr, "conv_general_dilated"
+    )
+
+  assert convs(_cpu_conv.conv_general_dilated) == 2
+  assert convs(lax.conv_general_dilated) == 3
+
+
+@pytest.mark.parametrize("cin,s", [(1, 1), (40, 1), (40, 2)])
+def test_gradients_inside_a_scan_equal_lax(cin, s):
+  """Per-step kernel and input gradients inside ``lax.scan``, as awt's
+  training epochs compute them: both lowerings (patch 9 and 360)."""
+  keys = jax.random.split(jax.random.PRNGKey(cin + s), 3)
+  xs = jax.random.normal(keys[0], (3, 2, 9, 8, cin))
+  kernel = jax.random.normal(keys[1], (3, 3, cin, 5))
+  gs = jax.random.normal(keys[2], (3, 2, (9 + s - 1) // s, (8 + s - 1) // s, 5))
+
+  def scanned(conv):
+    def step(carry, xg):
+      a, g = xg
+      _, vjp = jax.vjp(
+        lambda u, v: conv(u, v, (s, s), "SAME", dimension_numbers=DIMS),
+        a,
+        kernel,
+      )
+      dx, dw = vjp(g)
+      return carry + dw, dx
+
+    return jax.jit(lambda: lax.scan(step, jnp.zeros_like(kernel), (xs, gs)))()
+
+  got, want = (
+    scanned(_cpu_conv.conv_general_dilated),
+    scanned(lax.conv_general_dilated),
+  )
+  assert _rel(got, want) <= RTOL
 
 
 def test_custom_gradients_pass_check_grads():

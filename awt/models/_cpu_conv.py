@@ -18,7 +18,10 @@ rounding:
   convolution, with a ``jax.custom_vjp`` whose input gradient is an
   ordinary convolution of the (zero-interleaved, for strides > 1) output
   gradient with the spatially flipped, in/out-transposed kernel, and whose
-  kernel gradient is XLA's own;
+  kernel gradient is one matmul per kernel row of shifted input slices
+  with the output gradient (XLA:CPU's own kernel gradient, a convolution
+  contracting the batch, runs 100-250x slower inside a ``lax.scan``, where
+  awt trains);
 * **max pooling without scatter** (:func:`max_pool`): non-overlapping
   windows as a reshape and a max; its ``custom_jvp`` takes each window's
   tangent at the window's first maximum (row-major order), found with
@@ -181,6 +184,38 @@ def _xla_conv(x, w, strides, pads, precision):
   )
 
 
+def _shifted_slices(x, kernel_hw, strides, pads) -> list[list[jax.Array]]:
+  """``[i][j]``: the padded input's slice that kernel tap ``(i, j)`` sees.
+
+  Args:
+    x: [B, H, W, C_in].
+    kernel_hw: ``(kh, kw)``.
+    strides: ``(sh, sw)``.
+    pads: ``((top, bottom), (left, right))``.
+
+  Returns:
+    ``kh`` lists of ``kw`` arrays [B, H', W', C_in]: entry ``[i][j]`` is
+    ``x_p[:, i + sh * o_h, j + sw * o_w, :]`` over the output positions.
+  """
+  kh, kw = kernel_hw
+  sh, sw = strides
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  b, hp, wp, cin = xp.shape
+  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  return [
+    [
+      lax.slice(
+        xp,
+        (0, i, j, 0),
+        (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin),
+        (1, sh, sw, 1),
+      )
+      for j in range(kw)
+    ]
+    for i in range(kh)
+  ]
+
+
 def _slice_matmul_conv(x, w, strides, pads, precision):
   """The conv as one matmul of shifted input slices with the kernel.
 
@@ -200,22 +235,53 @@ def _slice_matmul_conv(x, w, strides, pads, precision):
     [B, H', W', C_out].
   """
   kh, kw, cin, cout = w.shape
-  sh, sw = strides
-  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  b, hp, wp, _ = xp.shape
-  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-  cols = [
-    lax.slice(
-      xp,
-      (0, i, j, 0),
-      (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin),
-      (1, sh, sw, 1),
-    )
-    for i in range(kh)
-    for j in range(kw)
-  ]
-  patches = jnp.concatenate(cols, axis=-1)
+  rows = _shifted_slices(x, (kh, kw), strides, pads)
+  patches = jnp.concatenate([s for row in rows for s in row], axis=-1)
   return jnp.dot(patches, w.reshape(kh * kw * cin, cout), precision=precision)
+
+
+def _kernel_grad(x, g, kernel_shape, strides, pads, precision):
+  """The conv's kernel gradient as one matmul per kernel row.
+
+  .. math::
+    \\frac{\\partial L}{\\partial W[i, j]} = \\sum_{b, o_h, o_w}
+    x_p[b, s_h o_h + i, s_w o_w + j, :]^\\top g[b, o_h, o_w, :]
+
+  Row ``i``'s ``kw`` shifted slices, concatenated on the channel axis, are
+  a ``[B H' W', kw C_in]`` patch matrix ``P_i``, and
+  ``dW[i] = P_i^T g_{[B H' W', C_out]}``: ``kh`` dots, no convolution.
+  XLA:CPU (JAX 0.10) lowers its own kernel gradient (a convolution that
+  contracts the batch) inside a while loop to a path 100-250x slower than
+  outside one (2.6-6.1 s for one Conv-4 layer at batch 32 inside a
+  ``lax.scan``, where awt runs its training epochs; these dots take
+  10-46 ms there and 84-308 ms at batch 128 outside a loop, against XLA's
+  80-384 ms: ``benchmarks/README.md``, issue 17). Per row, not one
+  ``[B H' W', kh kw C_in]`` matrix: a third of the memory, equally fast.
+
+  Args:
+    x: [B, H, W, C_in], the conv's input.
+    g: [B, H', W', C_out], the gradient of its output.
+    kernel_shape: ``(kh, kw, C_in, C_out)``.
+    strides: ``(sh, sw)``.
+    pads: ``((top, bottom), (left, right))``.
+    precision: ``lax.Precision`` of the matmuls, or None.
+
+  Returns:
+    [kh, kw, C_in, C_out].
+  """
+  kh, kw, cin, cout = kernel_shape
+  rows = _shifted_slices(x, (kh, kw), strides, pads)
+  return jnp.stack(
+    [
+      jnp.einsum(
+        "bhwk,bhwo->ko",
+        jnp.concatenate(row, axis=-1),
+        g,
+        precision=precision,
+      ).reshape(kw, cin, cout)
+      for row in rows
+    ]
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -240,7 +306,7 @@ def _flipped_grad_fwd(x, w, strides, pads, precision):
 
 
 def _flipped_grad_bwd(strides, pads, precision, res, g):
-  """Input gradient by the transposed-conv identity; XLA's kernel gradient.
+  """Input gradient by the transposed-conv identity; kernel gradient by dots.
 
   With ``g_s`` the output gradient with ``s - 1`` zeros interleaved and
   padded by ``kh - 1 - top`` above (cropped where negative) and up to the
@@ -260,8 +326,7 @@ def _flipped_grad_bwd(strides, pads, precision, res, g):
   g_s = lax.pad(g, jnp.zeros((), g.dtype), edges)
   w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
   dx = _xla_conv(g_s, w_t, (1, 1), "VALID", precision)
-  _, conv_vjp = jax.vjp(lambda v: _xla_conv(x, v, strides, pads, precision), w)
-  return dx, conv_vjp(g)[0]
+  return dx, _kernel_grad(x, g, w.shape, strides, pads, precision)
 
 
 _flipped_grad_conv.defvjp(_flipped_grad_fwd, _flipped_grad_bwd)
