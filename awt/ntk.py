@@ -337,6 +337,92 @@ def empirical_fn(
   return jax.jit(kernel)
 
 
+def dense_chain_fn(
+  inputs: Callable[[PyTree, jax.Array], jax.Array],
+  layers: tuple[str, ...],
+  *,
+  trace_axes: tuple[int, ...] = (-1,),
+) -> Callable[[PyTree, jax.Array, jax.Array | None], jax.Array]:
+  r"""``kernel(params, x1, x2=None)``: the empirical NTK of a ReLU Dense chain,
+  layer by layer, without forming a Jacobian.
+
+  The network is :math:`h_0 = \mathrm{inputs}(x)`,
+  :math:`z_l = h_l W_l + b_l`, :math:`h_{l+1} = \mathrm{relu}(z_l)`, the
+  last :math:`z` the logits (``awt.models.MLP`` and ``Linear``). The
+  Jacobian of logit :math:`c` in :math:`W_l` is the outer product
+  :math:`h_l \otimes \delta_{l,c}`, :math:`\delta_{l,c} = \partial f_c /
+  \partial z_l`, and in :math:`b_l` it is :math:`\delta_{l,c}`, so
+
+  .. math::
+    \Theta_{ij,cd} = \sum_l \bigl(h_l(x_i) \cdot h_l(x_j) + 1\bigr)
+      \bigl(\delta_{l,c}(x_i) \cdot \delta_{l,d}(x_j)\bigr),
+
+  the structured-derivatives form of Novak et al. (ICML 2022, Section 3)
+  for Dense layers, which neural-tangents' ``STRUCTURED_DERIVATIVES``
+  computes in general and which fails on this JAX (``awt/_nt.py``). The
+  :math:`\delta` are back-propagated in closed form (``K`` rows per
+  point): ``O(N K P)`` for them plus ``O(N1 N2 K^2 \sum_l d_l)`` for the
+  Gram products, against ``O(N1 N2 K P)`` for a Jacobian contraction. The
+  result equals :func:`empirical_fn`'s for the same network (to float32
+  rounding; ``tests/test_ntk_dense_chain.py``) and is differentiable in
+  ``params``.
+
+  Args:
+    inputs: ``(params, x [N, ...]) -> [N, d_0]``, the first layer's input
+      (e.g. the normalized, flattened pixels); it may not depend on the
+      parameters the kernel is taken over (its own are not counted).
+    layers: the Dense layers' names in ``params`` in order, each
+      ``{"kernel": [d_l, d_{l+1}], "bias": [d_{l+1}]}``; ReLU between them,
+      none after the last.
+    trace_axes: ``(-1,)`` for ``[N1, N2]`` (mean over logits) or ``()``
+      for ``[N1, N2, K, K]``.
+
+  Returns:
+    ``kernel(params, x1, x2=None) -> [N1, N2]`` or ``[N1, N2, K, K]``
+    (``x2=None``: ``x1`` with itself).
+
+  References:
+    Novak, Sohl-Dickstein & Schoenholz, "Fast Finite Width Neural Tangent
+    Kernel", ICML 2022.
+  """
+  trace_axes = _canonical_trace_axes(trace_axes)
+  if not layers:
+    raise ValueError("dense_chain_fn needs at least one layer")
+
+  def features(params, x):
+    """Each layer's input ``[N, d_l]`` and ``delta`` ``[N, K, d_{l+1}]``."""
+    h = inputs(params, x)
+    acts, gates = [], []
+    for i, name in enumerate(layers):
+      acts.append(h)
+      z = h @ params[name]["kernel"] + params[name]["bias"][None, :]
+      if i < len(layers) - 1:
+        gates.append((z > 0).astype(z.dtype))
+        h = jax.nn.relu(z)
+    k = z.shape[-1]
+    delta = jnp.broadcast_to(jnp.eye(k, dtype=z.dtype), (z.shape[0], k, k))
+    deltas = [delta]
+    for i in range(len(layers) - 2, -1, -1):
+      w = params[layers[i + 1]]["kernel"]
+      delta = jnp.einsum("nck,jk->ncj", delta, w) * gates[i][:, None, :]
+      deltas.insert(0, delta)
+    return acts, deltas
+
+  def kernel(params, x1, x2=None):
+    a1, d1 = features(params, x1)
+    a2, d2 = (a1, d1) if x2 is None else features(params, x2)
+    k = 0.0
+    for h1, h2, p, q in zip(a1, a2, d1, d2, strict=True):
+      gram = h1 @ h2.T + 1.0
+      if trace_axes:
+        k = k + gram * jnp.einsum("icz,jcz->ij", p, q) / p.shape[1]
+      else:
+        k = k + gram[:, :, None, None] * jnp.einsum("icz,jdz->ijcd", p, q)
+    return k
+
+  return kernel
+
+
 def empirical(
   apply_fn: ApplyFn,
   params: PyTree,
@@ -948,6 +1034,7 @@ __all__ = [
   "condition_number",
   "cost_model",
   "cross_entropy",
+  "dense_chain_fn",
   "effective_rank",
   "eigenvalues",
   "empirical",
