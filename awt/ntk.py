@@ -343,8 +343,8 @@ def dense_chain_fn(
   *,
   trace_axes: tuple[int, ...] = (-1,),
 ) -> Callable[[PyTree, jax.Array, jax.Array | None], jax.Array]:
-  r"""``kernel(params, x1, x2=None)``: the empirical NTK of a ReLU Dense chain,
-  layer by layer, without forming a Jacobian.
+  r"""A jitted ``kernel(params, x1, x2=None)``: the empirical NTK of a ReLU
+  Dense chain, layer by layer, without forming a Jacobian.
 
   The network is :math:`h_0 = \mathrm{inputs}(x)`,
   :math:`z_l = h_l W_l + b_l`, :math:`h_{l+1} = \mathrm{relu}(z_l)`, the
@@ -420,7 +420,7 @@ def dense_chain_fn(
         k = k + gram[:, :, None, None] * jnp.einsum("icz,jdz->ijcd", p, q)
     return k
 
-  return kernel
+  return jax.jit(kernel)
 
 
 def empirical(

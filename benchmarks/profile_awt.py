@@ -1,7 +1,7 @@
 r"""Where one AWT search step spends its FLOPs and its time.
 
   python -m benchmarks.profile_awt [--config=mnist5k_mlp] [--sparsity=0.95] \
-    [--implementations=auto,ntk_vector_products,jacobian_contraction] \
+    [--implementations=layerwise,auto,ntk_vector_products,...] \
     [--repeats=3] [--trace_steps=4] [--layerwise_steps=4] [--top=12]
 
 (``--top`` is ``benchmarks.profile_step``'s flag, whose HLO parsing this
@@ -22,18 +22,20 @@ the teacher's magnitude mask at ``--sparsity``) and splits one step of
 For each part: FLOPs (``benchmarks/_flops.py``: the jaxpr count, PGD's
 loop times its trip count) and wall seconds (median of ``--repeats`` calls
 after one warm-up call, compilation excluded), per empirical-NTK
-implementation. Then a ``jax.profiler`` trace of ``--trace_steps`` steps of
-the search's own ``_chunk`` (its implementation, ``auto``), every event
+implementation (``layerwise``: ``awt.ntk.dense_chain_fn``, MLP configs
+only). Then a ``jax.profiler`` trace of ``--trace_steps`` steps of
+the search's own ``_chunk`` (its implementation: ``layerwise`` on the MLP
+configs, ``auto`` on LeNet-5), every event
 attributed to its HLO instruction (``benchmarks.profile_step.parse_hlo``)
 and summed by part (:func:`part_of`, from the instruction's JAX name
 stack) and opcode (a fusion by the dot or convolution it contains, else
 its root).
 
-On the MLP configs, ``--layerwise_steps`` steps of the same search with
-both kernels computed layer by layer (:func:`dense_layerwise_ntk`, the
-structured form of the Dense-layer NTK, checked against ``ntk_of``) are
-counted and timed against the search's own ``_chunk`` on the same batches:
-what the search would cost with that kernel.
+On the MLP configs, ``--layerwise_steps`` steps of the search's ``_chunk``
+with both kernels computed layer by layer (``layerwise``, what the search
+runs) and with ``awt.ntk``'s ``auto`` (what it ran before) are counted and
+timed on the same batches, with the kernels' agreement and the largest
+difference of the per-step losses.
 
 Prints one JSON line per part and implementation, one per step kind of the
 layerwise comparison, one per (part, opcode)
@@ -51,7 +53,7 @@ import time
 from absl import flags
 
 # profile_step defines --top.
-from benchmarks import _common, _layerwise, profile_step
+from benchmarks import _common, profile_step
 
 flags.DEFINE_enum(
   "config", "mnist5k_mlp", ["digits_mlp", "mnist5k_mlp", "mnist5k_lenet5"], ""
@@ -59,13 +61,16 @@ flags.DEFINE_enum(
 flags.DEFINE_float("sparsity", 0.95, "Of the search's mask.")
 flags.DEFINE_list(
   "implementations",
-  ["auto", "ntk_vector_products", "jacobian_contraction"],
-  "Empirical-NTK implementations of the parts.",
+  ["layerwise", "auto", "ntk_vector_products", "jacobian_contraction"],
+  "Empirical-NTK implementations of the parts (layerwise: MLPs only).",
 )
 flags.DEFINE_integer("repeats", 3, "Timed calls per part.")
 flags.DEFINE_integer("trace_steps", 4, "Steps of the traced chunk; 0: none.")
 flags.DEFINE_integer(
-  "layerwise_steps", 4, "Steps of the layerwise-kernel search (MLPs); 0: none."
+  "layerwise_steps",
+  4,
+  "Steps of the search with the layerwise and with the auto kernel (MLPs;"
+  " 0: none).",
 )
 
 PARTS = (
@@ -140,6 +145,7 @@ def _parts(ctx, settings, mask, coefs, batch, implementation):
     "ntk_norm": hyper.ntk_norm,
     "l2_paths": hyper.l2_paths,
     "implementation": implementation,
+    "model": ctx.model,
   }
 
   def points(one):
@@ -149,7 +155,12 @@ def _parts(ctx, settings, mask, coefs, batch, implementation):
 
   def teacher_kernel(x):
     return awt_lib.ntk_of(
-      f, teacher, x, kernel=hyper.kernel, implementation=implementation
+      f,
+      teacher,
+      x,
+      kernel=hyper.kernel,
+      implementation=implementation,
+      model=ctx.model,
     )
 
   k0 = jax.jit(teacher_kernel)(x)
@@ -222,55 +233,12 @@ def measure_parts(ctx, settings, mask, coefs, batch, implementation, repeats):
   return records
 
 
-def layerwise_step(ctx, settings, mask, coefs):
-  """``_chunk``'s step (awt, ``cross_full``, student kernel ``"all"``) with
-  :func:`dense_layerwise_ntk` for both kernels; ``(carry, batch) -> ...``.
-
-  The step of ``awt.pruning.awt._chunk`` line by line (PGD points against
-  the teacher, the teacher's kernel and outputs, value and gradient of
-  output + lambda_K * relative kernel distance + lambda_2 * L2, Adam), only
-  the kernel function swapped: what the search would cost with it.
-  """
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  import optax  # noqa: PLC0415
-
-  from awt.pruning import awt as awt_lib  # noqa: PLC0415
-
-  hyper = settings.hyper
-  if hyper.kernel != "cross_full" or hyper.student != "all":
-    raise ValueError("layerwise_step: cross_full kernel, student 'all' only")
-  f = awt_lib.eval_logits_fn(ctx.model, ctx.batch_stats)
-  teacher = ctx.params
-  tx = optax.adam(coefs["lr"])
-
-  def kernel(params, x):
-    return _layerwise.dense_layerwise_ntk(ctx.model, params, *awt_lib.halves(x))
-
-  def step(carry, batch):
-    th, opt = carry
-    x = awt_lib._points(f, hyper, teacher, awt_lib._masked(th, mask), batch)
-    k0, f0 = kernel(teacher, x), f(teacher, x)
-
-    def total(w):
-      eff = awt_lib._masked(w, mask)
-      output = jnp.mean((f(eff, x) - f0) ** 2)
-      ntk_term = awt_lib.kernel_distance(kernel(eff, x), k0, hyper.ntk_norm)
-      l2 = awt_lib.l2_norm(w, mask, hyper.l2_paths)
-      loss = output + coefs["lambda_ntk"] * ntk_term
-      return loss + coefs["lambda_l2"] * l2
-
-    loss, grads = jax.value_and_grad(total)(th)
-    updates, opt = tx.update(grads, opt, th)
-    return (optax.apply_updates(th, updates), opt), loss
-
-  return step
-
-
 def measure_layerwise(ctx, settings, mask, coefs, stacked, steps, repeats):
-  """FLOPs and seconds per step of ``steps`` layerwise steps in a scan,
-  against ``_chunk``'s on the same batches; the kernels' agreement and the
-  largest relative difference of the two searches' per-step losses."""
+  """FLOPs and seconds per step of ``steps`` steps of the search
+  (``_chunk``) with its kernels layer by layer (``LAYERWISE``, what MLP
+  searches run) and with ``awt.ntk``'s ``"auto"`` (NTK-vector products) on
+  the same batches; the kernels' agreement and the largest relative
+  difference of the two searches' per-step losses."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
   import optax  # noqa: PLC0415
@@ -280,30 +248,28 @@ def measure_layerwise(ctx, settings, mask, coefs, stacked, steps, repeats):
 
   f = awt_lib.eval_logits_fn(ctx.model, ctx.batch_stats)
   x = stacked(1)["image"][0]
-  ref = awt_lib.ntk_of(f, ctx.params, x, kernel="cross_full")
-  mine = _layerwise.dense_layerwise_ntk(
-    ctx.model, ctx.params, *awt_lib.halves(x)
+  kernels = [
+    awt_lib.ntk_of(f, ctx.params, x, implementation=impl, model=ctx.model)
+    for impl in (awt_lib.LAYERWISE, "auto")
+  ]
+  error = float(
+    jnp.linalg.norm(kernels[0] - kernels[1]) / jnp.linalg.norm(kernels[1])
   )
-  error = float(jnp.linalg.norm(mine - ref) / jnp.linalg.norm(ref))
-  step = layerwise_step(ctx, settings, mask, coefs)
   opt_state = optax.adam(settings.lr).init(ctx.params)
   batches = stacked(steps)
   carry = (ctx.params, opt_state)
-
-  def scan(carry, batches):
-    return jax.lax.scan(step, carry, batches)
-
-  def chunk(carry, batches):
-    kw = {"hyper": settings.hyper}
-    args = (mask, ctx.params, ctx.batch_stats, coefs, batches)
-    return awt_lib._chunk(*carry, *args, **kw)
-
   records, losses = [], {}
-  for name, fn in (("layerwise", scan), ("search (_chunk)", chunk)):
-    flops = _flops.count(fn, carry, batches).scaled(1 / steps)
-    jitted = jax.jit(fn)
+  for impl in (awt_lib.LAYERWISE, "auto"):
+    hyper = settings.hyper._replace(implementation=impl)
+
+    def chunk(carry, batches, hyper=hyper):
+      args = (mask, ctx.params, ctx.batch_stats, coefs, batches)
+      return awt_lib._chunk.__wrapped__(*carry, *args, hyper=hyper)
+
+    flops = _flops.count(chunk, carry, batches).scaled(1 / steps)
+    jitted = jax.jit(chunk)
     _, out = jax.block_until_ready(jitted(carry, batches))
-    losses[name] = out["loss"] if isinstance(out, dict) else out
+    losses[impl] = out["loss"]
     times = _common.time_calls(
       lambda jitted=jitted: jax.block_until_ready(jitted(carry, batches)),
       repeats,
@@ -311,15 +277,14 @@ def measure_layerwise(ctx, settings, mask, coefs, stacked, steps, repeats):
     records.append(
       {
         "benchmark": "profile_awt_layerwise",
-        "step": name,
+        "implementation": impl,
         "flops_per_step": flops.as_dict(),
         "median_s_per_step": round(statistics.median(times) / steps, 5),
         "kernel_relative_error": error,
         "load": _common.load_average(),
       }
     )
-  # The same search: its per-step losses agree with _chunk's.
-  a, b = losses["layerwise"], losses["search (_chunk)"]
+  a, b = losses[awt_lib.LAYERWISE], losses["auto"]
   gap = float(jnp.max(jnp.abs(a - b) / jnp.abs(b)))
   for r in records:
     r["max_relative_loss_difference"] = gap
@@ -405,6 +370,8 @@ def main(argv):
   common = {"config": f.config, **_common.machine()}
   totals = {}
   for impl in f.implementations:
+    if impl == "layerwise" and not f.config.endswith("mlp"):
+      continue
     for r in measure_parts(ctx, settings, mask, coefs, batch, impl, f.repeats):
       print(json.dumps({**r, **common}), flush=True)
       totals[(impl, r["part"])] = r
