@@ -34,10 +34,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from awt._nt import IMPLEMENTATIONS, nt
 from awt._nt import implementation as _nt_implementation
@@ -46,8 +48,11 @@ PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
 AUTO = "auto"
-# Names accepted by ``implementation=``: "auto" and NT's working ones.
-IMPLEMENTATION_NAMES = (AUTO, *IMPLEMENTATIONS)
+# awt's own: the Dense layers factored (structured_fn), for flax networks.
+STRUCTURED = "structured"
+# Names accepted by ``implementation=``: "auto", NT's working ones and
+# "structured".
+IMPLEMENTATION_NAMES = (AUTO, *IMPLEMENTATIONS, STRUCTURED)
 
 # Constants of the cost model (units: FLOPs; see cost_model). One VJP costs
 # ~3 forward passes (Griewank & Walther 2008, Sec. 4.6: reverse mode <= 4x,
@@ -280,8 +285,9 @@ def empirical_fn(
       (no batch statistics: the NTK is vmapped over examples).
     trace_axes: ``(-1,)`` for ``[N1, N2]`` (mean over logits) or ``()``
       for the full ``[N1, N2, K, K]`` kernel.
-    implementation: ``"auto"``, ``"jacobian_contraction"`` or
-      ``"ntk_vector_products"``.
+    implementation: ``"auto"``, ``"jacobian_contraction"``,
+      ``"ntk_vector_products"`` or ``"structured"`` (:func:`structured_fn`,
+      for ``flax.linen`` networks).
     batch_size: block size, or None to compute the kernel in one piece.
 
   Returns:
@@ -296,8 +302,12 @@ def empirical_fn(
   if batch_size is not None and batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
+  structured = structured_fn(apply_fn, trace_axes=trace_axes)
+
   def ntk_fn(params, x1, x2):
     name = implementation
+    if name == STRUCTURED:
+      return structured(params, x1, x2)
     if name == AUTO:
       name = choose_implementation(apply_fn, params, x1, x2, trace_axes)
     fn = nt.empirical_ntk_fn(
@@ -337,87 +347,168 @@ def empirical_fn(
   return jax.jit(kernel)
 
 
-def dense_chain_fn(
-  inputs: Callable[[PyTree, jax.Array], jax.Array],
-  layers: tuple[str, ...],
-  *,
-  trace_axes: tuple[int, ...] = (-1,),
-) -> Callable[[PyTree, jax.Array, jax.Array | None], jax.Array]:
-  r"""A jitted ``kernel(params, x1, x2=None)``: the empirical NTK of a ReLU
-  Dense chain, layer by layer, without forming a Jacobian.
+def _is_dense_call(context) -> bool:
+  return isinstance(context.module, nn.Dense) and context.method_name == (
+    "__call__"
+  )
 
-  The network is :math:`h_0 = \mathrm{inputs}(x)`,
-  :math:`z_l = h_l W_l + b_l`, :math:`h_{l+1} = \mathrm{relu}(z_l)`, the
-  last :math:`z` the logits (``awt.models.MLP`` and ``Linear``). The
-  Jacobian of logit :math:`c` in :math:`W_l` is the outer product
-  :math:`h_l \otimes \delta_{l,c}`, :math:`\delta_{l,c} = \partial f_c /
+
+def dense_layers(
+  apply_fn: ApplyFn, params: PyTree, x: jax.Array
+) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+  """The ``nn.Dense`` layers :func:`structured_fn` factors, and their outputs.
+
+  A Dense layer qualifies when ``apply_fn`` calls it exactly once per
+  forward pass, on a ``[batch, d_in]`` input; its parameters are
+  ``params[path]["kernel"]`` (and ``["bias"]``). Found by tracing
+  ``apply_fn`` once (``jax.eval_shape``) with ``flax.linen``'s method
+  interceptor, so nothing runs. A jitted ``apply_fn`` whose trace is
+  cached is not re-traced: then no layer is found, and the kernel is a
+  plain Jacobian contraction (the same values, at its cost).
+
+  Args:
+    apply_fn: ``(params, x [N, ...]) -> [N, K]``, built on ``flax.linen``.
+    params: its parameters.
+    x: ``[N, ...]`` example inputs (shapes only).
+
+  Returns:
+    ``{path: output aval [1, d_out]}`` per qualifying layer, in call order.
+  """
+  calls = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if _is_dense_call(context):
+      calls.append((tuple(context.module.path), args[0].shape, out))
+    return out
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda p, v: apply_fn(p, v), params, x[:1])
+  paths = [path for path, _, _ in calls]
+  return {
+    path: jax.ShapeDtypeStruct(out.shape, out.dtype)
+    for path, shape, out in calls
+    if len(shape) == 2 and paths.count(path) == 1
+  }
+
+
+def structured_fraction(apply_fn: ApplyFn, params: PyTree, x) -> float:
+  """The share of ``params``' entries in :func:`dense_layers`' layers."""
+  flat = traverse_util.flatten_dict(params)
+  layers = dense_layers(apply_fn, params, x)
+  inside = sum(v.size for k, v in flat.items() if k[:-1] in layers)
+  return inside / max(1, sum(v.size for v in flat.values()))
+
+
+def structured_fn(
+  apply_fn: ApplyFn, *, trace_axes: tuple[int, ...] = (-1,)
+) -> Callable[[PyTree, jax.Array, jax.Array | None], jax.Array]:
+  r"""A jitted ``kernel(params, x1, x2=None)``: the empirical NTK with its
+  Dense layers factored, no Jacobian of their weights.
+
+  For a Dense layer :math:`z_l = a_l W_l + b_l` the Jacobian of logit
+  :math:`c` in :math:`W_l` is the outer product
+  :math:`a_l \otimes \delta_{l,c}`, :math:`\delta_{l,c} = \partial f_c /
   \partial z_l`, and in :math:`b_l` it is :math:`\delta_{l,c}`, so
 
   .. math::
-    \Theta_{ij,cd} = \sum_l \bigl(h_l(x_i) \cdot h_l(x_j) + 1\bigr)
-      \bigl(\delta_{l,c}(x_i) \cdot \delta_{l,d}(x_j)\bigr),
+    \Theta_{ij,cd} = \sum_{l\ \mathrm{Dense}} \bigl(a_l(x_i) \cdot
+      a_l(x_j) + [b_l]\bigr) \bigl(\delta_{l,c}(x_i) \cdot
+      \delta_{l,d}(x_j)\bigr) + J_r(x_i)_c \cdot J_r(x_j)_d,
 
-  the structured-derivatives form of Novak et al. (ICML 2022, Section 3)
-  for Dense layers, which neural-tangents' ``STRUCTURED_DERIVATIVES``
-  computes in general and which fails on this JAX (``awt/_nt.py``). The
-  :math:`\delta` are back-propagated in closed form (``K`` rows per
-  point): ``O(N K P)`` for them plus ``O(N1 N2 K^2 \sum_l d_l)`` for the
-  Gram products, against ``O(N1 N2 K P)`` for a Jacobian contraction. The
-  result equals :func:`empirical_fn`'s for the same network (to float32
-  rounding; ``tests/test_ntk_dense_chain.py``) and is differentiable in
-  ``params``.
+  with :math:`J_r` the Jacobian in the remaining parameters
+  (convolutions, normalization; ``[b_l]`` is 1 with a bias, else 0): the
+  structured-derivatives form of Novak et al. (ICML 2022, Section 3) for
+  Dense layers, which neural-tangents' ``STRUCTURED_DERIVATIVES`` computes
+  in general and which fails on this JAX (``awt/_nt.py``). Per example,
+  one ``jax.jacrev`` (``K`` backward passes) gives the :math:`\delta`
+  (as the gradient of a zero perturbation added to each Dense output,
+  through ``flax.linen.intercept_methods``) and :math:`J_r`; the layers'
+  inputs are recorded on the way. Cost: ``O(N K P)`` for that plus
+  ``O(N1 N2 K^2 (\sum_l d_l + P_r))``, against ``O(N1 N2 K^2 P)`` for a
+  full Jacobian contraction — for LeNet-300-100 and LeNet-5, whose weights
+  are almost all Dense, about a tenth of the FLOPs (``benchmarks/README.md``).
+  Differentiable in ``params``; equal to ``empirical_fn``'s kernels to
+  float32 rounding (``tests/test_ntk_structured.py``).
 
   Args:
-    inputs: ``(params, x [N, ...]) -> [N, d_0]``, the first layer's input
-      (e.g. the normalized, flattened pixels); it may not depend on the
-      parameters the kernel is taken over (its own are not counted).
-    layers: the Dense layers' names in ``params`` in order, each
-      ``{"kernel": [d_l, d_{l+1}], "bias": [d_{l+1}]}``; ReLU between them,
-      none after the last.
+    apply_fn: ``(params, x [N, ...]) -> [N, K]`` built on ``flax.linen``
+      (``model.apply``), examples independent; which Dense layers are
+      factored: :func:`dense_layers`.
     trace_axes: ``(-1,)`` for ``[N1, N2]`` (mean over logits) or ``()``
       for ``[N1, N2, K, K]``.
 
   Returns:
-    ``kernel(params, x1, x2=None) -> [N1, N2]`` or ``[N1, N2, K, K]``
-    (``x2=None``: ``x1`` with itself).
+    ``kernel(params, x1, x2=None) -> [N1, N2]`` or ``[N1, N2, K, K]``.
+
+  Raises:
+    ValueError: (when called) ``apply_fn`` did not go through the Dense
+      layers found when it was traced again (e.g. a cached jitted trace).
 
   References:
     Novak, Sohl-Dickstein & Schoenholz, "Fast Finite Width Neural Tangent
     Kernel", ICML 2022.
   """
   trace_axes = _canonical_trace_axes(trace_axes)
-  if not layers:
-    raise ValueError("dense_chain_fn needs at least one layer")
 
-  def features(params, x):
-    """Each layer's input ``[N, d_l]`` and ``delta`` ``[N, K, d_{l+1}]``."""
-    h = inputs(params, x)
-    acts, gates = [], []
-    for i, name in enumerate(layers):
-      acts.append(h)
-      z = h @ params[name]["kernel"] + params[name]["bias"][None, :]
-      if i < len(layers) - 1:
-        gates.append((z > 0).astype(z.dtype))
-        h = jax.nn.relu(z)
-    k = z.shape[-1]
-    delta = jnp.broadcast_to(jnp.eye(k, dtype=z.dtype), (z.shape[0], k, k))
-    deltas = [delta]
-    for i in range(len(layers) - 2, -1, -1):
-      w = params[layers[i + 1]]["kernel"]
-      delta = jnp.einsum("nck,jk->ncj", delta, w) * gates[i][:, None, :]
-      deltas.insert(0, delta)
-    return acts, deltas
+  def per_example(params, x, layers):
+    """``(J_r [K, P_r], deltas [K, d_out] each, inputs [d_in] each)``."""
+    flat = traverse_util.flatten_dict(params)
+    fixed = {k: v for k, v in flat.items() if k[:-1] in layers}
+    rest = {k: v for k, v in flat.items() if k[:-1] not in layers}
+
+    def logits(rest, eps):
+      inputs = {}
+
+      def perturb(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        path = tuple(context.module.path)
+        if _is_dense_call(context) and path in eps:
+          inputs[path] = args[0][0]
+          out = out + eps[path]
+        return out
+
+      merged = traverse_util.unflatten_dict({**rest, **fixed})
+      with nn.intercept_methods(perturb):
+        out = apply_fn(merged, x[None])[0]
+      if set(inputs) != set(eps):
+        raise ValueError(
+          "structured NTK: apply_fn did not call the Dense layers "
+          f"{sorted(set(eps) - set(inputs))} when traced again (is it a "
+          "jitted function with a cached trace?)"
+        )
+      return out, inputs
+
+    eps = {path: jnp.zeros(a.shape, a.dtype) for path, a in layers.items()}
+    (j_rest, j_eps), inputs = jax.jacrev(logits, (0, 1), has_aux=True)(
+      rest, eps
+    )
+    k = next(iter(jax.tree.leaves((j_rest, j_eps)))).shape[0]
+    j_r = jnp.concatenate(
+      [v.reshape(k, -1) for v in j_rest.values()] + [jnp.zeros((k, 0))],
+      axis=1,
+    )
+    deltas = [j_eps[path][:, 0, :] for path in layers]
+    return j_r, deltas, [inputs[path] for path in layers]
+
+  def contract(p, q, gram=None):
+    """``sum_z gram[i, j] p[i, c, z] q[j, d, z]``, or its logit mean."""
+    if trace_axes:
+      k = jnp.einsum("icz,jcz->ij", p, q) / p.shape[1]
+      return k if gram is None else gram * k
+    k = jnp.einsum("icz,jdz->ijcd", p, q)
+    return k if gram is None else gram[:, :, None, None] * k
 
   def kernel(params, x1, x2=None):
-    a1, d1 = features(params, x1)
-    a2, d2 = (a1, d1) if x2 is None else features(params, x2)
-    k = 0.0
-    for h1, h2, p, q in zip(a1, a2, d1, d2, strict=True):
-      gram = h1 @ h2.T + 1.0
-      if trace_axes:
-        k = k + gram * jnp.einsum("icz,jcz->ij", p, q) / p.shape[1]
-      else:
-        k = k + gram[:, :, None, None] * jnp.einsum("icz,jdz->ijcd", p, q)
+    layers = dense_layers(apply_fn, params, x1)
+    flat = traverse_util.flatten_dict(params)
+    features = jax.vmap(lambda x: per_example(params, x, layers))
+    j1, d1, a1 = features(x1)
+    j2, d2, a2 = (j1, d1, a1) if x2 is None else features(x2)
+    k = contract(j1, j2)
+    for path, p, q, u, v in zip(layers, d1, d2, a1, a2, strict=True):
+      bias = 1.0 if path + ("bias",) in flat else 0.0
+      k = k + contract(p, q, u @ v.T + bias)
     return k
 
   return jax.jit(kernel)
@@ -460,8 +551,8 @@ def empirical(
     x2: ``[N2, ...]`` inputs, or None for ``x2 = x1``.
     trace_axes: ``(-1,)``: mean over logits, ``[N1, N2]``; ``()``: the full
       kernel ``[N1, N2, K, K]``.
-    implementation: ``"auto"``, ``"jacobian_contraction"`` or
-      ``"ntk_vector_products"``.
+    implementation: ``"auto"``, ``"jacobian_contraction"``,
+      ``"ntk_vector_products"`` or ``"structured"``.
     batch_size: block size ``B`` (need not divide N1 or N2), or None.
 
   Returns:
@@ -1025,6 +1116,7 @@ def compare_to_linearization(
 
 __all__ = [
   "AUTO",
+  "STRUCTURED",
   "IMPLEMENTATION_NAMES",
   "LinearizationComparison",
   "adversarial",
@@ -1034,7 +1126,7 @@ __all__ = [
   "condition_number",
   "cost_model",
   "cross_entropy",
-  "dense_chain_fn",
+  "dense_layers",
   "effective_rank",
   "eigenvalues",
   "empirical",
@@ -1044,6 +1136,8 @@ __all__ = [
   "linearized_mse_predictions",
   "mse",
   "relative_distance",
+  "structured_fn",
+  "structured_fraction",
   "to_matrix",
   "topk_eigenvector_overlap",
 ]

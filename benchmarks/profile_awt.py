@@ -1,8 +1,8 @@
 r"""Where one AWT search step spends its FLOPs and its time.
 
   python -m benchmarks.profile_awt [--config=mnist5k_mlp] [--sparsity=0.95] \
-    [--implementations=layerwise,auto,ntk_vector_products,...] \
-    [--repeats=3] [--trace_steps=4] [--layerwise_steps=4] [--top=12]
+    [--implementations=structured,auto,ntk_vector_products,...] \
+    [--repeats=3] [--trace_steps=4] [--structured_steps=4] [--top=12]
 
 (``--top`` is ``benchmarks.profile_step``'s flag, whose HLO parsing this
 script reuses; that module's other flags are not read.)
@@ -22,23 +22,23 @@ the teacher's magnitude mask at ``--sparsity``) and splits one step of
 For each part: FLOPs (``benchmarks/_flops.py``: the jaxpr count, PGD's
 loop times its trip count) and wall seconds (median of ``--repeats`` calls
 after one warm-up call, compilation excluded), per empirical-NTK
-implementation (``layerwise``: ``awt.ntk.dense_chain_fn``, MLP configs
-only). Then a ``jax.profiler`` trace of ``--trace_steps`` steps of
-the search's own ``_chunk`` (its implementation: ``layerwise`` on the MLP
-configs, ``auto`` on LeNet-5), every event
+implementation (``structured``: ``awt.ntk.structured_fn``). Then a
+``jax.profiler`` trace of ``--trace_steps`` steps of the search's own
+``_chunk`` (its implementation: ``structured`` on these configs), every
+event
 attributed to its HLO instruction (``benchmarks.profile_step.parse_hlo``)
 and summed by part (:func:`part_of`, from the instruction's JAX name
 stack) and opcode (a fusion by the dot or convolution it contains, else
 its root).
 
-On the MLP configs, ``--layerwise_steps`` steps of the search's ``_chunk``
-with both kernels computed layer by layer (``layerwise``, what the search
-runs) and with ``awt.ntk``'s ``auto`` (what it ran before) are counted and
-timed on the same batches, with the kernels' agreement and the largest
-difference of the per-step losses.
+``--structured_steps`` steps of the search's ``_chunk`` with its kernels
+from ``awt.ntk.structured_fn`` (``structured``, what the search runs) and
+with ``awt.ntk``'s ``auto`` (what it ran before) are counted and timed on
+the same batches, with the kernels' agreement and the largest difference
+of the per-step losses.
 
 Prints one JSON line per part and implementation, one per step kind of the
-layerwise comparison, one per (part, opcode)
+structured-vs-auto comparison, one per (part, opcode)
 of the trace (the ``--top`` most expensive) and one summary line.
 """
 
@@ -61,16 +61,15 @@ flags.DEFINE_enum(
 flags.DEFINE_float("sparsity", 0.95, "Of the search's mask.")
 flags.DEFINE_list(
   "implementations",
-  ["layerwise", "auto", "ntk_vector_products", "jacobian_contraction"],
-  "Empirical-NTK implementations of the parts (layerwise: MLPs only).",
+  ["structured", "auto", "ntk_vector_products", "jacobian_contraction"],
+  "Empirical-NTK implementations of the parts.",
 )
 flags.DEFINE_integer("repeats", 3, "Timed calls per part.")
 flags.DEFINE_integer("trace_steps", 4, "Steps of the traced chunk; 0: none.")
 flags.DEFINE_integer(
-  "layerwise_steps",
+  "structured_steps",
   4,
-  "Steps of the search with the layerwise and with the auto kernel (MLPs;"
-  " 0: none).",
+  "Steps of the search with the structured and with the auto kernel (0: none).",
 )
 
 PARTS = (
@@ -145,7 +144,6 @@ def _parts(ctx, settings, mask, coefs, batch, implementation):
     "ntk_norm": hyper.ntk_norm,
     "l2_paths": hyper.l2_paths,
     "implementation": implementation,
-    "model": ctx.model,
   }
 
   def points(one):
@@ -160,7 +158,6 @@ def _parts(ctx, settings, mask, coefs, batch, implementation):
       x,
       kernel=hyper.kernel,
       implementation=implementation,
-      model=ctx.model,
     )
 
   k0 = jax.jit(teacher_kernel)(x)
@@ -233,12 +230,12 @@ def measure_parts(ctx, settings, mask, coefs, batch, implementation, repeats):
   return records
 
 
-def measure_layerwise(ctx, settings, mask, coefs, stacked, steps, repeats):
+def measure_structured(ctx, settings, mask, coefs, stacked, steps, repeats):
   """FLOPs and seconds per step of ``steps`` steps of the search
-  (``_chunk``) with its kernels layer by layer (``LAYERWISE``, what MLP
-  searches run) and with ``awt.ntk``'s ``"auto"`` (NTK-vector products) on
-  the same batches; the kernels' agreement and the largest relative
-  difference of the two searches' per-step losses."""
+  (``_chunk``) with its kernels from ``awt.ntk.structured_fn`` (what the
+  search runs on these configs) and with ``awt.ntk``'s ``"auto"``
+  (NTK-vector products) on the same batches; the kernels' agreement and
+  the largest relative difference of the two searches' per-step losses."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
   import optax  # noqa: PLC0415
@@ -249,8 +246,8 @@ def measure_layerwise(ctx, settings, mask, coefs, stacked, steps, repeats):
   f = awt_lib.eval_logits_fn(ctx.model, ctx.batch_stats)
   x = stacked(1)["image"][0]
   kernels = [
-    awt_lib.ntk_of(f, ctx.params, x, implementation=impl, model=ctx.model)
-    for impl in (awt_lib.LAYERWISE, "auto")
+    awt_lib.ntk_of(f, ctx.params, x, implementation=impl)
+    for impl in ("structured", "auto")
   ]
   error = float(
     jnp.linalg.norm(kernels[0] - kernels[1]) / jnp.linalg.norm(kernels[1])
@@ -259,7 +256,7 @@ def measure_layerwise(ctx, settings, mask, coefs, stacked, steps, repeats):
   batches = stacked(steps)
   carry = (ctx.params, opt_state)
   records, losses = [], {}
-  for impl in (awt_lib.LAYERWISE, "auto"):
+  for impl in ("structured", "auto"):
     hyper = settings.hyper._replace(implementation=impl)
 
     def chunk(carry, batches, hyper=hyper):
@@ -276,7 +273,7 @@ def measure_layerwise(ctx, settings, mask, coefs, stacked, steps, repeats):
     )
     records.append(
       {
-        "benchmark": "profile_awt_layerwise",
+        "benchmark": "profile_awt_structured",
         "implementation": impl,
         "flops_per_step": flops.as_dict(),
         "median_s_per_step": round(statistics.median(times) / steps, 5),
@@ -284,7 +281,7 @@ def measure_layerwise(ctx, settings, mask, coefs, stacked, steps, repeats):
         "load": _common.load_average(),
       }
     )
-  a, b = losses[awt_lib.LAYERWISE], losses["auto"]
+  a, b = losses["structured"], losses["auto"]
   gap = float(jnp.max(jnp.abs(a - b) / jnp.abs(b)))
   for r in records:
     r["max_relative_loss_difference"] = gap
@@ -370,14 +367,12 @@ def main(argv):
   common = {"config": f.config, **_common.machine()}
   totals = {}
   for impl in f.implementations:
-    if impl == "layerwise" and not f.config.endswith("mlp"):
-      continue
     for r in measure_parts(ctx, settings, mask, coefs, batch, impl, f.repeats):
       print(json.dumps({**r, **common}), flush=True)
       totals[(impl, r["part"])] = r
-  if f.layerwise_steps and f.config.endswith("mlp"):
-    for r in measure_layerwise(
-      ctx, settings, mask, coefs, stacked, f.layerwise_steps, f.repeats
+  if f.structured_steps:
+    for r in measure_structured(
+      ctx, settings, mask, coefs, stacked, f.structured_steps, f.repeats
     ):
       print(json.dumps({**r, **common}), flush=True)
   if f.trace_steps:

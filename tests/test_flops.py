@@ -140,10 +140,10 @@ def test_counting_jit_counts_concrete_calls_once_each():
   assert jnp.allclose(inner(x, times=1), x @ a)
 
 
-def test_layerwise_mlp_kernel_costs_fewer_flops_than_the_jacobians():
-  """The search's layerwise kernel (``awt.ntk.dense_chain_fn``) counts
+def test_structured_mlp_kernel_costs_fewer_flops_than_the_jacobians():
+  """The search's structured kernel (``awt.ntk.structured_fn``) counts
   fewer FLOPs than neural-tangents' "auto" kernel of the same MLP (their
-  values agree: ``tests/test_ntk_dense_chain.py``)."""
+  values agree: ``tests/test_ntk_structured.py``)."""
   from awt.pruning import awt as awt_lib
 
   model = models.MLP(num_classes=3, widths=(8, 5))
@@ -154,10 +154,8 @@ def test_layerwise_mlp_kernel_costs_fewer_flops_than_the_jacobians():
     return model.apply({"params": p}, z)
 
   def kernel(implementation):
-    return lambda p, z: awt_lib.ntk_of(
-      f, p, z, implementation=implementation, model=model
-    )
+    return lambda p, z: awt_lib.ntk_of(f, p, z, implementation=implementation)
 
-  ours = _flops.count(kernel(awt_lib.LAYERWISE), params, x)
+  ours = _flops.count(kernel("structured"), params, x)
   theirs = _flops.count(kernel("auto"), params, x)
   assert 0 < ours.total < theirs.total

@@ -306,24 +306,24 @@ def test_adversarial_ntk_distance_is_zero_for_the_dense_net():
   assert awt_search.adversarial_ntk_distance(*args, sparse, x, y, key, adv) > 0
 
 
-def test_mlp_search_uses_the_layerwise_kernel_and_finds_the_same_ticket(
+def test_mlp_search_uses_the_structured_kernel_and_finds_the_same_ticket(
   monkeypatch,
 ):
-  """On a float32 MLP with the student kernel over all weights the search
-  computes its kernels layer by layer (``awt.ntk.dense_chain_fn``); with
-  neural-tangents' kernels instead (``dense_chain`` refusing every model)
-  the losses and the ticket are the same."""
+  """On a network whose weights are mostly Dense, with the student kernel
+  over all weights, the search computes its kernels with the Dense layers
+  factored (``awt.ntk.structured_fn``); with neural-tangents' ``"auto"``
+  instead the losses and the ticket are the same."""
   ctx = _ctx()
-  assert awt_search._settings(ctx, True).hyper.implementation == "layerwise"
+  assert awt_search._settings(ctx, True).hyper.implementation == "structured"
   masked = _ctx(awt_student_kernel="masked")
   assert awt_search._settings(masked, True).hyper.implementation == "auto"
-  layerwise = pruning.find("awt", ctx, jax.random.PRNGKey(1))
-  monkeypatch.setattr(awt_search, "dense_chain", lambda model: None)
+  structured = pruning.find("awt", ctx, jax.random.PRNGKey(1))
+  monkeypatch.setattr(awt_search, "_implementation", lambda ctx, s: "auto")
   assert awt_search._settings(ctx, True).hyper.implementation == "auto"
   reference = pruning.find("awt", ctx, jax.random.PRNGKey(1))
   for got, want in zip(
-    layerwise.info["history"], reference.info["history"], strict=True
+    structured.info["history"], reference.info["history"], strict=True
   ):
     for key in ("loss", "output", "ntk", "l2"):
       assert got[key] == pytest.approx(want[key], rel=1e-4)
-  assert _same(layerwise.mask, reference.mask)
+  assert _same(structured.mask, reference.mask)

@@ -112,7 +112,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from awt import attacks, checkpoints, masks, models, ntk, training
+from awt import attacks, checkpoints, masks, ntk, training
 from awt.pruning import scores
 from awt.pruning._options import Flag, Integer, Number, OneOf, Option, option
 from awt.pruning._ticket import (
@@ -232,13 +232,16 @@ OPTIONS = (
 # (trace); on LeNet-5 (mnist5k, cross_full) both take ~4 s, and the
 # NTK-vector products of the trace form needed over 12 GB.
 IMPLEMENTATION = "auto"
-# For a float32 ReLU MLP (``awt.models.MLP`` / ``Linear``) and the student
-# kernel over all weights, the search computes both kernels layer by layer
-# (``awt.ntk.dense_chain_fn``, no Jacobian): on mnist5k's LeNet-300-100 a
-# search step takes 15x fewer FLOPs (1.41 against 21.07 GFLOP) and runs
-# 26x faster than with NTK-vector products, its losses equal to 1.4e-7
-# (``benchmarks/README.md``, "Cost of finding a ticket").
-LAYERWISE = "layerwise"
+# With the student kernel over all weights, networks whose weights are
+# mostly in Dense layers (at least STRUCTURED_MIN_FRACTION: LeNet-300-100,
+# LeNet-5, Conv-4's 88%) get both kernels from ``awt.ntk.structured_fn``
+# (the Dense layers factored, no Jacobian of their weights) instead. On
+# mnist5k, 64 PGD points, cross_full (``benchmarks/README.md``, "Cost of
+# finding a ticket"): LeNet-300-100's search step 1.41 instead of 21.07
+# GFLOP and 0.011 instead of 0.24 s, the same losses to 1.4e-7; LeNet-5's
+# kernel 1.50 instead of 15.46 GFLOP. In conv-dominated networks (VGG,
+# ResNets) the rest's Jacobian is nearly the whole one: "auto" stays.
+STRUCTURED_MIN_FRACTION = 0.5
 # The adversarial-NTK distances reported for every ticket.
 DISTANCE_IMPLEMENTATION = "jacobian_contraction"
 
@@ -258,53 +261,15 @@ def eval_logits_fn(model, batch_stats):
   return f
 
 
-def dense_chain(model) -> tuple | None:
-  """``(inputs, layers)`` of ``awt.ntk.dense_chain_fn`` for ``model``.
-
-  None unless ``model`` is a float32 ``awt.models.MLP`` or ``Linear`` (a
-  ReLU chain of Dense layers ``fc1``, ..., ``head`` on the normalized,
-  flattened pixels).
-  """
-  if not isinstance(model, (models.MLP, models.Linear)):
-    return None
-  if jnp.dtype(model.dtype) != jnp.float32:
-    return None
-  widths = getattr(model, "widths", ())
-  layers = tuple(f"fc{i + 1}" for i in range(len(widths))) + ("head",)
-
-  def inputs(params, x):
-    del params
-    z = model.apply({}, x, method=lambda m, v: m.normalize(v))
-    return z.reshape(z.shape[0], -1)
-
-  return inputs, layers
-
-
-def ntk_fn(
-  f, trace_axes=(-1,), implementation=DISTANCE_IMPLEMENTATION, model=None
-):
+def ntk_fn(f, trace_axes=(-1,), implementation=DISTANCE_IMPLEMENTATION):
   """Empirical NTK ``(x1, x2, params)``, in neural-tangents' argument order.
 
   ``awt.ntk.empirical_fn``: ``[N1, N2]`` (mean over logits,
-  ``trace_axes=(-1,)``) or ``[N1, N2, C, C]`` (``trace_axes=()``);
-  ``implementation=LAYERWISE`` is ``awt.ntk.dense_chain_fn`` of ``model``
-  (which ``f`` must apply), the same kernel without Jacobians.
-
-  Raises:
-    ValueError: ``LAYERWISE`` for a model :func:`dense_chain` refuses.
+  ``trace_axes=(-1,)``) or ``[N1, N2, C, C]`` (``trace_axes=()``).
   """
-  if implementation == LAYERWISE:
-    chain = dense_chain(model)
-    if chain is None:
-      raise ValueError(
-        f"the {LAYERWISE!r} NTK needs a float32 awt.models.MLP or Linear, "
-        f"got {type(model).__name__}"
-      )
-    kernel = ntk.dense_chain_fn(*chain, trace_axes=trace_axes)
-  else:
-    kernel = ntk.empirical_fn(
-      f, trace_axes=trace_axes, implementation=implementation
-    )
+  kernel = ntk.empirical_fn(
+    f, trace_axes=trace_axes, implementation=implementation
+  )
   return lambda x1, x2, params: kernel(params, x1, x2)
 
 
@@ -321,7 +286,6 @@ def ntk_of(
   *,
   kernel: str = "cross_full",
   implementation: str = IMPLEMENTATION,
-  model=None,
 ) -> jax.Array:
   r"""The kernel over all weights of ``f`` at ``params`` on the batch ``x``.
 
@@ -332,15 +296,13 @@ def ntk_of(
     kernel: ``"cross_full"``: ``[n/2, n - n/2, C, C]`` between
       ``halves(x)``; ``"trace"``: ``[n, n]`` of ``x`` with itself, mean
       over the logits.
-    implementation: of ``awt.ntk.empirical_fn`` (``"auto"``: the cheaper),
-      or ``LAYERWISE`` (``model``'s kernel by layers, :func:`ntk_fn`).
-    model: the network ``f`` applies; read only by ``LAYERWISE``.
+    implementation: of ``awt.ntk.empirical_fn`` (``"auto"``: the cheaper).
 
   Returns:
     The kernel, :math:`\Theta_{ij(cd)} = \sum_p J_{icp} J_{jdp}` (trace:
     :math:`\frac1C \sum_{c,p} J_{icp} J_{jcp}`).
   """
-  kfn = ntk_fn(f, _TRACE_AXES[kernel], implementation, model)
+  kfn = ntk_fn(f, _TRACE_AXES[kernel], implementation)
   if kernel == "trace":
     return kfn(x, None, params)
   return kfn(*halves(x), params)
@@ -385,18 +347,16 @@ def student_ntk(
   kernel: str,
   student: str,
   implementation: str = IMPLEMENTATION,
-  model=None,
 ):
   r"""The student's kernel :math:`\Theta_s` (``awt_student_kernel``).
 
-  ``"all"``: :func:`ntk_of` at ``θ ⊙ m`` (all weights; ``model`` as
-  there); ``"masked"``: :func:`masked_ntk` (``J diag(m) Jᵀ``, which does
-  not factor by layers).
+  ``"all"``: :func:`ntk_of` at ``θ ⊙ m`` (all weights); ``"masked"``:
+  :func:`masked_ntk` (``J diag(m) Jᵀ``).
   """
   kw = {"kernel": kernel, "implementation": implementation}
   if student == "masked":
     return masked_ntk(f, theta, mask, x, **kw)
-  return ntk_of(f, _masked(theta, mask), x, model=model, **kw)
+  return ntk_of(f, _masked(theta, mask), x, **kw)
 
 
 def kernel_distance(k: jax.Array, k0: jax.Array, norm: str) -> jax.Array:
@@ -433,7 +393,6 @@ def loss_terms(
   ntk_norm: str = "relative",
   l2_paths: tuple[Path, ...] | None = None,
   implementation: str = IMPLEMENTATION,
-  model=None,
 ):
   r"""The output, NTK and L2 terms of the search loss (before weighting).
 
@@ -449,9 +408,7 @@ def loss_terms(
     ntk_norm: ``"relative"`` or ``"mean"`` (``awt_ntk_norm``).
     l2_paths: the leaves of the L2 term (``awt_l2_on="weights"``: the
       prunable kernels); None: every leaf.
-    implementation: of the kernels (``awt.ntk.empirical_fn``, or
-      ``LAYERWISE`` with ``model``: :func:`ntk_of`).
-    model: the network ``f`` applies; read only by ``LAYERWISE``.
+    implementation: of the kernels (``awt.ntk.empirical_fn``).
 
   Returns:
     ``(output, ntk, l2)``: ``||f(θ⊙m) − f0||² / (n C)``,
@@ -468,7 +425,6 @@ def loss_terms(
     kernel=kernel,
     student=student,
     implementation=implementation,
-    model=model,
   )
   return (
     output,
@@ -561,7 +517,6 @@ def _settings(ctx: PruningContext, adversarial: bool) -> _Settings:
   l2_on = option(ctx, "awt_l2_on")
   against = option(ctx, "awt_attack_against")
   student = option(ctx, "awt_student_kernel")
-  layerwise = student == "all" and dense_chain(ctx.model) is not None
   return _Settings(
     method="awt" if adversarial else "ntt",
     steps=steps,
@@ -588,8 +543,23 @@ def _settings(ctx: PruningContext, adversarial: bool) -> _Settings:
       student=student,
       ntk_norm=option(ctx, "awt_ntk_norm"),
       l2_paths=paths if l2_on == "weights" else None,
-      implementation=LAYERWISE if layerwise else IMPLEMENTATION,
+      implementation=_implementation(ctx, student),
     ),
+  )
+
+
+def _implementation(ctx: PruningContext, student: str) -> str:
+  """The search's empirical-NTK implementation (``IMPLEMENTATION`` note).
+
+  ``J diag(m) Jᵀ`` (``student="masked"``) does not factor by layers.
+  """
+  if student != "all":
+    return IMPLEMENTATION
+  f = eval_logits_fn(ctx.model, ctx.batch_stats)
+  x = jnp.zeros((1, *ctx.image_shape), jnp.float32)
+  fraction = ntk.structured_fraction(f, ctx.params, x)
+  return (
+    ntk.STRUCTURED if fraction >= STRUCTURED_MIN_FRACTION else IMPLEMENTATION
   )
 
 
@@ -738,7 +708,6 @@ def _chunk(
     "ntk_norm": hyper.ntk_norm,
     "l2_paths": hyper.l2_paths,
     "implementation": hyper.implementation,
-    "model": hyper.model,
   }
 
   def step(carry, batch):
@@ -750,7 +719,6 @@ def _chunk(
       x,
       kernel=hyper.kernel,
       implementation=hyper.implementation,
-      model=hyper.model,
     )
     f0 = f(teacher, x)
 
