@@ -306,17 +306,22 @@ def test_adversarial_ntk_distance_is_zero_for_the_dense_net():
   assert awt_search.adversarial_ntk_distance(*args, sparse, x, y, key, adv) > 0
 
 
-def test_mlp_search_uses_the_structured_kernel_and_finds_the_same_ticket(
-  monkeypatch,
-):
-  """On a network whose weights are mostly Dense, with the student kernel
-  over all weights, the search computes its kernels with the Dense layers
-  factored (``awt.ntk.structured_fn``); with neural-tangents' ``"auto"``
-  instead the losses and the ticket are the same."""
+def test_the_search_factors_dense_layers_unless_the_kernel_is_masked():
+  """With the student kernel over all weights, a network whose weights are
+  mostly Dense gets its kernels from ``awt.ntk.structured_fn``."""
   ctx = _ctx()
   assert awt_search._settings(ctx, True).hyper.implementation == "structured"
   masked = _ctx(awt_student_kernel="masked")
   assert awt_search._settings(masked, True).hyper.implementation == "auto"
+
+
+@pytest.mark.slow
+def test_mlp_search_with_the_structured_kernel_finds_the_same_ticket(
+  monkeypatch,
+):
+  """With neural-tangents' ``"auto"`` kernels instead of the structured
+  ones, the search's losses and its ticket are the same."""
+  ctx = _ctx()
   structured = pruning.find("awt", ctx, jax.random.PRNGKey(1))
   monkeypatch.setattr(awt_search, "_implementation", lambda ctx, s: "auto")
   assert awt_search._settings(ctx, True).hyper.implementation == "auto"
