@@ -302,7 +302,8 @@ def empirical_fn(
   if batch_size is not None and batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
-  structured = structured_fn(apply_fn, trace_axes=trace_axes)
+  if implementation == STRUCTURED:
+    structured = structured_fn(apply_fn, trace_axes=trace_axes)
 
   def ntk_fn(params, x1, x2):
     name = implementation
@@ -451,9 +452,9 @@ def structured_fn(
   """
   trace_axes = _canonical_trace_axes(trace_axes)
 
-  def per_example(params, x, layers):
-    """``(J_r [K, P_r], deltas [K, d_out] each, inputs [d_in] each)``."""
-    flat = traverse_util.flatten_dict(params)
+  def per_example(flat, x, layers):
+    """``(J_r [K, P_r], deltas [K, d_out] each, inputs [d_in] each)``;
+    ``flat``: the parameters, ``flax.traverse_util.flatten_dict``-ed."""
     fixed = {k: v for k, v in flat.items() if k[:-1] in layers}
     rest = {k: v for k, v in flat.items() if k[:-1] not in layers}
 
@@ -502,7 +503,7 @@ def structured_fn(
   def kernel(params, x1, x2=None):
     layers = dense_layers(apply_fn, params, x1)
     flat = traverse_util.flatten_dict(params)
-    features = jax.vmap(lambda x: per_example(params, x, layers))
+    features = jax.vmap(lambda x: per_example(flat, x, layers))
     j1, d1, a1 = features(x1)
     j2, d2, a2 = (j1, d1, a1) if x2 is None else features(x2)
     k = contract(j1, j2)

@@ -72,6 +72,11 @@ def parse_shape(text: str, form: str = "MxKxN") -> tuple[int, int, int]:
   return tuple(int(p) for p in parts)
 
 
+def _torch_over_jax(torch_rates, jax_rates) -> float:
+  """The ratio of the two sides' median rates over the rounds."""
+  return round(statistics.median(torch_rates) / statistics.median(jax_rates), 3)
+
+
 def _jax_conv_rates(h, cin, cout, repeats):
   """(forward, input gradient) GFLOP/s of awt's CPU conv path."""
   import jax  # noqa: PLC0415 (worker only)
@@ -183,9 +188,7 @@ def main(argv):
       "shape": list(parse_shape(s)),
       "jax_gflop_per_s": jax_rates,
       "torch_gflop_per_s": torch_rates,
-      "torch_over_jax": round(
-        statistics.median(torch_rates) / statistics.median(jax_rates), 3
-      ),
+      "torch_over_jax": _torch_over_jax(torch_rates, jax_rates),
       "repeats": f.repeats,
       "load": _common.load_average(),
       **_common.machine(),
@@ -200,9 +203,7 @@ def main(argv):
       torch_rates = [r["conv:" + c][i] for r in rates["torch"]]
       record[f"jax_{part}_gflop_per_s"] = jax_rates
       record[f"torch_{part}_gflop_per_s"] = torch_rates
-      record[f"{part}_torch_over_jax"] = round(
-        statistics.median(torch_rates) / statistics.median(jax_rates), 3
-      )
+      record[f"{part}_torch_over_jax"] = _torch_over_jax(torch_rates, jax_rates)
     record.update(repeats=f.repeats, load=_common.load_average())
     print(json.dumps(record), flush=True)
 

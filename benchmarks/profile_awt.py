@@ -127,6 +127,27 @@ def _search(config_name: str, sparsity: float):
   return ctx, settings, mask, coefs, stacked
 
 
+def _chunk_fn(ctx, mask, coefs, hyper):
+  """``(theta, opt_state, batches) -> _chunk(...)``: the search's steps
+  from ``theta`` with the teacher's weights, this mask and ``hyper``,
+  un-jitted so that callers count and jit it themselves."""
+  from awt.pruning import awt as awt_lib  # noqa: PLC0415
+
+  def chunk(theta, opt_state, batches):
+    return awt_lib._chunk.__wrapped__(
+      theta,
+      opt_state,
+      mask,
+      ctx.params,
+      ctx.batch_stats,
+      coefs,
+      batches,
+      hyper=hyper,
+    )
+
+  return chunk
+
+
 def _parts(ctx, settings, mask, coefs, batch, implementation):
   """name -> (function, args): the step's parts, jit-able."""
   import jax  # noqa: PLC0415
@@ -173,19 +194,7 @@ def _parts(ctx, settings, mask, coefs, batch, implementation):
     return jax.value_and_grad(total)(theta)
 
   opt_state = optax.adam(settings.lr).init(teacher)
-  chunk = awt_lib._chunk.__wrapped__
-
-  def step(theta, opt_state, batch):
-    return chunk(
-      theta,
-      opt_state,
-      mask,
-      teacher,
-      ctx.batch_stats,
-      coefs,
-      batch,
-      hyper=hyper,
-    )
+  step = _chunk_fn(ctx, mask, coefs, hyper)
 
   return {
     "points": (points, (one,)),
@@ -257,11 +266,12 @@ def measure_structured(ctx, settings, mask, coefs, stacked, steps, repeats):
   carry = (ctx.params, opt_state)
   records, losses = [], {}
   for impl in ("structured", "auto"):
-    hyper = settings.hyper._replace(implementation=impl)
+    steps_of = _chunk_fn(
+      ctx, mask, coefs, settings.hyper._replace(implementation=impl)
+    )
 
-    def chunk(carry, batches, hyper=hyper):
-      args = (mask, ctx.params, ctx.batch_stats, coefs, batches)
-      return awt_lib._chunk.__wrapped__(*carry, *args, hyper=hyper)
+    def chunk(carry, batches, steps_of=steps_of):
+      return steps_of(*carry, batches)
 
     flops = _flops.count(chunk, carry, batches).scaled(1 / steps)
     jitted = jax.jit(chunk)
