@@ -89,11 +89,12 @@ def best_gflop_per_s(
       when nothing else interferes).
 
   Returns:
-    GFLOP/s, rounded to 2 decimals.
+    GFLOP/s to 4 significant digits (a tiny kernel's rate stays positive,
+    where rounding to decimals would print 0.0).
   """
   for _ in range(warmup):
     call()
-  return round(flops / min(time_calls(call, repeats)) / 1e9, 2)
+  return float(f"{flops / min(time_calls(call, repeats)) / 1e9:.4g}")
 
 
 def time_block(
@@ -147,14 +148,15 @@ def summarize(times: list[float], images_per_call: int) -> dict:
     images_per_call: images one call processes.
 
   Returns:
-    ``{"median_s", "min_s", "max_s", "images_per_s"}``.
+    ``{"median_s", "min_s", "max_s", "images_per_s"}``, to 6 and 5
+    significant digits (decimals would cut a fast step's relative precision).
   """
   median = statistics.median(times)
   return {
-    "median_s": round(median, 6),
-    "min_s": round(min(times), 6),
-    "max_s": round(max(times), 6),
-    "images_per_s": round(images_per_call / median, 1),
+    "median_s": float(f"{median:.6g}"),
+    "min_s": float(f"{min(times):.6g}"),
+    "max_s": float(f"{max(times):.6g}"),
+    "images_per_s": float(f"{images_per_call / median:.5g}"),
   }
 
 

@@ -148,7 +148,7 @@ def measure(layer: str, batch: int, iterations: int, repeats: int) -> dict:
     "kernel": [k, k, cin, cout],
     "iterations": iterations,
   }
-  steps = {}
+  steps, medians = {}, {}
   for name, apply in variants.items():
     # One step: later iterates drift apart once a ReLU gate flips on a
     # rounding difference, which says nothing about the gradient.
@@ -158,11 +158,13 @@ def measure(layer: str, batch: int, iterations: int, repeats: int) -> dict:
     times = _common.time_calls(
       lambda c=compiled: jax.block_until_ready(c(x, w, g)), repeats
     )
-    rec[f"{name}_ms"] = round(statistics.median(times) * 1e3, 2)
+    medians[name] = statistics.median(times)
+    rec[f"{name}_ms"] = round(medians[name] * 1e3, 2)
     rec[f"{name}_ynn_fusions"] = compiled.as_text().count("ynn_fusion")
   scale = jnp.max(jnp.abs(steps["autodiff"]))
   for name, prefix in (("custom_vjp", ""), ("awt_cpu", "awt_cpu_")):
-    rec[f"{prefix}speedup"] = round(rec["autodiff_ms"] / rec[f"{name}_ms"], 2)
+    speedup = medians["autodiff"] / medians[name]  # unrounded: no 0 ms
+    rec[f"{prefix}speedup"] = round(speedup, 2)
     diff = jnp.max(jnp.abs(steps["autodiff"] - steps[name]))
     rec[f"{prefix}grad_rel_diff"] = float(diff / scale)
   rec["load"] = _common.load_average()
@@ -185,9 +187,10 @@ def measure_step(model_name: str, batch: int, steps: int, repeats: int):
       times[impl].extend(_common.time_calls(calls[impl], 1))
   rec = {"benchmark": "conv_grad_step", "model": model_name, "batch": batch}
   rec["steps"] = steps
-  for impl, ts in times.items():
-    rec[f"{impl}_ms"] = round(statistics.median(ts) * 1e3, 1)
-  rec["speedup"] = round(rec["xla_ms"] / rec["cpu_ms"], 2)
+  medians = {impl: statistics.median(ts) for impl, ts in times.items()}
+  for impl, median in medians.items():
+    rec[f"{impl}_ms"] = round(median * 1e3, 1)
+  rec["speedup"] = round(medians["xla"] / medians["cpu"], 2)
   rec["load_before"] = load_before
   rec["load_after"] = _common.load_average()
   rec["jax"] = jax.__version__
