@@ -25,7 +25,7 @@ from flax import struct
 
 from awt import attacks
 from awt import data as data_lib
-from awt.attacks import _common
+from awt.attacks import _common, _threefry
 
 PyTree = Any
 OBJECTIVES = ("none", "pgd_at", "fast_at", "trades")
@@ -178,7 +178,7 @@ def trades_attack(
   projecting onto the eps-ball and [0, 1] (Zhang et al. 2019, Alg. 1).
   """
   logits_nat = jax.lax.stop_gradient(logits_fn(x))
-  noise = jax.vmap(lambda k, xi: jax.random.normal(k, xi.shape))(keys, x)
+  noise = jax.vmap(lambda k, xi: _threefry.normal(k, xi.shape))(keys, x)
   x_adv = jnp.clip(x + 0.001 * noise, 0.0, 1.0)
   kl_sum = lambda xa: jnp.sum(_trades_kl(logits_nat, logits_fn(xa)))
 

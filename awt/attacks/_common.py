@@ -10,6 +10,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from awt.attacks import _threefry
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 NORMS = ("linf", "l2")
@@ -75,13 +77,14 @@ def random_start(keys: jax.Array, x: jax.Array, eps, norm: str) -> jax.Array:
 
   l_inf: uniform in the box. l_2: uniform in the ball (direction from a
   Gaussian, radius ``eps * u^(1/d)``). ``keys: [B, 2]`` per-example keys.
+  The draws equal ``jax.random``'s (``_threefry``: its loop unrolled).
   """
 
   def one(k, xi):
     if norm == "linf":
-      return jax.random.uniform(k, xi.shape, minval=-eps, maxval=eps)
+      return _threefry.uniform(k, xi.shape, -eps, eps)
     kd, kr = jax.random.split(k)
-    d = jax.random.normal(kd, xi.shape)
+    d = _threefry.normal(kd, xi.shape)
     d = d / jnp.maximum(jnp.sqrt(jnp.sum(d * d)), 1e-12)
     r = eps * jax.random.uniform(kr) ** (1.0 / xi.size)
     return d * r

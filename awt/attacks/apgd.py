@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from awt.attacks import _common
+from awt.attacks import _common, _threefry
 
 
 def checkpoints(steps: int) -> np.ndarray:
@@ -58,11 +58,10 @@ def _start(keys: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Array:
   """
 
   def one(k, xi):
-    # Flat draws compile markedly faster than draws of shape [H, W, C].
     if norm == "linf":
-      t = jax.random.uniform(k, (xi.size,), minval=-1.0, maxval=1.0)
+      t = _threefry.uniform(k, (xi.size,), -1.0, 1.0)
     else:
-      t = jax.random.normal(k, (xi.size,))
+      t = _threefry.normal(k, (xi.size,))
     return t.reshape(xi.shape)
 
   t = jax.vmap(one)(keys, x)
