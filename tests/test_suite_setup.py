@@ -9,8 +9,6 @@ just builds each fixture on both workers (pytest 9.2 with xdist 3.8 did:
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import _binary
@@ -36,20 +34,14 @@ def test_grouped_tests_share_a_worker_under_the_suites_options(tmp_path):
       """
     )
   )
-  # The suite's own options (setup.cfg's addopts), in a directory of its own
-  # so that neither the suite's conftest nor its JAX is loaded.
-  proc = subprocess.run(
-    [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider"]
-    + [
-      "-c",
-      os.path.join(_binary.ROOT, "setup.cfg"),
-      "--rootdir",
-      str(tmp_path),
-    ]
-    + [str(tmp_path / "test_grouped.py")],
-    capture_output=True,
-    text=True,
-    timeout=_binary.HANG_GUARD_S,
+  # The suite's own options (setup.cfg's addopts), on a file outside the
+  # suite, so that neither its conftest nor its JAX is loaded.
+  proc = _binary.run(
+    "pytest",
+    *("-n", "2", "-p", "no:cacheprovider"),
+    *("-c", os.path.join(_binary.ROOT, "setup.cfg")),
+    *("--rootdir", str(tmp_path), str(tmp_path / "test_grouped.py")),
+    devices=None,
   )
   workers = {
     line.split()[1]
