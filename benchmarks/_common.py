@@ -66,6 +66,13 @@ class Runner:
   hlo: Callable[[], str] | None = None
 
 
+def significant(x: float, digits: int) -> float:
+  """``x`` to ``digits`` significant digits: a record keeps the same
+  relative precision for a 0.5 ms step and a 5 s one (decimals would print
+  a tiny kernel's rate as 0.0)."""
+  return float(f"{x:.{digits}g}")
+
+
 def time_calls(call: Callable[[], None], repeats: int) -> list[float]:
   """Wall seconds of ``repeats`` consecutive calls, each timed on its own."""
   times = []
@@ -89,12 +96,11 @@ def best_gflop_per_s(
       when nothing else interferes).
 
   Returns:
-    GFLOP/s to 4 significant digits (a tiny kernel's rate stays positive,
-    where rounding to decimals would print 0.0).
+    GFLOP/s to 4 significant digits (:func:`significant`).
   """
   for _ in range(warmup):
     call()
-  return float(f"{flops / min(time_calls(call, repeats)) / 1e9:.4g}")
+  return significant(flops / min(time_calls(call, repeats)) / 1e9, 4)
 
 
 def time_block(
@@ -149,14 +155,14 @@ def summarize(times: list[float], images_per_call: int) -> dict:
 
   Returns:
     ``{"median_s", "min_s", "max_s", "images_per_s"}``, to 6 and 5
-    significant digits (decimals would cut a fast step's relative precision).
+    significant digits (:func:`significant`).
   """
   median = statistics.median(times)
   return {
-    "median_s": float(f"{median:.6g}"),
-    "min_s": float(f"{min(times):.6g}"),
-    "max_s": float(f"{max(times):.6g}"),
-    "images_per_s": float(f"{images_per_call / median:.5g}"),
+    "median_s": significant(median, 6),
+    "min_s": significant(min(times), 6),
+    "max_s": significant(max(times), 6),
+    "images_per_s": significant(images_per_call / median, 5),
   }
 
 

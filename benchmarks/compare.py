@@ -257,7 +257,7 @@ def compare_task(task: str, f) -> list[dict]:
 
 def _gflop_per_s(flops_per_image: float, ips: list[float]) -> list[float]:
   """GFLOP/s per pair from images/s [P], to 4 significant digits."""
-  return [float(f"{flops_per_image * v / 1e9:.4g}") for v in ips]
+  return [_common.significant(flops_per_image * v / 1e9, 4) for v in ips]
 
 
 def _records(kind, model, steps, workers, ips, loads, f) -> list[dict]:
