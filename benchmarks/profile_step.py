@@ -14,7 +14,11 @@ shaped like the kernel); a fusion counts as the convolution or dot it
 contains (a conv fused with its bias and ReLU is a convolution), else as
 its root. Container
 events (``while``, ``call``, the thunk executor) are skipped, so the
-per-op times add up to the compute time (summed over threads).
+per-op times add up to the compute time (summed over threads), except for
+convolutions run by Eigen (awt's CPU path, ``awt.models._cpu_conv``): XLA
+runs them asynchronously on its intra-op thread pool, whose work carries no
+instruction's name, so their time is the part of ``step_ms`` that
+``op_ms_total`` leaves out.
 ``--framework=torch`` runs the PyTorch peer's step under
 ``torch.profiler`` and reports each aten op's self CPU time.
 

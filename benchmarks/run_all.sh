@@ -71,8 +71,9 @@ run matmul benchmarks.matmul
 # 4. Cost of finding a 95%-sparse ticket on digits_mlp (config defaults).
 run ticket_cost benchmarks.ticket_cost
 
-# 5. Where the conv nets' steps go (per-op profiles, JAX and torch), and the
-#    input-gradient convolution inside a loop, autodiff vs a custom VJP.
+# 5. Where the conv nets' steps go (per-op profiles, JAX and torch), the
+#    input-gradient convolution inside a loop, autodiff vs a custom VJP, and
+#    XLA:CPU's convolution libraries (YNNPACK vs Eigen, kernel gradients).
 for fw in jax torch; do
   OMP_WAIT_POLICY=PASSIVE run profile_step benchmarks.profile_step \
     --model=lenet5 --framework=$fw
@@ -80,6 +81,7 @@ for fw in jax torch; do
     --model=conv4 --framework=$fw --batch=32 --calls=1
 done
 run conv_grad benchmarks.conv_grad
+run conv_backend benchmarks.conv_backend
 
 # 6. Empirical and adversarial NTK: time, memory, the "auto" choice. The
 #    n = 5000 MLP kernel takes ~20 min on 2 cores; the larger cells are

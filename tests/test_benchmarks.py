@@ -212,6 +212,23 @@ def test_conv_grad_custom_vjp_is_the_autodiff_gradient(padding):
   assert rec["grad_rel_diff"] < 1e-4
 
 
+def test_conv_backend_records_both_libraries_and_rejects_bad_convs():
+  """In process, tiny shapes: every variant gives the first one's numbers,
+  and on XLA:CPU only the untouched forward is a YNNPACK fusion."""
+  from benchmarks import conv_backend
+
+  rec = conv_backend.measure_conv("8x24x20", batch=2, rounds=1, repeats=1)
+  assert rec["eigen"]["rel_diff"] < 1e-5 and rec["speedup"] > 0
+  if jax.default_backend() == "cpu" and rec["ynnpack"]["ynn_fusions"]:
+    assert rec["eigen"]["ynn_fusions"] == 0
+  rec = conv_backend.measure_kernel_grad("6x20x8", batch=3, rounds=1, repeats=1)
+  assert set(rec) >= {"autodiff", "dots", "chunked"}
+  assert rec["dots"]["rel_diff"] < 1e-5 and rec["chunked"]["rel_diff"] < 1e-5
+  with pytest.raises(ValueError, match="bad conv '8x24'"):
+    conv_backend.parse_conv("8x24")
+  assert conv_backend.parse_conv("4x2x3:valid") == (4, 2, 3, "VALID")
+
+
 # ---------------------------------------------------------------- PyTorch
 
 

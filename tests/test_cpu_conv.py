@@ -55,7 +55,9 @@ def _assert_same_vjp(new, ref, args, key):
 
 
 # (H, W, C_in, C_out, kernel, stride, padding): patches of 25, 27, 150 and
-# 50 (slice-and-matmul) and 288, 360 (flipped-kernel input gradient).
+# 50 (slice-and-matmul) and 288, 360, 216 (flipped-kernel input gradient;
+# the 'SAME' 7x7x32 and the 'VALID' 14x10x24 forwards are computed taller
+# and cropped, ``_xla_conv``).
 CONV_CASES = [
   (9, 9, 1, 4, 5, 1, "SAME"),
   (9, 8, 3, 4, 3, 2, "SAME"),
@@ -65,6 +67,7 @@ CONV_CASES = [
   (9, 8, 40, 6, 3, 2, "SAME"),
   (9, 9, 40, 6, 3, 2, "VALID"),
   (8, 7, 40, 6, 3, 1, "VALID"),
+  (14, 10, 24, 20, 3, 1, "VALID"),
 ]
 
 
@@ -117,6 +120,54 @@ def test_wide_conv_backward_has_no_kernel_gradient_convolution():
 
   assert convs(_cpu_conv.conv_general_dilated) == 2
   assert convs(lax.conv_general_dilated) == 3
+
+
+@pytest.mark.parametrize("b,s", [(5, 1), (4, 1), (5, 2)])
+def test_kernel_gradient_in_chunks_equals_lax(monkeypatch, b, s):
+  """The batch contracted two images at a time in a scan (plus a last odd
+  image for b = 5) gives lax's kernel gradient."""
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(b + s), 3)
+  x = jax.random.normal(kx, (b, 9, 8, 20))
+  kernel = jax.random.normal(kw, (3, 3, 20, 6))
+  pads = lax.padtype_to_pads(x.shape[1:3], (3, 3), (s, s), "SAME")
+  g = jax.random.normal(kg, (b, (9 + s - 1) // s, (8 + s - 1) // s, 6))
+  row_bytes = g.shape[1] * g.shape[2] * 3 * 20 * 4
+  monkeypatch.setattr(_cpu_conv, "KERNEL_GRAD_CHUNK_BYTES", 2 * row_bytes)
+
+  def chunked(a, d):
+    return _cpu_conv._kernel_grad(a, d, kernel.shape, (s, s), pads, None)
+
+  assert _primitive_count(jax.make_jaxpr(chunked)(x, g).jaxpr, "scan") == 1
+  _, vjp = jax.vjp(
+    lambda v: lax.conv_general_dilated(
+      x, v, (s, s), pads, dimension_numbers=DIMS
+    ),
+    kernel,
+  )
+  assert _rel(jax.jit(chunked)(x, g), vjp(g)[0]) <= RTOL
+
+
+def test_wide_convs_run_outside_ynnpack():
+  """The premise of ``_xla_conv``: this jaxlib's XLA:CPU gives a 'SAME'
+  conv with 32 channels to YNNPACK (skip if not), and the CPU path's
+  forward and input-gradient convs to Eigen (no YNNPACK fusion)."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("XLA:CPU only")
+  x = jnp.ones((2, 8, 8, 32))
+  kernel = jnp.ones((3, 3, 32, 32))
+
+  def hlo(conv):
+    def fwd_and_input_grad(a):
+      out, vjp = jax.vjp(
+        lambda u: conv(u, kernel, (1, 1), "SAME", dimension_numbers=DIMS), a
+      )
+      return out, vjp(out)
+
+    return jax.jit(fwd_and_input_grad).lower(x).compile().as_text()
+
+  if "__ynn_fusion" not in hlo(lax.conv_general_dilated):
+    pytest.skip("this XLA:CPU does not give convolutions to YNNPACK")
+  assert "__ynn_fusion" not in hlo(_cpu_conv.conv_general_dilated)
 
 
 @pytest.mark.parametrize("cin,s", [(1, 1), (40, 1), (40, 2)])

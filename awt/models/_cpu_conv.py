@@ -14,14 +14,17 @@ rounding:
   on the channel axis, times the kernel reshaped to
   ``[kh * kw * C_in, C_out]``; its gradients are JAX's autodiff of that, a
   matmul and the slices' transposes (pads), no convolution at all;
-* **flipped-kernel input gradient** for wider patches: XLA's own forward
+* **flipped-kernel input gradient** for wider patches: XLA's forward
   convolution, with a ``jax.custom_vjp`` whose input gradient is an
   ordinary convolution of the (zero-interleaved, for strides > 1) output
   gradient with the spatially flipped, in/out-transposed kernel, and whose
   kernel gradient is one matmul per kernel row of shifted input slices
-  with the output gradient (XLA:CPU's own kernel gradient, a convolution
-  contracting the batch, runs 100-250x slower inside a ``lax.scan``, where
-  awt trains);
+  with the output gradient, summed over cache-sized chunks of the batch
+  (XLA:CPU's own kernel gradient, a convolution contracting the batch,
+  runs 100-250x slower inside a ``lax.scan``, where awt trains). Both
+  convolutions are computed an output row taller and cropped where that
+  is cheap, which moves them from YNNPACK to Eigen, 1.7-4.2x faster on
+  Conv-4's layers (:func:`_xla_conv`);
 * **max pooling without scatter** (:func:`max_pool`): non-overlapping
   windows as a reshape and a max; its ``custom_jvp`` takes each window's
   tangent at the window's first maximum (row-major order), found with
@@ -61,6 +64,13 @@ CONV_IMPLS = ("auto", "xla", "cpu")
 # 14x14x6 5x5 233 -> 41 -> 55; 32x32x3 3x3 347 -> 252 -> 420; 32x32x64 3x3
 # 6,872 -> 7,480 -> 3,709; 16x16x64 3x3 (to 128) 7,280 -> 3,559 -> 1,941.
 MATMUL_MAX_PATCH = 256
+
+# Bytes of one chunk's patch rows in the kernel gradient (_kernel_grad).
+KERNEL_GRAD_CHUNK_BYTES = 6 * 2**20
+
+# XLA:CPU leaves convolutions with at most this many input and output
+# channels to Eigen (``_xla_conv``).
+YNN_MAX_NARROW_CHANNELS = 16
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -178,10 +188,48 @@ def conv_general_dilated(
 
 
 def _xla_conv(x, w, strides, pads, precision):
-  """``lax.conv_general_dilated``, NHWC / HWIO."""
-  return lax.conv_general_dilated(
+  """``lax.conv_general_dilated``, NHWC / HWIO, run by Eigen, not YNNPACK.
+
+  XLA:CPU (jaxlib 0.10) hands a 2-D float32 NHWC convolution with more than
+  ``YNN_MAX_NARROW_CHANNELS`` input or output channels to YNNPACK unless
+  its output is larger than its input in a spatial dimension
+  (``IsConvolutionOpSupportedByYnn``, ``xla/backends/cpu/ynn_support.cc``);
+  otherwise Eigen's spatial convolution runs it. On this project's 2-core
+  CPU, at batch 128, Eigen was 1.03-4.2x faster on every 3x3 conv of
+  Conv-4 / VGG / ResNet shapes timed, 1.7-1.9x on Conv-4's layers with 64
+  channels and 4.2x on a 'VALID' one; a few small problems (4x4x128 ->
+  128, or 8x8x64 at batch 8) lost 14% (``python -m
+  benchmarks.conv_backend``, ``benchmarks/README.md``). So a stride-1 conv
+  whose height would not grow is computed ``extra`` output rows taller
+  (more bottom padding, ``extra = H - H' + 1``: one row for 'SAME') and
+  cropped back, when those rows add at most a quarter of its work
+  (``4 * extra <= H'``); the kept rows are the same sums, so the value
+  equals XLA's up to float rounding.
+
+  Args:
+    x: [B, H, W, C_in].
+    w: [kh, kw, C_in, C_out].
+    strides: ``(sh, sw)``.
+    pads: ``((top, bottom), (left, right))``, non-negative.
+    precision: ``lax.Precision``, or None.
+
+  Returns:
+    [B, H', W', C_out].
+  """
+  (top, bottom), cols = pads
+  out_h = (x.shape[1] + top + bottom - w.shape[0]) // strides[0] + 1
+  extra = x.shape[1] - out_h + 1
+  tall = (
+    strides[0] == 1
+    and max(w.shape[2:]) > YNN_MAX_NARROW_CHANNELS
+    and 0 < 4 * extra <= out_h
+  )
+  if tall:
+    pads = ((top, bottom + extra), cols)
+  y = lax.conv_general_dilated(
     x, w, strides, pads, dimension_numbers=_NHWC, precision=precision
   )
+  return y[:, :out_h] if tall else y
 
 
 def _shifted_slices(x, kernel_hw, strides, pads) -> list[list[jax.Array]]:
@@ -241,22 +289,25 @@ def _slice_matmul_conv(x, w, strides, pads, precision):
 
 
 def _kernel_grad(x, g, kernel_shape, strides, pads, precision):
-  """The conv's kernel gradient as one matmul per kernel row.
+  """The conv's kernel gradient as dots, the batch contracted in chunks.
 
   .. math::
     \\frac{\\partial L}{\\partial W[i, j]} = \\sum_{b, o_h, o_w}
     x_p[b, s_h o_h + i, s_w o_w + j, :]^\\top g[b, o_h, o_w, :]
 
-  Row ``i``'s ``kw`` shifted slices, concatenated on the channel axis, are
-  a ``[B H' W', kw C_in]`` patch matrix ``P_i``, and
-  ``dW[i] = P_i^T g_{[B H' W', C_out]}``: ``kh`` dots, no convolution.
   XLA:CPU (JAX 0.10) lowers its own kernel gradient (a convolution that
   contracts the batch) inside a while loop to a path 100-250x slower than
   outside one (2.6-6.1 s for one Conv-4 layer at batch 32 inside a
-  ``lax.scan``, where awt runs its training epochs; these dots take
-  10-46 ms there and 84-308 ms at batch 128 outside a loop, against XLA's
-  80-384 ms: ``benchmarks/README.md``, issue 17). Per row, not one
-  ``[B H' W', kh kw C_in]`` matrix: a third of the memory, equally fast.
+  ``lax.scan``, where awt runs its training epochs: ``benchmarks/README.md``,
+  issue 17), so this is dots (:func:`_kernel_grad_dots`). Their patch
+  matrices are as large as the layer's input times ``kw``, so the batch is
+  contracted ``chunk`` images at a time in a ``lax.scan`` that sums the
+  chunks' gradients in float32, ``chunk`` chosen so that one chunk's patch
+  rows take about ``KERNEL_GRAD_CHUNK_BYTES`` and stay in cache: on
+  Conv-4's three wide layers at batch 128 that ran at 75-136 GFLOP/s
+  against 40-81 whole and 27-58 for XLA's own (``python -m
+  benchmarks.conv_backend``). A batch that is
+  not a multiple of ``chunk`` has its last images contracted after the scan.
 
   Args:
     x: [B, H, W, C_in], the conv's input.
@@ -267,19 +318,68 @@ def _kernel_grad(x, g, kernel_shape, strides, pads, precision):
     precision: ``lax.Precision`` of the matmuls, or None.
 
   Returns:
-    [kh, kw, C_in, C_out].
+    [kh, kw, C_in, C_out], float32 or wider.
+  """
+  _, kw, cin, _ = kernel_shape
+  b, ho, wo, _ = g.shape
+  row_bytes = ho * wo * kw * cin * x.dtype.itemsize
+  chunk = max(1, KERNEL_GRAD_CHUNK_BYTES // row_bytes)
+  grad = functools.partial(
+    _kernel_grad_dots,
+    kernel_shape=kernel_shape,
+    strides=strides,
+    pads=pads,
+    precision=precision,
+  )
+  n = b // chunk
+  if n <= 1:
+    return grad(x, g)
+  split = lambda v: v[: n * chunk].reshape(n, chunk, *v.shape[1:])
+  dw, _ = lax.scan(
+    lambda acc, xg: (acc + grad(*xg), None),
+    jnp.zeros(kernel_shape, jnp.promote_types(x.dtype, jnp.float32)),
+    (split(x), split(g)),
+  )
+  if n * chunk < b:
+    dw = dw + grad(x[n * chunk :], g[n * chunk :])
+  return dw
+
+
+def _kernel_grad_dots(x, g, *, kernel_shape, strides, pads, precision):
+  """The kernel gradient as one dot per kernel row.
+
+  Row ``i``'s ``kw`` shifted slices, concatenated on the channel axis, are
+  a ``[B H' W', kw C_in]`` patch matrix ``P_i``, and
+  ``dW[i]^T = g_{[B H' W', C_out]}^T P_i``: ``kh`` dots, no convolution.
+  ``g`` is transposed once, not ``P_i``: it is ``kw C_in / C_out`` times
+  smaller (XLA:CPU's dot copies an operand whose contracted axis is its
+  leading one). Per row, not one ``[B H' W', kh kw C_in]`` matrix: a third
+  of the memory, equally fast.
+
+  Args:
+    x: [B, H, W, C_in], the conv's input.
+    g: [B, H', W', C_out], the gradient of its output.
+    kernel_shape: ``(kh, kw, C_in, C_out)``.
+    strides: ``(sh, sw)``.
+    pads: ``((top, bottom), (left, right))``.
+    precision: ``lax.Precision`` of the matmuls, or None.
+
+  Returns:
+    [kh, kw, C_in, C_out], float32 or wider.
   """
   kh, kw, cin, cout = kernel_shape
-  rows = _shifted_slices(x, (kh, kw), strides, pads)
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  g_t = g.reshape(-1, cout).T
   return jnp.stack(
     [
-      jnp.einsum(
-        "bhwk,bhwo->ko",
-        jnp.concatenate(row, axis=-1),
-        g,
+      jnp.dot(
+        g_t,
+        jnp.concatenate(row, axis=-1).reshape(-1, kw * cin),
         precision=precision,
-      ).reshape(kw, cin, cout)
-      for row in rows
+        preferred_element_type=acc,
+      )
+      .T.reshape(kw, cin, cout)
+      for row in _shifted_slices(x, (kh, kw), strides, pads)
     ]
   )
 
@@ -309,24 +409,30 @@ def _flipped_grad_bwd(strides, pads, precision, res, g):
   """Input gradient by the transposed-conv identity; kernel gradient by dots.
 
   With ``g_s`` the output gradient with ``s - 1`` zeros interleaved and
-  padded by ``kh - 1 - top`` above (cropped where negative) and up to the
-  input's size below, ``dx = conv(g_s, flip(W)^T)``, VALID, stride 1:
-  the transpose of ``x -> conv(x, W)`` (Dumoulin & Visin, "A guide to
-  convolution arithmetic for deep learning", 2016, Section 4).
+  padded by ``kh - 1 - top`` above and up to the input's size below,
+  ``dx = conv(g_s, flip(W)^T)``, VALID, stride 1: the transpose of
+  ``x -> conv(x, W)`` (Dumoulin & Visin, "A guide to convolution
+  arithmetic for deep learning", 2016, Section 4). The zero interleaving
+  and any negative margin (a crop) are a ``lax.pad``; the positive margins
+  are the conv's own padding, so that ``_xla_conv`` sees the conv's true
+  input size.
   """
   x, w = res
   kh, kw, _, _ = w.shape
-  edges = [(0, 0, 0)]
+  edges, conv_pads = [(0, 0, 0)], []
   for size, k, s, (lo, hi), out in zip(
     x.shape[1:3], (kh, kw), strides, pads, g.shape[1:3], strict=True
   ):
     padded = size + lo + hi
-    edges.append((k - 1 - lo, padded - (out - 1) * s - 1 - hi, s - 1))
+    margins = (k - 1 - lo, padded - (out - 1) * s - 1 - hi)
+    edges.append((*(min(m, 0) for m in margins), s - 1))
+    conv_pads.append(tuple(max(m, 0) for m in margins))
   edges.append((0, 0, 0))
   g_s = lax.pad(g, jnp.zeros((), g.dtype), edges)
   w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
-  dx = _xla_conv(g_s, w_t, (1, 1), "VALID", precision)
-  return dx, _kernel_grad(x, g, w.shape, strides, pads, precision)
+  dx = _xla_conv(g_s, w_t, (1, 1), tuple(conv_pads), precision)
+  dw = _kernel_grad(x, g, w.shape, strides, pads, precision)
+  return dx, dw.astype(w.dtype)
 
 
 _flipped_grad_conv.defvjp(_flipped_grad_fwd, _flipped_grad_bwd)
