@@ -210,7 +210,7 @@ def _xla_conv(x, w, strides, pads, precision):
     x: [B, H, W, C_in].
     w: [kh, kw, C_in, C_out].
     strides: ``(sh, sw)``.
-    pads: ``((top, bottom), (left, right))``, non-negative.
+    pads: ``((top, bottom), (left, right))``.
     precision: ``lax.Precision``, or None.
 
   Returns:
@@ -306,8 +306,8 @@ def _kernel_grad(x, g, kernel_shape, strides, pads, precision):
   rows take about ``KERNEL_GRAD_CHUNK_BYTES`` and stay in cache: on
   Conv-4's three wide layers at batch 128 that ran at 75-136 GFLOP/s
   against 40-81 whole and 27-58 for XLA's own (``python -m
-  benchmarks.conv_backend``). A batch that is
-  not a multiple of ``chunk`` has its last images contracted after the scan.
+  benchmarks.conv_backend``). A batch that is not a multiple of ``chunk``
+  has its last images contracted after the scan.
 
   Args:
     x: [B, H, W, C_in], the conv's input.
@@ -377,8 +377,7 @@ def _kernel_grad_dots(x, g, *, kernel_shape, strides, pads, precision):
         jnp.concatenate(row, axis=-1).reshape(-1, kw * cin),
         precision=precision,
         preferred_element_type=acc,
-      )
-      .T.reshape(kw, cin, cout)
+      ).T.reshape(kw, cin, cout)
       for row in _shifted_slices(x, (kh, kw), strides, pads)
     ]
   )
