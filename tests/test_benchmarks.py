@@ -213,20 +213,26 @@ def test_conv_grad_custom_vjp_is_the_autodiff_gradient(padding):
 
 
 def test_conv_backend_records_both_libraries_and_rejects_bad_convs():
-  """In process, tiny shapes: every variant gives the first one's numbers,
-  and on XLA:CPU only the untouched forward is a YNNPACK fusion."""
-  from benchmarks import conv_backend
-
-  rec = conv_backend.measure_conv("8x24x20", batch=2, rounds=1, repeats=1)
-  assert rec["eigen"]["rel_diff"] < 1e-5 and rec["speedup"] > 0
-  if jax.default_backend() == "cpu" and rec["ynnpack"]["ynn_fusions"]:
-    assert rec["eigen"]["ynn_fusions"] == 0
-  rec = conv_backend.measure_kernel_grad("6x20x8", batch=3, rounds=1, repeats=1)
-  assert set(rec) >= {"autodiff", "dots", "chunked"}
-  assert rec["dots"]["rel_diff"] < 1e-5 and rec["chunked"]["rel_diff"] < 1e-5
-  with pytest.raises(ValueError, match="bad conv '8x24'"):
-    conv_backend.parse_conv("8x24")
-  assert conv_backend.parse_conv("4x2x3:valid") == (4, 2, 3, "VALID")
+  """Tiny shapes: every variant gives the first one's numbers, and on
+  XLA:CPU only the untouched forward is a YNNPACK fusion."""
+  fwd, kgrad = _run(
+    "benchmarks.conv_backend",
+    "--convs=8x24x20",
+    "--kernel_grads=6x20x8",
+    "--batch=3",
+    "--rounds=1",
+    "--repeats=1",
+  )
+  assert fwd["kind"] == "forward" and kgrad["kind"] == "kernel_grad"
+  assert fwd["eigen"]["rel_diff"] < 1e-5 and fwd["speedup"] > 0
+  if fwd["ynnpack"]["ynn_fusions"]:
+    assert fwd["eigen"]["ynn_fusions"] == 0
+  assert set(kgrad) >= {"autodiff", "dots", "chunked"}
+  assert kgrad["dots"]["rel_diff"] < 1e-5
+  assert kgrad["chunked"]["rel_diff"] < 1e-5
+  proc = _binary.run("benchmarks.conv_backend", "--convs=8x24", devices=None)
+  assert proc.returncode != 0
+  assert "bad conv '8x24'" in proc.stderr.strip().splitlines()[-1]
 
 
 # ---------------------------------------------------------------- PyTorch
