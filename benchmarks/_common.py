@@ -40,7 +40,12 @@ def check_args(model: str, **positive: int) -> None:
   """Raises ValueError (one line) for an unknown model or a count below 1."""
   if model not in TASKS:
     raise ValueError(f"unknown model {model!r}; known: {', '.join(TASKS)}")
-  for name, value in positive.items():
+  check_positive(**positive)
+
+
+def check_positive(**counts: int) -> None:
+  """Raises ValueError (one line) naming the first flag ``--name`` below 1."""
+  for name, value in counts.items():
     if value < 1:
       raise ValueError(f"--{name} must be >= 1, got {value}")
 

@@ -336,9 +336,8 @@ def main(argv):
   for peer in f.peers:
     if peer not in PEERS:
       raise ValueError(f"unknown peer {peer!r}; known: {', '.join(PEERS)}")
-  for name in ("pairs", "batch", "at_steps", "eval_steps", "max_calls"):
-    if getattr(f, name) < 1:
-      raise ValueError(f"--{name} must be >= 1, got {getattr(f, name)}")
+  counts = ("pairs", "batch", "at_steps", "eval_steps", "max_calls")
+  _common.check_positive(**{n: getattr(f, n) for n in counts})
   for task in f.tasks:
     for rec in compare_task(task, f):
       print(json.dumps(rec), flush=True)

@@ -82,12 +82,21 @@ def parse_conv(text: str) -> tuple[int, int, int, str]:
   return h, cin, cout, pad.upper() or "SAME"
 
 
-def _inputs(batch, h, cin, cout, out_h):
+def _problem(text: str, batch: int):
+  """A conv's operands: ``(pads, x, w, g, flops)``.
+
+  ``x`` [B, H, H, CIN], ``w`` [3, 3, CIN, COUT], ``g`` (an output
+  gradient) [B, H', H', COUT]; ``flops`` the nominal ``2 B H'^2 9 CIN
+  COUT``.
+  """
+  h, cin, cout, padding = parse_conv(text)
+  pads = lax.padtype_to_pads((h, h), (3, 3), (1, 1), padding)
+  out_h = h + sum(pads[0]) - 2
   kx, kw, kg = jax.random.split(jax.random.PRNGKey(h * cin + cout), 3)
   x = jax.random.normal(kx, (batch, h, h, cin))
   w = jax.random.normal(kw, (3, 3, cin, cout)) * 0.05
   g = jax.random.normal(kg, (batch, out_h, out_h, cout))
-  return x, w, g
+  return pads, x, w, g, 2 * batch * out_h * out_h * 9 * cin * cout
 
 
 def _rel(a, b) -> float:
@@ -130,23 +139,12 @@ def compare(variants: dict, args, flops: int, rounds: int, repeats: int):
   return result, round(speedup, 3)
 
 
-def measure_conv(text: str, batch: int, rounds: int, repeats: int) -> dict:
-  """One ``--convs`` record: the forward by YNNPACK and by Eigen."""
-  h, cin, cout, padding = parse_conv(text)
-  pads = lax.padtype_to_pads((h, h), (3, 3), (1, 1), padding)
-  out_h = h + sum(pads[0]) - 2
-  x, w, _ = _inputs(batch, h, cin, cout, out_h)
-  variants = {
-    "ynnpack": lambda a, b: lax.conv_general_dilated(
-      a, b, (1, 1), pads, dimension_numbers=DIMS
-    ),
-    "eigen": lambda a, b: _cpu_conv._xla_conv(a, b, (1, 1), pads, None),
-  }
-  flops = 2 * batch * out_h * out_h * 9 * cin * cout
-  result, speedup = compare(variants, (x, w), flops, rounds, repeats)
+def _record(kind: str, text: str, batch: int, timed: tuple) -> dict:
+  """The JSON record of one shape from :func:`compare`'s result."""
+  result, speedup = timed
   return {
     "benchmark": "conv_backend",
-    "kind": "forward",
+    "kind": kind,
     "conv": text,
     "batch": batch,
     **result,
@@ -155,12 +153,22 @@ def measure_conv(text: str, batch: int, rounds: int, repeats: int) -> dict:
   }
 
 
+def measure_conv(text: str, batch: int, rounds: int, repeats: int) -> dict:
+  """One ``--convs`` record: the forward by YNNPACK and by Eigen."""
+  pads, x, w, _, flops = _problem(text, batch)
+  variants = {
+    "ynnpack": lambda a, b: lax.conv_general_dilated(
+      a, b, (1, 1), pads, dimension_numbers=DIMS
+    ),
+    "eigen": lambda a, b: _cpu_conv._xla_conv(a, b, (1, 1), pads, None),
+  }
+  timed = compare(variants, (x, w), flops, rounds, repeats)
+  return _record("forward", text, batch, timed)
+
+
 def measure_kernel_grad(text: str, batch: int, rounds: int, repeats: int):
   """One ``--kernel_grads`` record: autodiff, whole-batch dots, chunked."""
-  h, cin, cout, padding = parse_conv(text)
-  pads = lax.padtype_to_pads((h, h), (3, 3), (1, 1), padding)
-  out_h = h + sum(pads[0]) - 2
-  x, w, g = _inputs(batch, h, cin, cout, out_h)
+  pads, x, w, g, flops = _problem(text, batch)
 
   def autodiff(a, d):
     conv = lambda v: lax.conv_general_dilated(  # noqa: E731
@@ -177,25 +185,14 @@ def measure_kernel_grad(text: str, batch: int, rounds: int, repeats: int):
       a, d, w.shape, (1, 1), pads, None
     ),
   }
-  flops = 2 * batch * out_h * out_h * 9 * cin * cout
-  result, speedup = compare(variants, (x, g), flops, rounds, repeats)
-  return {
-    "benchmark": "conv_backend",
-    "kind": "kernel_grad",
-    "conv": text,
-    "batch": batch,
-    **result,
-    "speedup": speedup,
-    "load": _common.load_average(),
-  }
+  timed = compare(variants, (x, g), flops, rounds, repeats)
+  return _record("kernel_grad", text, batch, timed)
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
-  for name in ("batch", "rounds", "repeats"):
-    if getattr(f, name) < 1:
-      raise ValueError(f"--{name} must be >= 1, got {getattr(f, name)}")
+  _common.check_positive(batch=f.batch, rounds=f.rounds, repeats=f.repeats)
   for text in f.convs + f.kernel_grads:
     parse_conv(text)
   for text in f.convs:

@@ -200,9 +200,9 @@ def measure_step(model_name: str, batch: int, steps: int, repeats: int):
 def main(argv):
   del argv
   f = flags.FLAGS
-  for name in ("batch", "iterations", "repeats"):
-    if getattr(f, name) < 1:
-      raise ValueError(f"--{name} must be >= 1, got {getattr(f, name)}")
+  _common.check_positive(
+    batch=f.batch, iterations=f.iterations, repeats=f.repeats
+  )
   if f.steps_of:
     for model_name in f.steps_of:
       _common.check_args(model_name)

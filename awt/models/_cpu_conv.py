@@ -354,18 +354,8 @@ def _kernel_grad_dots(x, g, *, kernel_shape, strides, pads, precision):
   ``g`` is transposed once, not ``P_i``: it is ``kw C_in / C_out`` times
   smaller (XLA:CPU's dot copies an operand whose contracted axis is its
   leading one). Per row, not one ``[B H' W', kh kw C_in]`` matrix: a third
-  of the memory, equally fast.
-
-  Args:
-    x: [B, H, W, C_in], the conv's input.
-    g: [B, H', W', C_out], the gradient of its output.
-    kernel_shape: ``(kh, kw, C_in, C_out)``.
-    strides: ``(sh, sw)``.
-    pads: ``((top, bottom), (left, right))``.
-    precision: ``lax.Precision`` of the matmuls, or None.
-
-  Returns:
-    [kh, kw, C_in, C_out], float32 or wider.
+  of the memory, equally fast. Arguments and result as :func:`_kernel_grad`
+  (keyword-only after ``g``, for its ``functools.partial``).
   """
   kh, kw, cin, cout = kernel_shape
   acc = jnp.promote_types(x.dtype, jnp.float32)
@@ -387,15 +377,8 @@ def _kernel_grad_dots(x, g, *, kernel_shape, strides, pads, precision):
 def _flipped_grad_conv(x, w, strides, pads, precision):
   """XLA's conv whose input gradient is a conv with the flipped kernel.
 
-  Args:
-    x: [B, H, W, C_in].
-    w: [kh, kw, C_in, C_out].
-    strides: ``(sh, sw)``.
-    pads: ``((top, bottom), (left, right))``.
-    precision: ``lax.Precision``, or None.
-
-  Returns:
-    [B, H', W', C_out].
+  Arguments and result as :func:`_xla_conv`: x [B, H, W, C_in], w [kh, kw,
+  C_in, C_out] -> [B, H', W', C_out].
   """
   return _xla_conv(x, w, strides, pads, precision)
 
