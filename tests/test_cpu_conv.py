@@ -55,8 +55,8 @@ def _assert_same_vjp(new, ref, args, key):
 
 
 # (H, W, C_in, C_out, kernel, stride, padding): patches of 25, 27, 150 and
-# 50 (slice-and-matmul) and 288, 360, 216 (flipped-kernel input gradient;
-# the 'SAME' 7x7x32 and the 'VALID' 14x10x24 forwards are computed taller
+# 50 (slice-and-matmul) and 288, 360, 288 (flipped-kernel input gradient;
+# the 'SAME' 7x7x32 and the 'VALID' 14x10x32 forwards are computed taller
 # and cropped, ``_xla_conv``).
 CONV_CASES = [
   (9, 9, 1, 4, 5, 1, "SAME"),
@@ -67,7 +67,7 @@ CONV_CASES = [
   (9, 8, 40, 6, 3, 2, "SAME"),
   (9, 9, 40, 6, 3, 2, "VALID"),
   (8, 7, 40, 6, 3, 1, "VALID"),
-  (14, 10, 24, 20, 3, 1, "VALID"),
+  (14, 10, 32, 20, 3, 1, "VALID"),
 ]
 
 
