@@ -23,7 +23,7 @@ rounding:
   (XLA:CPU's own kernel gradient, a convolution contracting the batch,
   runs 100-250x slower inside a ``lax.scan``, where awt trains). Both
   convolutions are computed an output row taller and cropped where that
-  is cheap, which moves them from YNNPACK to Eigen, 1.7-4.2x faster on
+  is cheap, which moves them from YNNPACK to Eigen, 1.05-1.85x faster on
   Conv-4's layers (:func:`_xla_conv`);
 * **max pooling without scatter** (:func:`max_pool`): non-overlapping
   windows as a reshape and a max; its ``custom_jvp`` takes each window's
