@@ -71,6 +71,20 @@ class Runner:
   hlo: Callable[[], str] | None = None
 
 
+def parse_shape(
+  text: str, form: str = "MxKxN", kind: str = "shape"
+) -> tuple[int, int, int]:
+  """``"AxBxC"`` -> ``(a, b, c)``, three positive integers.
+
+  Raises:
+    ValueError: one line naming the bad ``kind`` and the ``form`` wanted.
+  """
+  parts = text.lower().split("x")
+  if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+    raise ValueError(f"bad {kind} {text!r}: want {form} of positive integers")
+  return tuple(int(p) for p in parts)
+
+
 def significant(x: float, digits: int) -> float:
   """``x`` to ``digits`` significant digits: a record keeps the same
   relative precision for a 0.5 ms step and a 5 s one (decimals would print

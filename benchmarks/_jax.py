@@ -243,6 +243,11 @@ def pgd_eval_runner(
   )
 
 
+def max_rel_diff(a: jax.Array, b: jax.Array) -> float:
+  """``max |a - b| / max |b|``: how far a variant's output is from ``b``'s."""
+  return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
 def versions() -> dict:
   """JAX and jaxlib versions and the device kind, for the records."""
   return {

@@ -34,12 +34,11 @@ import json
 import statistics
 
 import jax
-import jax.numpy as jnp
 from absl import flags
 from jax import lax
 
 from awt.models import _cpu_conv
-from benchmarks import _common
+from benchmarks import _common, _jax
 from experiments import _main
 
 DEFAULT_CONVS = [
@@ -65,20 +64,12 @@ def parse_conv(text: str) -> tuple[int, int, int, str]:
   """``"HxCINxCOUT[:valid]"`` -> ``(h, cin, cout, padding)``.
 
   Raises:
-    ValueError: one line naming the bad shape.
+    ValueError: one line naming the bad shape or padding.
   """
   shape, _, pad = text.partition(":")
-  parts = shape.lower().split("x")
-  if (
-    len(parts) != 3
-    or not all(p.isdigit() and int(p) > 0 for p in parts)
-    or pad not in ("", "valid")
-  ):
-    raise ValueError(
-      f"bad conv {text!r}: want HxCINxCOUT of positive integers, optionally"
-      " followed by ':valid'"
-    )
-  h, cin, cout = (int(p) for p in parts)
+  if pad not in ("", "valid"):
+    raise ValueError(f"bad conv {text!r}: the only padding suffix is ':valid'")
+  h, cin, cout = _common.parse_shape(shape, "HxCINxCOUT", kind="conv")
   return h, cin, cout, pad.upper() or "SAME"
 
 
@@ -97,10 +88,6 @@ def _problem(text: str, batch: int):
   w = jax.random.normal(kw, (3, 3, cin, cout)) * 0.05
   g = jax.random.normal(kg, (batch, out_h, out_h, cout))
   return pads, x, w, g, 2 * batch * out_h * out_h * 9 * cin * cout
-
-
-def _rel(a, b) -> float:
-  return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
 def compare(variants: dict, args, flops: int, rounds: int, repeats: int):
@@ -128,7 +115,7 @@ def compare(variants: dict, args, flops: int, rounds: int, repeats: int):
     name: {
       "gflop_per_s": rates[name],
       "ynn_fusions": compiled[name].as_text().count('"__ynn_fusion"'),
-      "rel_diff": _common.significant(_rel(outs[name], first), 2),
+      "rel_diff": _common.significant(_jax.max_rel_diff(outs[name], first), 2),
     }
     for name in compiled
   }

@@ -60,18 +60,6 @@ flags.DEFINE_integer("threads", 0, "torch threads; 0: os.cpu_count().")
 flags.DEFINE_enum("worker", None, ["jax", "torch"], "Internal: one side.")
 
 
-def parse_shape(text: str, form: str = "MxKxN") -> tuple[int, int, int]:
-  """``"AxBxC"`` -> ``(a, b, c)``.
-
-  Raises:
-    ValueError: one line naming the bad shape and the ``form`` wanted.
-  """
-  parts = text.lower().split("x")
-  if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-    raise ValueError(f"bad shape {text!r}: want {form} of positive integers")
-  return tuple(int(p) for p in parts)
-
-
 def _torch_over_jax(torch_rates, jax_rates) -> float:
   """The ratio of the two sides' median rates over the rounds."""
   return round(statistics.median(torch_rates) / statistics.median(jax_rates), 3)
@@ -133,9 +121,9 @@ def worker(side: str, shapes, convs, repeats: int, threads: int) -> dict:
 
     _torch_common.setup_threads(threads)
     rate, conv_rates = _torch_common.matmul_gflop_per_s, _torch_conv_rates
-  out = {s: rate(parse_shape(s), repeats=repeats) for s in shapes}
+  out = {s: rate(_common.parse_shape(s), repeats=repeats) for s in shapes}
   for c in convs:
-    out["conv:" + c] = conv_rates(*parse_shape(c), repeats)
+    out["conv:" + c] = conv_rates(*_common.parse_shape(c), repeats)
   return out
 
 
@@ -166,9 +154,9 @@ def main(argv):
   del argv
   f = flags.FLAGS
   for s in f.shapes:
-    parse_shape(s)
+    _common.parse_shape(s)
   for c in f.convs:
-    parse_shape(c, "HxCINxCOUT")
+    _common.parse_shape(c, "HxCINxCOUT")
   if f.worker:
     out = worker(f.worker, f.shapes, f.convs, f.repeats, f.threads)
     print(json.dumps(out))
@@ -185,7 +173,7 @@ def main(argv):
     torch_rates = [r[s] for r in rates["torch"]]
     record = {
       "benchmark": "matmul",
-      "shape": list(parse_shape(s)),
+      "shape": list(_common.parse_shape(s)),
       "jax_gflop_per_s": jax_rates,
       "torch_gflop_per_s": torch_rates,
       "torch_over_jax": _torch_over_jax(torch_rates, jax_rates),
@@ -195,7 +183,7 @@ def main(argv):
     }
     print(json.dumps(record), flush=True)
   for c in f.convs:
-    h, cin, cout = parse_shape(c)
+    h, cin, cout = _common.parse_shape(c)
     record = {"benchmark": "conv", "input_shape": [CONV_BATCH, h, h, cin]}
     record["kernel"] = [3, 3, cin, cout]
     for i, part in enumerate(("forward", "input_grad")):
