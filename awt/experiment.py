@@ -12,6 +12,8 @@ writes the workdir layout of docs/design.md.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -101,6 +103,7 @@ class MemberResult(NamedTuple):
 
 
 FUNCTION_PROBE = 256  # test points on which members' functions are compared
+EVALUATION_FILE = "evaluation.json"  # a member's robust evaluation, kept
 
 
 class RunKeys(NamedTuple):
@@ -166,7 +169,9 @@ def train_and_evaluate(
 
   Args:
     config: an ``ml_collections.ConfigDict`` following docs/design.md's schema.
-    workdir: output directory; an existing checkpoint there is resumed.
+    workdir: output directory; an existing checkpoint there is resumed,
+      and an evaluation kept there (``evaluation.json``) of the same
+      weights under the same ``eval`` config is read instead of redone.
     initial: the ticket to start from (``awt.tickets.find``); None: the
       dense network at ``config.seed``'s initialization (then
       ``config.pruning.method`` must be ``"dense"``: ``awt.tickets.train``
@@ -211,8 +216,11 @@ def train_members(
 
   Writes ``config.json``, ``metrics.jsonl`` (per member under
   ``members/<name>/``), ``checkpoints/`` (the stacked state; a restarted run
-  resumes from it), ``members/<name>/results.json``, ``results.json``
-  (``{"members": [...]}``) and ``plots/members.png``.
+  resumes from it), ``members/<name>/evaluation.json`` (each member's
+  robust evaluation, written as soon as it is done; a restarted run reads
+  it instead of evaluating the same weights again), ``members/<name>/
+  results.json``, ``results.json`` (``{"members": [...]}``) and
+  ``plots/members.png``.
 
   Args:
     config: the shared config (its ``seed`` is ignored: members have theirs).
@@ -583,18 +591,26 @@ def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
       f"{', '.join(config.eval.attacks) or 'clean'} on the "
       f"{run.dataset.held_out} split"
     )
-    ev = evaluation.evaluate_cascade(
-      run.eval_apply,
-      training.model_variables(s.params, s.batch_stats),
-      run.dataset.test,
-      attack_names=tuple(config.eval.attacks),
-      eps=config.eval.eps,
-      norm=config.eval.norm,
-      batch_size=run.eval_batch,
-      key=eval_keys[i],
-      log=log,
-      cache=compiled,
-    )
+    path = _evaluation_path(run, m)
+    identity = _evaluation_identity(run, s, eval_keys[i])
+    ev = _stored_evaluation(path, identity)
+    if ev is None:
+      ev = evaluation.evaluate_cascade(
+        run.eval_apply,
+        training.model_variables(s.params, s.batch_stats),
+        run.dataset.test,
+        attack_names=tuple(config.eval.attacks),
+        eps=config.eval.eps,
+        norm=config.eval.norm,
+        batch_size=run.eval_batch,
+        key=eval_keys[i],
+        log=log,
+        cache=compiled,
+      )
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      workdir_lib.write_json(path, {"identity": identity, **ev})
+    else:
+      log(f"the same weights were evaluated before: {path}")
     results = {
       "clean_accuracy": ev["clean_accuracy"],
       "robust_accuracy": ev["robust_accuracy"],
@@ -621,6 +637,54 @@ def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
     )
     out.append(MemberResult(m.name, results, s.params, s.batch_stats, s.mask))
   return out
+
+
+def _evaluation_path(run: _Run, member: Member) -> str:
+  """Where a member's evaluation is kept as soon as it is done."""
+  if run.single:
+    return f"{run.workdir}/{EVALUATION_FILE}"
+  return f"{run.workdir}/members/{member.name}/{EVALUATION_FILE}"
+
+
+def _evaluation_identity(run: _Run, state, key) -> dict:
+  """What a kept evaluation must match to stand for a fresh one.
+
+  The SHA-256 of the evaluated variables' bytes (parameters, BatchNorm
+  statistics, mask), the ``eval`` and ``data`` configs, the held-out split
+  and the attacks' key: equal identities give equal evaluations, so a run
+  killed during its evaluation resumes without redoing the members it had
+  finished, while retrained weights or a changed attack are evaluated anew.
+  Returned as its JSON round trip (tuples as lists), as read back from disk.
+  """
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves((state.params, state.batch_stats, state.mask)):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{a.dtype}{a.shape}".encode())
+    digest.update(a.tobytes())
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  identity = {
+    "variables_sha256": digest.hexdigest(),
+    "eval": run.config.eval.to_dict(),
+    "data": run.config.data.to_dict(),
+    "split": run.dataset.held_out,
+    "key": np.asarray(key).tolist(),
+  }
+  return json.loads(json.dumps(identity))
+
+
+def _stored_evaluation(path: str, identity: dict) -> dict | None:
+  """The evaluation kept at ``path`` if its identity is ``identity``."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      kept = json.load(f)
+  except (OSError, ValueError):
+    return None  # unreadable: evaluate again, and overwrite it
+  if not isinstance(kept, dict) or kept.pop("identity", None) != identity:
+    return None
+  return kept
 
 
 def _write_results(run: _Run, results: list[MemberResult]) -> None:

@@ -2,7 +2,9 @@
 
 ``config.json``, ``metrics.jsonl`` (one JSON object per logged step or
 epoch), TensorBoard event files under ``tb/``, ``checkpoints/`` (see
-``awt.checkpoints``), ``results.json`` and ``plots/*.png``.
+``awt.checkpoints``), ``evaluation.json`` (the robust evaluation, kept as
+soon as it is done, with what identifies it: ``awt.experiment``),
+``results.json`` and ``plots/*.png``.
 """
 
 import contextlib

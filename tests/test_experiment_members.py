@@ -1,5 +1,7 @@
 """``train_members``: S runs vmapped in one program equal S separate runs."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -105,3 +107,52 @@ def test_a_pruned_config_without_a_ticket_is_refused_before_any_work(tmp_path):
     experiment.train_and_evaluate(config, str(workdir))
   assert "\n" not in str(e.value)
   assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_a_restarted_run_reads_the_evaluations_it_kept(tmp_path, monkeypatch):
+  """A run killed while evaluating resumes without attacking the same
+  weights again; stale or re-configured evaluations are redone."""
+  config = _config(num_epochs=1)
+  members = [experiment.Member("a", 0), experiment.Member("b", 1)]
+  first = experiment.train_members(config, str(tmp_path), members)
+  kept = {
+    m.name: tmp_path / "members" / m.name / "evaluation.json" for m in members
+  }
+  assert all(p.exists() for p in kept.values())
+
+  calls = []
+  real = experiment.evaluation.evaluate_cascade
+
+  def counting(*args, **kwargs):
+    calls.append(1)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(experiment.evaluation, "evaluate_cascade", counting)
+
+  def rerun(c):
+    out = experiment.train_members(c, str(tmp_path), members)
+    return {
+      r.name: (r.results["clean_accuracy"], r.results["robust_accuracy"])
+      for r in out
+    }
+
+  want = {
+    r.name: (r.results["clean_accuracy"], r.results["robust_accuracy"])
+    for r in first
+  }
+  assert rerun(config) == want and not calls  # both read back
+
+  # Weights that are not the ones evaluated (here: a doctored hash) and an
+  # unreadable file are evaluated again, to the same numbers.
+  record = json.loads(kept["a"].read_text())
+  record["identity"]["variables_sha256"] = "0" * 64
+  kept["a"].write_text(json.dumps(record))
+  kept["b"].write_text("{not json")
+  assert rerun(config) == want and len(calls) == 2
+  assert json.loads(kept["b"].read_text())["clean_accuracy"] == want["b"][0]
+
+  # Another threat model is another evaluation.
+  config.eval.eps = config.eval.eps / 2
+  rerun(config)
+  assert len(calls) == 4
