@@ -276,6 +276,23 @@ def _save(workdir: str, ticket: Ticket, label: str) -> None:
 _TICKET_KEYS = ("method", "ablation", "find_cost", "ntk_distance_at_init")
 
 
+def _check_sparsity_applies(config) -> None:
+  """A run's ``pruning.sparsity`` must prune something: with the default
+  ``pruning.method="dense"`` a sparsity would be ignored and the run would
+  train the dense net under a sparse-looking config.
+
+  Raises:
+    ConfigError: naming the sparsity and the method.
+  """
+  sparsity = float(config.pruning.get("sparsity", 0.0) or 0.0)
+  if config.pruning.method == "dense" and sparsity:
+    raise config_lib.ConfigError(
+      f"pruning.sparsity={sparsity:g} has no effect with "
+      "pruning.method='dense'; choose a method too, e.g. "
+      "--config.pruning.method=snip"
+    )
+
+
 def find_and_train(
   config,
   workdir: str,
@@ -302,6 +319,8 @@ def find_and_train(
     ``function_distance_{clean,adv}`` and ``dense_reference`` (the dense
     run's accuracies and history). Without training, the ticket's info.
   """
+  pruning.validate(config)
+  _check_sparsity_applies(config)
   ticket = find(config, workdir=workdir, log=log)
   if not train:
     return ticket.info
@@ -341,6 +360,7 @@ def train(
   checkpoints) and trained by ``awt.experiment.train_and_evaluate``.
   """
   pruning.validate(config, methods=config_lib.PRUNING_METHODS)
+  _check_sparsity_applies(config)
   ticket = None
   if config.pruning.method != "dense":
     ticket = find(config, measure_ntk=False, log=log)

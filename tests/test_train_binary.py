@@ -125,6 +125,11 @@ def _smoke_config(**overrides):
     ("data.name", "mnistt", "unknown data.name 'mnistt'"),
     ("adversarial.eps", -0.1, "adversarial.eps=-0.1 must be >= 0"),
     ("pruning.sparsity", 1.0, "pruning.sparsity=1.0 must be < 1"),
+    (
+      "pruning.sparsity",
+      0.9,
+      "pruning.sparsity=0.9 has no effect with pruning.method='dense'",
+    ),
     ("batch_size", 5000, "batch_size=5000 is larger than the 1437"),
     ("eval.attacks", ("pgdx",), "unknown attack 'pgdx'"),
   ],
