@@ -13,9 +13,10 @@ import tempfile
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from awt import experiment
+from experiments import _main
 from experiments.configs import digits_mlp
 
 flags.DEFINE_integer("seeds", 5, "Number of seeds S.")
@@ -63,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _main.run(main)

@@ -1,6 +1,6 @@
 r"""Shi et al. (AISTATS 2022): every ticket under PGD-AT, side by side.
 
-The main job (digits, about 10 minutes on 2 CPU cores): tickets of the
+The main job (digits, about 4 minutes on 2 CPU cores): tickets of the
 AWT search and of the baselines at 90% sparsity, 3 seeds, each trained
 with SGD-momentum PGD-AT from scratch next to the dense net of its seed in
 one vectorized program:
