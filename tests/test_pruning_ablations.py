@@ -87,6 +87,47 @@ def test_shuffle_keeps_densities_and_values_and_moves_the_mask():
   assert out.info["passes"] == ticket.info["passes"]
 
 
+def test_shuffle_inputs_keeps_every_units_fan_in_and_values():
+  ctx, ticket = _found("snip", scope="global", keep_last=True)
+  out = ablations.apply("shuffle_inputs", ticket, ctx, ABLATION_KEY)
+  paths = masks.prunable_paths(ctx.params, keep_last=True)
+  for p in paths:
+    m0, m1 = _layer(ticket.mask, p), _layer(out.mask, p)
+    w0, w1 = _layer(ticket.params, p), _layer(out.params, p)
+    s0, s1 = _layer(ticket.scores, p), _layer(out.scores, p)
+    # Each unit (column): the same fan-in, the same incoming values; mask,
+    # weights and scores moved by the same permutation.
+    np.testing.assert_array_equal(m1.sum(0), m0.sum(0))
+    np.testing.assert_array_equal(np.sort(w1, 0), np.sort(w0, 0))
+    np.testing.assert_array_equal(np.sort(s1, 0), np.sort(s0, 0))
+    for j in range(m0.shape[1]):
+      np.testing.assert_array_equal(
+        np.sort(w1[m1[:, j] == 1, j]), np.sort(w0[m0[:, j] == 1, j])
+      )
+    assert np.all(w1[m1 == 0] == 0)
+    # Which inputs are read moved, and with it the inputs' fan-outs.
+    assert not np.array_equal(m1, m0)
+    assert not np.array_equal(m1.sum(1), m0.sum(1))
+  before, after = _leaves(ticket.params), _leaves(out.params)
+  for name in set(before) - {masks.layer_name(p) for p in paths}:
+    np.testing.assert_array_equal(after[name], before[name])
+
+
+def test_shuffle_inputs_draws_uniform_permutations_per_unit():
+  # One unit reading 1 of 4 inputs: over many keys, the kept input is each
+  # of the 4 about equally often, and two units move independently.
+  mask = {"fc": {"kernel": np.array([[1.0, 1.0], [0, 0], [0, 0], [0, 0]])}}
+  keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+  paths = (("fc", "kernel"),)
+  moved = jax.vmap(
+    lambda k: ablations._permute_inputs(mask, paths, k[None])["fc"]["kernel"]
+  )(keys)
+  where = np.asarray(moved.argmax(1))  # [4000, 2]: the kept input per unit
+  counts = np.stack([np.bincount(where[:, j], minlength=4) for j in (0, 1)])
+  np.testing.assert_allclose(counts / 4000, 0.25, atol=0.03)
+  assert np.mean(where[:, 0] == where[:, 1]) == pytest.approx(0.25, abs=0.03)
+
+
 def test_reinit_keeps_the_mask_and_redraws_weights_at_init_scale():
   # Sparsity 0.5 so each layer keeps enough weights for a stable std.
   ctx, ticket = _found("magnitude", sparsity=0.5, scope="layerwise")

@@ -11,6 +11,11 @@ modified one that is trained and evaluated exactly like the original:
   to the flattened mask *and* the flattened starting weights of that layer
   (and to the scores, if any): per-layer density and the multiset of kept
   values stay, which connections exist becomes random.
+* ``shuffle_inputs``: a finer shuffle (not in Frankle et al.): each unit
+  (output feature or channel) gets its own permutation of its incoming
+  entries, mask and weights together: every unit keeps its fan-in and its
+  incoming values, which inputs it reads becomes random. Set against
+  ``shuffle``, it separates a ticket's per-unit degrees from its wiring.
 * ``reinit``: the same mask, fresh initial weights (and BatchNorm
   statistics) from the model's initializer with another key, times the
   mask.
@@ -29,8 +34,8 @@ modified one that is trained and evaluated exactly like the original:
 
 Prunable layers are ``awt.masks.prunable_paths`` of the initialization with
 ``config.pruning.keep_first`` / ``keep_last``; every other leaf (biases,
-BatchNorm, the kept-dense layers) is left as the ticket has it (``shuffle``)
-or as the initialization has it (``reinit``, ``init_weights``, ``invert``,
+BatchNorm, the kept-dense layers) is left as the ticket has it (``shuffle``,
+``shuffle_inputs``) or as the initialization has it (``reinit``, ``init_weights``, ``invert``,
 ``random_same_density``, which start from an initialization).
 
 References:
@@ -56,6 +61,7 @@ Path = tuple[str, ...]
 ABLATIONS = (
   "none",
   "shuffle",
+  "shuffle_inputs",
   "reinit",
   "init_weights",
   "invert",
@@ -122,6 +128,58 @@ def shuffle(ticket: Ticket, ctx: PruningContext, key: jax.Array) -> Ticket:
       None
       if ticket.scores is None
       else _permute_layers(ticket.scores, paths, keys)
+    ),
+  )
+
+
+def _permute_inputs(
+  tree: PyTree, paths: tuple[Path, ...], keys: jax.Array
+) -> PyTree:
+  """Each leaf at ``paths[i]`` (``[..., units]``) seen as ``[fan_in, units]``,
+  every column permuted by its own key drawn from ``keys[i]``."""
+
+  def one(i, leaf):
+    cols = jnp.reshape(leaf, (-1, jnp.shape(leaf)[-1]))
+    fan_in, units = cols.shape
+    unit_keys = jax.random.split(keys[i], units)
+    order = jax.vmap(jax.random.permutation, in_axes=(0, None))(
+      unit_keys, fan_in
+    )  # [units, fan_in]
+    return jnp.take_along_axis(cols, order.T, axis=0).reshape(jnp.shape(leaf))
+
+  return _map_layers(one, tree, paths)
+
+
+def shuffle_inputs(
+  ticket: Ticket, ctx: PruningContext, key: jax.Array
+) -> Ticket:
+  """Permutes, unit by unit, which inputs each unit of a layer reads.
+
+  A Dense kernel ``[in, out]`` (a conv kernel ``[kh, kw, c_in, c_out]``,
+  seen as ``[kh * kw * c_in, c_out]``) gets one uniformly random
+  permutation ``π_{l,j}`` per output unit ``j``, applied to column ``j`` of
+  the mask, the starting weights (and the scores):
+  ``mask'[:, j] = mask[π_{l,j}, j]``. Each unit's fan-in and the multiset
+  of its incoming kept values are unchanged (so are the layer's density
+  and ``params' = params' * mask'``); each input's fan-out is not.
+
+  Args:
+    ticket: the ticket to ablate.
+    ctx: the context it was found in (its config names the prunable layers).
+    key: PRNG key of the permutations.
+
+  Returns:
+    The shuffled ticket (``batch_stats`` and ``info`` unchanged).
+  """
+  paths = scores_lib.prunable(ctx)
+  keys = jax.random.split(key, max(len(paths), 1))
+  return ticket.replace(
+    mask=_permute_inputs(ticket.mask, paths, keys),
+    params=_permute_inputs(ticket.params, paths, keys),
+    scores=(
+      None
+      if ticket.scores is None
+      else _permute_inputs(ticket.scores, paths, keys)
     ),
   )
 
@@ -261,6 +319,7 @@ def _none(ticket: Ticket, ctx: PruningContext, key: jax.Array) -> Ticket:
 _FUNCTIONS = {
   "none": _none,
   "shuffle": shuffle,
+  "shuffle_inputs": shuffle_inputs,
   "reinit": reinit,
   "init_weights": init_weights,
   "invert": invert,
