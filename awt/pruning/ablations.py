@@ -35,8 +35,9 @@ modified one that is trained and evaluated exactly like the original:
 Prunable layers are ``awt.masks.prunable_paths`` of the initialization with
 ``config.pruning.keep_first`` / ``keep_last``; every other leaf (biases,
 BatchNorm, the kept-dense layers) is left as the ticket has it (``shuffle``,
-``shuffle_inputs``) or as the initialization has it (``reinit``, ``init_weights``, ``invert``,
-``random_same_density``, which start from an initialization).
+``shuffle_inputs``) or as the initialization has it (``reinit``,
+``init_weights``, ``invert``, ``random_same_density``, which start from an
+initialization).
 
 References:
   Frankle, Dziugaite, Roy & Carbin, "Pruning Neural Networks at
