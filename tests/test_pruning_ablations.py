@@ -128,6 +128,22 @@ def test_shuffle_inputs_draws_uniform_permutations_per_unit():
   assert np.mean(where[:, 0] == where[:, 1]) == pytest.approx(0.25, abs=0.03)
 
 
+def test_shuffle_values_keeps_the_mask_and_moves_values_among_kept():
+  ctx, ticket = _found("snip", scope="global", keep_last=True)
+  out = ablations.apply("shuffle_values", ticket, ctx, ABLATION_KEY)
+  paths = masks.prunable_paths(ctx.params, keep_last=True)
+  for p in paths:
+    m = _layer(ticket.mask, p)
+    w0, w1 = _layer(ticket.params, p), _layer(out.params, p)
+    np.testing.assert_array_equal(_layer(out.mask, p), m)
+    np.testing.assert_array_equal(np.sort(w1[m == 1]), np.sort(w0[m == 1]))
+    assert np.all(w1[m == 0] == 0)
+    assert np.mean(w1[m == 1] == w0[m == 1]) < 0.2  # Values moved.
+  before, after = _leaves(ticket.params), _leaves(out.params)
+  for name in set(before) - {masks.layer_name(p) for p in paths}:
+    np.testing.assert_array_equal(after[name], before[name])
+
+
 def test_reinit_keeps_the_mask_and_redraws_weights_at_init_scale():
   # Sparsity 0.5 so each layer keeps enough weights for a stable std.
   ctx, ticket = _found("magnitude", sparsity=0.5, scope="layerwise")

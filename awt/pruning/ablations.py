@@ -16,6 +16,10 @@ modified one that is trained and evaluated exactly like the original:
   entries, mask and weights together: every unit keeps its fan-in and its
   incoming values, which inputs it reads becomes random. Set against
   ``shuffle``, it separates a ticket's per-unit degrees from its wiring.
+* ``shuffle_values``: the converse (not in Frankle et al.): the mask stays,
+  the starting weights of each prunable layer's kept entries are permuted
+  among those entries: the wiring stays, which value sits where becomes
+  random.
 * ``reinit``: the same mask, fresh initial weights (and BatchNorm
   statistics) from the model's initializer with another key, times the
   mask.
@@ -35,9 +39,9 @@ modified one that is trained and evaluated exactly like the original:
 Prunable layers are ``awt.masks.prunable_paths`` of the initialization with
 ``config.pruning.keep_first`` / ``keep_last``; every other leaf (biases,
 BatchNorm, the kept-dense layers) is left as the ticket has it (``shuffle``,
-``shuffle_inputs``) or as the initialization has it (``reinit``,
-``init_weights``, ``invert``, ``random_same_density``, which start from an
-initialization).
+``shuffle_inputs``, ``shuffle_values``) or as the initialization has it
+(``reinit``, ``init_weights``, ``invert``, ``random_same_density``, which
+start from an initialization).
 
 References:
   Frankle, Dziugaite, Roy & Carbin, "Pruning Neural Networks at
@@ -63,6 +67,7 @@ ABLATIONS = (
   "none",
   "shuffle",
   "shuffle_inputs",
+  "shuffle_values",
   "reinit",
   "init_weights",
   "invert",
@@ -182,6 +187,54 @@ def shuffle_inputs(
       if ticket.scores is None
       else _permute_inputs(ticket.scores, paths, keys)
     ),
+  )
+
+
+def _permute_kept(
+  params: PyTree, mask: PyTree, paths: tuple[Path, ...], keys: jax.Array
+) -> PyTree:
+  """Each leaf at ``paths[i]`` with its kept entries' values permuted among
+  the kept entries (uniformly, by ``keys[i]``); pruned entries stay 0."""
+
+  def one(i, leaf):
+    flat = jnp.ravel(leaf)
+    kept = jnp.ravel(scores_lib._get(mask, paths[i])) != 0
+    n = flat.size
+    # Kept positions first (in random order / in index order), then the
+    # pruned ones, whose values are 0 either way.
+    src = jnp.argsort(jnp.where(kept, jax.random.uniform(keys[i], (n,)), 2.0))
+    dst = jnp.argsort(jnp.where(kept, 0, 1), stable=True)
+    out = jnp.zeros_like(flat).at[dst].set(flat[src])
+    return jnp.where(kept, out, 0).reshape(jnp.shape(leaf))
+
+  return _map_layers(one, params, paths)
+
+
+def shuffle_values(
+  ticket: Ticket, ctx: PruningContext, key: jax.Array
+) -> Ticket:
+  """Keeps the mask; permutes each prunable layer's kept starting weights.
+
+  Layer ``l`` with ``k_l`` kept entries gets one uniformly random
+  permutation of their values over the same ``k_l`` positions: the mask,
+  the layer's multiset of kept values and ``params' = params' * mask``
+  stay, the pairing of values with connections does not. Against
+  ``shuffle`` (positions and values moved together) it tells whether a
+  ticket's wiring or its values-at-positions carry it.
+
+  Args:
+    ticket: the ticket to ablate.
+    ctx: the context it was found in (its config names the prunable layers).
+    key: PRNG key of the permutations.
+
+  Returns:
+    The ticket with permuted values (mask, scores, ``batch_stats`` and
+    ``info`` unchanged).
+  """
+  paths = scores_lib.prunable(ctx)
+  keys = jax.random.split(key, max(len(paths), 1))
+  return ticket.replace(
+    params=_permute_kept(ticket.params, ticket.mask, paths, keys)
   )
 
 
@@ -321,6 +374,7 @@ _FUNCTIONS = {
   "none": _none,
   "shuffle": shuffle,
   "shuffle_inputs": shuffle_inputs,
+  "shuffle_values": shuffle_values,
   "reinit": reinit,
   "init_weights": init_weights,
   "invert": invert,
