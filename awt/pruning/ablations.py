@@ -109,6 +109,21 @@ def _permute_layers(
   return _map_layers(one, tree, paths)
 
 
+def _permute_together(permute, ticket: Ticket, ctx, key) -> Ticket:
+  """``ticket`` with ``permute(tree, paths, keys)`` applied alike to its
+  mask, starting weights and scores (one key per prunable layer), so that
+  ``params = params * mask`` still holds."""
+  paths = scores_lib.prunable(ctx)
+  keys = jax.random.split(key, max(len(paths), 1))
+  return ticket.replace(
+    mask=permute(ticket.mask, paths, keys),
+    params=permute(ticket.params, paths, keys),
+    scores=(
+      None if ticket.scores is None else permute(ticket.scores, paths, keys)
+    ),
+  )
+
+
 def shuffle(ticket: Ticket, ctx: PruningContext, key: jax.Array) -> Ticket:
   """Permutes the mask and the weights of each prunable layer together.
 
@@ -125,17 +140,7 @@ def shuffle(ticket: Ticket, ctx: PruningContext, key: jax.Array) -> Ticket:
   Returns:
     The shuffled ticket (``batch_stats`` and ``info`` unchanged).
   """
-  paths = scores_lib.prunable(ctx)
-  keys = jax.random.split(key, max(len(paths), 1))
-  return ticket.replace(
-    mask=_permute_layers(ticket.mask, paths, keys),
-    params=_permute_layers(ticket.params, paths, keys),
-    scores=(
-      None
-      if ticket.scores is None
-      else _permute_layers(ticket.scores, paths, keys)
-    ),
-  )
+  return _permute_together(_permute_layers, ticket, ctx, key)
 
 
 def _permute_inputs(
@@ -177,17 +182,7 @@ def shuffle_inputs(
   Returns:
     The shuffled ticket (``batch_stats`` and ``info`` unchanged).
   """
-  paths = scores_lib.prunable(ctx)
-  keys = jax.random.split(key, max(len(paths), 1))
-  return ticket.replace(
-    mask=_permute_inputs(ticket.mask, paths, keys),
-    params=_permute_inputs(ticket.params, paths, keys),
-    scores=(
-      None
-      if ticket.scores is None
-      else _permute_inputs(ticket.scores, paths, keys)
-    ),
-  )
+  return _permute_together(_permute_inputs, ticket, ctx, key)
 
 
 def _permute_kept(
