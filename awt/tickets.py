@@ -94,6 +94,23 @@ def dense(config, info: data_lib.DatasetInfo | None = None) -> Ticket:
   )
 
 
+def _check_sparsity_applies(config) -> None:
+  """A run's ``pruning.sparsity`` must prune something: with the default
+  ``pruning.method="dense"`` a sparsity would be ignored and the run would
+  train the dense net under a sparse-looking config.
+
+  Raises:
+    ConfigError: naming the sparsity and the method.
+  """
+  sparsity = float(config.pruning.get("sparsity", 0.0) or 0.0)
+  if config.pruning.method == "dense" and sparsity:
+    raise config_lib.ConfigError(
+      f"pruning.sparsity={sparsity:g} has no effect with "
+      "pruning.method='dense'; choose a method too, e.g. "
+      "--config.pruning.method=snip"
+    )
+
+
 def find(
   config,
   *,
@@ -147,6 +164,7 @@ def find(
     ConfigError, DatasetNotPreparedError, CheckpointError: one line each.
   """
   pruning.validate(config)  # the ablation's name included
+  _check_sparsity_applies(config)
   ablation = pruning.option(config, "ablation")
   s = setup or load(config)
   params, batch_stats, keys = experiment.initialize(
@@ -276,23 +294,6 @@ def _save(workdir: str, ticket: Ticket, label: str) -> None:
 _TICKET_KEYS = ("method", "ablation", "find_cost", "ntk_distance_at_init")
 
 
-def _check_sparsity_applies(config) -> None:
-  """A run's ``pruning.sparsity`` must prune something: with the default
-  ``pruning.method="dense"`` a sparsity would be ignored and the run would
-  train the dense net under a sparse-looking config.
-
-  Raises:
-    ConfigError: naming the sparsity and the method.
-  """
-  sparsity = float(config.pruning.get("sparsity", 0.0) or 0.0)
-  if config.pruning.method == "dense" and sparsity:
-    raise config_lib.ConfigError(
-      f"pruning.sparsity={sparsity:g} has no effect with "
-      "pruning.method='dense'; choose a method too, e.g. "
-      "--config.pruning.method=snip"
-    )
-
-
 def find_and_train(
   config,
   workdir: str,
@@ -319,8 +320,6 @@ def find_and_train(
     ``function_distance_{clean,adv}`` and ``dense_reference`` (the dense
     run's accuracies and history). Without training, the ticket's info.
   """
-  pruning.validate(config)
-  _check_sparsity_applies(config)
   ticket = find(config, workdir=workdir, log=log)
   if not train:
     return ticket.info

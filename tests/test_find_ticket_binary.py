@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from awt import checkpoints, masks
+from awt import checkpoints, masks, tickets
+from awt import config as config_lib
+from experiments.configs import digits_mlp
 
 # One xdist worker runs this module, so its trained fixture is built once.
 pytestmark = pytest.mark.xdist_group("snip_run")
@@ -82,3 +84,16 @@ def test_unknown_method_is_one_line(tmp_path):
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: unknown pruning.method 'snipp'; known: ")
+
+
+def test_a_sparsity_without_a_method_is_one_line_and_writes_nothing(tmp_path):
+  # In process: the check sits in tickets.find, which find_ticket runs first.
+  config = digits_mlp.get_config("smoke")
+  config.pruning.sparsity = 0.9  # pruning.method stays "dense"
+  with pytest.raises(config_lib.ConfigError) as e:
+    tickets.find_and_train(config, str(tmp_path / "run"))
+  assert str(e.value) == (
+    "pruning.sparsity=0.9 has no effect with pruning.method='dense'; "
+    "choose a method too, e.g. --config.pruning.method=snip"
+  )
+  assert not (tmp_path / "run").exists()
