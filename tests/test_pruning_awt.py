@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from awt import attacks, data, masks, models, pruning, training
@@ -260,6 +261,7 @@ def test_normalized_global_score_keeps_every_layer(score):
     ("awt_start", "trained", "searched, init"),
     ("awt_global_score", "std", "normalized, raw"),
     ("awt_attack_against", "both", "teacher, student"),
+    ("awt_output_points", "adversarial", "search, clean"),
   ],
 )
 def test_bad_options_are_named(key, value, known):
@@ -332,3 +334,83 @@ def test_mlp_search_with_the_structured_kernel_finds_the_same_ticket(
     for key in ("loss", "output", "ntk", "l2"):
       assert got[key] == pytest.approx(want[key], rel=1e-4)
   assert _same(structured.mask, reference.mask)
+
+
+def test_output_term_on_other_points_leaves_the_kernel_term():
+  ctx = _ctx()
+  f = awt_search.eval_logits_fn(ctx.model, ctx.batch_stats)
+  x = jnp.asarray(ctx.split.images[:8], jnp.float32) / 255.0
+  x_adv = jnp.clip(x + 0.1 * jnp.sign(x - 0.5), 0.0, 1.0)
+  m = masks.topk(jax.tree.map(jnp.abs, ctx.params), 0.2)
+  k0 = awt_search.ntk_of(f, ctx.params, x_adv)
+  f0 = f(ctx.params, x)
+  output, ntk, _ = awt_search.loss_terms(
+    f, ctx.params, m, x_adv, f0, k0, x_output=x
+  )
+  _, ntk_search, _ = awt_search.loss_terms(
+    f, ctx.params, m, x_adv, f(ctx.params, x_adv), k0
+  )
+  student = f(masks.apply(ctx.params, m), x)
+  np.testing.assert_allclose(output, np.mean((student - f0) ** 2), rtol=1e-6)
+  assert float(ntk) == float(ntk_search)
+
+
+@pytest.mark.parametrize("points", ["search", "clean"])
+def test_search_step_takes_its_output_term_on_the_chosen_points(points):
+  # One compiled step at the teacher's weights, against the output term
+  # written out on the step's own batch: clean, or its PGD points.
+  ctx = _ctx(awt_output_points=points)
+  s = awt_search._settings(ctx, adversarial=True)
+  assert s.hyper.output_points == points
+  mask, _, _ = awt_search._initial_mask(
+    ctx, s, jax.random.PRNGKey(0), awt_search._scales(ctx, s)
+  )
+  batch = awt_search._stacked(ctx, 16, 0, 1, 3, jax.random.PRNGKey(4))
+  coefs = {
+    "lr": jnp.float32(1e-3),
+    "lambda_ntk": jnp.float32(3.0),
+    "lambda_l2": jnp.float32(0.0),
+  }
+  _, metrics = awt_search._chunk(
+    ctx.params,
+    optax.adam(1e-3).init(ctx.params),
+    mask,
+    ctx.params,
+    ctx.batch_stats,
+    coefs,
+    batch,
+    hyper=s.hyper,
+  )
+  f = awt_search.eval_logits_fn(ctx.model, ctx.batch_stats)
+  one = jax.tree.map(lambda v: v[0], batch)
+  x = one["image"]
+  if points == "search":
+    x = attacks.pgd(
+      lambda z: f(ctx.params, z),
+      x,
+      one["label"],
+      one["keys"],
+      eps=0.1,
+      step_size=0.05,
+      steps=2,
+      select="last",
+    )
+  expected = np.mean(
+    (f(masks.apply(ctx.params, mask), x) - f(ctx.params, x)) ** 2
+  )
+  np.testing.assert_allclose(metrics["output"][0], expected, rtol=1e-5)
+
+
+def test_output_points_are_recorded_and_fingerprinted():
+  ctx = _ctx(awt_output_points="clean")
+  ticket = pruning.find("awt", ctx, jax.random.PRNGKey(1))
+  assert ticket.info["output_points"] == "clean"
+  s = awt_search._settings(ctx, adversarial=True)
+  assert (
+    awt_search._fingerprint(s, ctx, jax.random.PRNGKey(1))["output_points"]
+    == "clean"
+  )
+  # NTT's points are clean already: the option does not apply.
+  assert awt_search._settings(ctx, adversarial=False).hyper.output_points == (
+    "search"
+  )
