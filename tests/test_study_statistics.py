@@ -4,6 +4,7 @@ In-process checks on fabricated rows (no training): the numbers a README
 table rests on are computed from these functions.
 """
 
+import itertools
 import json
 import re
 
@@ -192,7 +193,40 @@ def test_kernel_correlations_rank_tickets_by_ntk_distance():
   assert by_target["function_distance_adv_final"]["rho"] == pytest.approx(-1.0)
   assert all(c["kernel"] == "ntk_distance_at_init" for c in corr)
   assert by_target["function_distance_adv_early"]["n"] == 6
+  # Exact: 2 of the 6! pairings order the ranks perfectly (either way).
+  assert by_target["function_distance_adv_early"]["p"] == pytest.approx(2 / 720)
   assert "robust/pgd40" not in by_target  # constant accuracy: undefined
+
+
+def _enumerated_p(a, b):
+  """Two-sided permutation p of Spearman's rho, by listing every pairing."""
+  ra, rb = stats.rankdata(a), stats.rankdata(b)
+  rho = np.corrcoef(ra, rb)[0, 1]
+  perms = [np.corrcoef(ra, rb[list(q)])[0, 1] for q in
+           itertools.permutations(range(len(b)))]  # fmt: skip
+  return rho, np.mean(np.abs(perms) >= abs(rho) - 1e-12)
+
+
+@pytest.mark.parametrize("n", [4, 6, 7])
+def test_spearman_p_is_exact_for_few_tickets(n):
+  rng = np.random.default_rng(n)
+  a = rng.normal(size=n)
+  b = a + rng.normal(size=n)
+  b[0] = b[1]  # a tie: average ranks
+  rho, p = compare_tickets.spearman(a, b)
+  want_rho, want_p = _enumerated_p(a, b)
+  assert rho == pytest.approx(want_rho)
+  assert p == pytest.approx(want_p)
+  assert rho == pytest.approx(stats.spearmanr(a, b)[0])
+
+
+def test_spearman_uses_the_t_approximation_above_the_exact_limit():
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=compare_tickets.EXACT_MAX_N + 1)
+  b = a + rng.normal(size=a.size)
+  assert compare_tickets.spearman(a, b) == pytest.approx(
+    tuple(stats.spearmanr(a, b))
+  )
 
 
 # ------------------------------------------------------- the study skeleton
