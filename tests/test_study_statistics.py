@@ -88,6 +88,37 @@ def test_summary_pairs_by_seed_against_dense_and_snip():
   assert "| awt | 0.9 |" in table and "-8.5 [" in table
 
 
+def test_rows_say_where_training_started_and_ended():
+  rows = []
+  for method, start in (("dense", 0.11), ("awt", 0.01)):
+    history = [
+      {"epoch": 0, "clean_accuracy": start},
+      {"epoch": 1, "clean_accuracy": 0.6, "train_loss": 2.0},
+      {"epoch": 2, "clean_accuracy": 0.7, "train_loss": 1.25},
+    ]
+    r = {
+      "history": history,
+      "sparsity": 0.9,
+      "clean_accuracy": 0.7,
+      "robust_accuracy": {"pgd40": 0.5},
+      "layer_densities": {"fc1": 0.1},
+    }
+    rows.append(compare_tickets._row(r, method, "none", 0.9, 0, None))
+  assert rows[1]["clean_accuracy_at_start"] == 0.01
+  assert rows[1]["train_loss_final"] == 1.25
+  table = compare_tickets.markdown_table(
+    compare_tickets.summarize(rows, ["pgd40"])
+  )
+  lines = table.splitlines()
+  header = next(line for line in lines if line.startswith("| method"))
+  awt = next(line for line in lines if line.startswith("| awt"))
+  cells = dict(zip(header.split(" | "), awt.split(" | "), strict=True))
+  assert cells["clean % at start"] == "1.0 ± 0.0"
+  assert cells["final loss"] == "1.250 ± 0.000"
+  # A history without the evaluation before training has no start.
+  assert compare_tickets._at_start(history[1:], "clean_accuracy") is None
+
+
 def test_tickets_pair_with_the_dense_nets_of_their_own_program():
   # Two programs (0.9 and 0.95), each training its own dense nets; the
   # 0.95 program's dense nets ran elsewhere and score 0.02 lower.

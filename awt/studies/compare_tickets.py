@@ -142,6 +142,12 @@ def _final(history: list[dict], key: str):
   return vals[-1] if vals else None
 
 
+def _at_start(history: list[dict], key: str):
+  """``key`` at epoch 0, before the first training step (None if absent)."""
+  vals = [r[key] for r in history if r["epoch"] == 0 and key in r]
+  return vals[0] if vals else None
+
+
 def run(
   config,
   workdir: str,
@@ -323,6 +329,9 @@ def _row(r, method, ablation, sparsity, seed, find) -> dict:
     "sparsity": r["sparsity"],
     "seed": seed,
     "clean_accuracy": r["clean_accuracy"],
+    # Where training starts: a search can leave its ticket worse than
+    # chance (the AWT search's output term on PGD points does).
+    "clean_accuracy_at_start": _at_start(history, "clean_accuracy"),
     **{f"robust/{k}": v for k, v in r["robust_accuracy"].items()},
     "find_wall_time_s": find["find_cost"]["wall_time_s"] if find else 0.0,
     "find_passes": find["find_cost"]["passes"] if find else 0,
@@ -580,13 +589,14 @@ def markdown_table(out: dict) -> str:
   attacks, main = out["attacks"], out["headline"]
   order = [main] + [a for a in attacks if a != main] if main else []
   head = (
-    ["method", "sparsity", "clean %"]
+    ["method", "sparsity", "clean %", "clean % at start"]
     + [f"{a} %" for a in order]
     + [f"Δ {main} vs dense", f"Δ {main} vs SNIP"] * bool(main)
     + [
       "NTK dist. at init (J diag(m) Jᵀ / all weights)",
       "fn. dist. early",
       "fn. dist. final",
+      "final loss",
       "loss drop, last ¼",
       "find s",
       "seeds",
@@ -608,6 +618,7 @@ def markdown_table(out: dict) -> str:
       _label(e["method"], e["ablation"]),
       f"{e['target_sparsity']:g}",
       _fmt(e, "clean_accuracy"),
+      _fmt(e, "clean_accuracy_at_start"),
       *(_fmt(e, f"robust/{a}") for a in order),
       *([_fmt_diff(e, DENSE, key), _fmt_diff(e, "snip", key)] * bool(main)),
       _fmt(e, "ntk_distance_at_init", 1.0, 2)
@@ -615,6 +626,7 @@ def markdown_table(out: dict) -> str:
       + _fmt(e, "ntk_distance_at_init_all_weights", 1.0, 2),
       _fmt(e, "function_distance_adv_early", 1.0, 2),
       _fmt(e, "function_distance_adv_final", 1.0, 2),
+      _fmt(e, "train_loss_final", 1.0, 3),
       _fmt(e, "train_loss_drop_last_quarter", 100.0, 1) + " %",
       _fmt(e, "find_wall_time_s", 1.0, 1),
       str(len(e["seeds"])),
