@@ -87,6 +87,29 @@ def test_spectra_match_a_jacobian_reference_and_find_ticket(tmp_path):
   )
   assert _relative(k_all, k_ticket) > 0.1
 
+  # Where its training starts: the ticket's own logits on the probe.
+  logits = model.apply(
+    {"params": jax.tree.map(np.multiply, tree["params"], tree["mask"])}, x
+  )
+  y = dataset.train.labels[:num]
+  assert row["clean"]["start"]["accuracy"] == pytest.approx(
+    np.mean(np.argmax(logits, 1) == y)
+  )
+  assert (
+    row["adversarial"]["start"]["margin"] < (row["clean"]["start"]["margin"])
+  )  # PGD points lower the dense net's true class, and the ticket's
+
+
+def test_start_function_is_accuracy_and_true_class_margin():
+  logits = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0], [1.0, 1.0, 4.0]])
+  labels = np.array([0, 2, 2])
+  got = ntk_spectra.start_function(logits, labels)
+  assert got["accuracy"] == pytest.approx(2 / 3)
+  # 2 - (0 + 1)/2, 0 - (0 + 3)/2, 4 - (1 + 1)/2.
+  assert got["margin"] == pytest.approx((1.5 - 1.5 + 3.0) / 3)
+  blind = ntk_spectra.start_function(np.ones((4, 10)), np.arange(4))
+  assert blind["margin"] == 0.0
+
 
 def _run(workdir, *extra):
   return _binary.run(
@@ -117,7 +140,8 @@ def test_binary_writes_json_and_plot(tmp_path):
   assert rows["random@0.9"]["sparsity"] == pytest.approx(0.9, abs=1e-6)
   png = (tmp_path / "plots" / "ntk_spectra.png").read_bytes()
   assert len(png) > 1000 and png[:4] == b"\x89PNG"
-  assert "random@0.9: sparsity 0.9000" in proc.stderr
+  assert "random@0.9: starts at " in proc.stderr
+  assert "; sparsity 0.9000" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,32 @@ def compare(k: jax.Array, k_dense: jax.Array, top_k: int = TOP_K) -> dict:
   }
 
 
+def start_function(logits, labels) -> dict:
+  """Where a ticket's training starts: its function on the probe points.
+
+  A kernel says how a network moves, not where it starts; a search can
+  leave its ticket predicting against the labels (the AWT search's output
+  term on PGD points does, README "Why the searched values train worse").
+
+  Args:
+    logits: ``[N, C]`` the ticket's logits at its starting weights.
+    labels: ``[N]`` int labels.
+
+  Returns:
+    ``accuracy`` and ``margin``: the mean over points of the true class's
+    logit minus the mean of the other ``C - 1`` (0 for a function blind to
+    the label, negative for one that predicts against it), as floats.
+  """
+  logits = np.asarray(logits, np.float64)
+  n, c = logits.shape
+  true = logits[np.arange(n), labels]
+  others = (logits.sum(1) - true) / (c - 1)
+  return {
+    "accuracy": float(np.mean(logits.argmax(1) == labels)),
+    "margin": float(np.mean(true - others)),
+  }
+
+
 def _check(methods, sparsities, num_points, num_train) -> None:
   known = pruning.names()
   for m in methods:
@@ -177,7 +203,7 @@ def spectra(
     ``find_wall_time_s``, and ``clean`` / ``adversarial``: :func:`compare`'s
     dict of the ticket's kernel ``Θ_m`` plus ``distance_all_weights`` (the
     relative distance of ``J Jᵀ`` at the ticket's weights to the dense
-    kernel).
+    kernel) and ``start`` (:func:`start_function` on those points).
 
   Raises:
     ValueError: an unknown method, a sparsity outside [0, 1), a bad
@@ -242,7 +268,7 @@ class _Probe:
     )
     self.x = self.setup.dataset.train.images[:num_points].astype(np.float32)
     self.x /= 255.0
-    y = self.setup.dataset.train.labels[:num_points]
+    y = self.y = self.setup.dataset.train.labels[:num_points]
     self.attack = experiment.probe_attack(config)
     f = pruning_awt.eval_logits_fn(model, batch_stats)
     # tickets.find's probe: PGD against the dense net, with its key.
@@ -282,14 +308,21 @@ class _Probe:
       "passes": int(ticket.info["passes"]),
       "find_wall_time_s": float(ticket.info["wall_time_s"]),
     }
-    for i, kind in enumerate(("clean", "adversarial")):
+    f = pruning_awt.eval_logits_fn(self.setup.model, ticket.batch_stats)
+    start = masks.apply(ticket.params, ticket.mask)
+    for i, (kind, x) in enumerate(
+      (("clean", self.x), ("adversarial", self.x_adv))
+    ):
       row[kind] = compare(masked[i], self.dense[i], self.top_k)
       row[kind]["distance_all_weights"] = float(
         ntk.relative_distance(all_weights[i], self.dense[i])
       )
+      row[kind]["start"] = start_function(f(start, x), self.y)
     a, c = row["adversarial"], row["clean"]
     self.log(
-      f"{label}: sparsity {row['sparsity']:.4f}; adversarial NTK distance "
+      f"{label}: starts at {c['start']['accuracy']:.1%} clean accuracy "
+      f"(margin {c['start']['margin']:+.2f}); sparsity "
+      f"{row['sparsity']:.4f}; adversarial NTK distance "
       f"{a['distance']:.4f} (all weights {a['distance_all_weights']:.4f}), "
       f"clean {c['distance']:.4f}; alignment {a['alignment']:.4f}, "
       f"effective rank {a['effective_rank']:.2f}, condition number "
