@@ -109,12 +109,17 @@ def _permute_layers(
   return _map_layers(one, tree, paths)
 
 
+def _layer_keys(ctx, key) -> tuple[tuple[Path, ...], jax.Array]:
+  """The prunable layers' paths and one key per layer (at least one)."""
+  paths = scores_lib.prunable(ctx)
+  return paths, jax.random.split(key, max(len(paths), 1))
+
+
 def _permute_together(permute, ticket: Ticket, ctx, key) -> Ticket:
   """``ticket`` with ``permute(tree, paths, keys)`` applied alike to its
   mask, starting weights and scores (one key per prunable layer), so that
   ``params = params * mask`` still holds."""
-  paths = scores_lib.prunable(ctx)
-  keys = jax.random.split(key, max(len(paths), 1))
+  paths, keys = _layer_keys(ctx, key)
   return ticket.replace(
     mask=permute(ticket.mask, paths, keys),
     params=permute(ticket.params, paths, keys),
@@ -226,8 +231,7 @@ def shuffle_values(
     The ticket with permuted values (mask, scores, ``batch_stats`` and
     ``info`` unchanged).
   """
-  paths = scores_lib.prunable(ctx)
-  keys = jax.random.split(key, max(len(paths), 1))
+  paths, keys = _layer_keys(ctx, key)
   return ticket.replace(
     params=_permute_kept(ticket.params, ticket.mask, paths, keys)
   )
