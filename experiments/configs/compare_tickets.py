@@ -17,6 +17,8 @@ Variants (``--config=experiments/configs/compare_tickets.py:V1,V2``):
             each deviation), 95% sparsity, 5 seeds.
   mnist5k   on mnist5k's real 28x28 digits with the paper's LeNet-300-100
             (``mnist5k_mlp.py``); combine with ``decisive``.
+  lenet5    on mnist5k with the paper's conv net, LeNet-5
+            (``mnist5k_lenet5.py``, the same training); implies mnist5k.
   adam      train every arm with Adam 1e-3 (the earlier protocol), an
             ablation of the optimizer.
   smoke     a tiny grid for tests.
@@ -24,9 +26,9 @@ Variants (``--config=experiments/configs/compare_tickets.py:V1,V2``):
 
 import ml_collections
 
-from experiments.configs import digits_mlp, mnist5k_mlp
+from experiments.configs import digits_mlp, mnist5k_lenet5, mnist5k_mlp
 
-VARIANTS = ("decisive", "options", "mnist5k", "adam", "smoke")
+VARIANTS = ("decisive", "options", "mnist5k", "lenet5", "adam", "smoke")
 # The decisive study's methods: the AWT search, its clean-point version
 # NTT, the pruning-at-init baselines and the three-stage pipelines.
 DECISIVE = ("awt", "ntt", "random", "snip", "synflow", "imp", "hydra")
@@ -54,6 +56,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
       f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}"
     )
   base = mnist5k_mlp if "mnist5k" in chosen else digits_mlp
+  if "lenet5" in chosen:
+    base = mnist5k_lenet5
   c = base.get_config("adam" if "adam" in chosen else None)
   c.checkpoint_every_epochs = 10
   # Three-stage methods: dense pretraining and each IMP round as long as
@@ -92,7 +96,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.num_epochs = 1
     c.batch_size = 64
     c.log_every_steps = 5
-    c.model.widths = (32, 16)
+    if c.model.name == "mlp":
+      c.model.widths = (32, 16)
     c.adversarial.steps = 2
     c.adversarial.step_size = 0.05
     c.pruning.imp_rounds = 2
