@@ -127,3 +127,36 @@ def test_a_bad_value_is_caught():
   c.adversarial.eps = -0.3
   with pytest.raises(config_lib.ConfigError, match="adversarial.eps"):
     config_lib.validate(c)
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(
+      _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
+    )
+  return out
+
+
+@pytest.mark.parametrize("variant", [None, "eps03", "natural", "adam", "smoke"])
+def test_mnist5k_lenet5_is_the_mlp_setting_but_for_its_measured_changes(
+  variant,
+):
+  """The LeNet-5 docstring's claim: the model, SGD's rate, the budget ramp."""
+  cfg = os.path.join(ROOT, "experiments", "configs")
+  mlp = _flat(_load(f"{cfg}/mnist5k_mlp.py").get_config(variant).to_dict())
+  lenet = _flat(_load(f"{cfg}/mnist5k_lenet5.py").get_config(variant).to_dict())
+  changed = {
+    k for k in mlp.keys() | lenet.keys() if mlp.get(k, "-") != lenet.get(k)
+  }
+  changed = {k for k in changed if not k.startswith("model.")}
+  sgd = variant not in ("adam", "smoke")
+  ramped = variant in (None, "adam")
+  expected = {"optimizer.learning_rate"} if sgd else set()
+  if ramped:
+    expected.add("adversarial.eps_warmup_epochs")
+  assert changed == expected
+  if sgd:
+    assert lenet["optimizer.learning_rate"] == 0.02
+  if ramped:
+    assert lenet["adversarial.eps_warmup_epochs"] == 5
