@@ -12,6 +12,7 @@ import os
 import re
 
 import pytest
+from flax.traverse_util import flatten_dict
 
 from awt import config as config_lib
 from awt import data, pruning
@@ -129,23 +130,22 @@ def test_a_bad_value_is_caught():
     config_lib.validate(c)
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    out.update(
-      _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
-    )
-  return out
+CONFIGS = os.path.join(ROOT, "experiments", "configs")
 
 
-@pytest.mark.parametrize("variant", [None, "eps03", "natural", "adam", "smoke"])
+@pytest.mark.parametrize(
+  "variant", [None, *_load(f"{CONFIGS}/mnist5k_mlp.py").VARIANTS]
+)
 def test_mnist5k_lenet5_is_the_mlp_setting_but_for_its_measured_changes(
   variant,
 ):
   """The LeNet-5 docstring's claim: the model, SGD's rate, the budget ramp."""
-  cfg = os.path.join(ROOT, "experiments", "configs")
-  mlp = _flat(_load(f"{cfg}/mnist5k_mlp.py").get_config(variant).to_dict())
-  lenet = _flat(_load(f"{cfg}/mnist5k_lenet5.py").get_config(variant).to_dict())
+  mlp, lenet = (
+    flatten_dict(
+      _load(f"{CONFIGS}/{name}.py").get_config(variant).to_dict(), sep="."
+    )
+    for name in ("mnist5k_mlp", "mnist5k_lenet5")
+  )
   changed = {
     k for k in mlp.keys() | lenet.keys() if mlp.get(k, "-") != lenet.get(k)
   }
