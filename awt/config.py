@@ -18,6 +18,9 @@ PRUNING_METHODS = ("dense", "random", "magnitude")
 # "bfloat16" is mixed precision for accelerators (Micikevicius et al. 2018;
 # bf16 needs no loss scaling: it has float32's exponent range).
 MODEL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# member_map: how ``experiment.train_members`` runs its members' steps
+# inside one compiled program ("auto": see ``experiment.member_map``).
+MEMBER_MAPS = ("auto", "vmap", "loop")
 
 
 class ConfigError(ValueError):
@@ -87,6 +90,8 @@ def validate(config, *, pruning_methods=PRUNING_METHODS) -> None:
       f"examples of {config.data.name!r}"
     )
   _number(config, "num_epochs", lo=0, integer=True)
+  if "member_map" in config:
+    _choice(config, "member_map", MEMBER_MAPS)
   _choice(config, "optimizer.name", training.OPTIMIZERS)
   _number(config, "optimizer.learning_rate", lo=0, lo_open=True)
   _choice(config, "optimizer.schedule", training.SCHEDULES)

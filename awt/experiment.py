@@ -416,9 +416,52 @@ class _Checkpoints:
     self.mngr.close()
 
 
-def _compiled_steps(run: _Run):
+def member_map(how: str, params) -> str:
+  """``"vmap"`` or ``"loop"``: how ``train_members`` steps its members.
+
+  ``"vmap"`` batches every member's step into one (``jax.vmap``); ``"loop"``
+  runs them one after another inside the same compiled step (``lax.map``, a
+  scan over the member axis), so each convolution stays an unbatched one.
+  ``"auto"`` is ``"loop"`` exactly when the backend is the CPU and the net
+  has a convolution (a 4-D kernel): vmapped, XLA:CPU runs LeNet-5's
+  convolutions as batched ones, and 3 and 8 LeNet-5 members trained 1.35x
+  and 1.19x slower than one after another (mnist5k, 2 cores,
+  benchmarks/README.md), while 8 MLP members ran about as fast either way
+  and accelerators want the batched kernels.
+
+  Args:
+    how: one of ``config.MEMBER_MAPS``.
+    params: one member's parameters, or the members' stacked ``[M, ...]``.
+
+  Returns:
+    ``"vmap"`` or ``"loop"``.
+  """
+  if how != "auto":
+    return how
+  if jax.default_backend() != "cpu":
+    return "vmap"
+  has_conv = any(leaf.ndim >= 4 for leaf in jax.tree.leaves(params))
+  return "loop" if has_conv else "vmap"
+
+
+def _over_members(step_fn, how: str, shared_data: bool):
+  """``step_fn(state, batch)`` over the members' leading axis, ``how`` the
+  ``member_map``; with ``shared_data`` one batch goes to every member."""
+  if how == "vmap":
+    return jax.vmap(step_fn, in_axes=(0, None if shared_data else 0))
+  if shared_data:
+    return lambda states, batch: jax.lax.map(
+      lambda state: step_fn(state, batch), states
+    )
+  return lambda states, batches: jax.lax.map(
+    lambda pair: step_fn(*pair), (states, batches)
+  )
+
+
+def _compiled_steps(run: _Run, how: str):
   """``(replicated state, [n_dev, S, (M,) B/n_dev, ...] chunk) -> (state,
-  metrics)``: S steps of every member in one pmapped ``lax.scan``."""
+  metrics)``: S steps of every member in one pmapped ``lax.scan``, the
+  members mapped as ``how`` (``member_map``) says."""
   step_fn = training.make_train_step(
     run.model,
     run.tx,
@@ -426,7 +469,7 @@ def _compiled_steps(run: _Run):
     axis_name=AXIS,
     steps_per_epoch=run.steps_per_epoch,
   )
-  step_fn = jax.vmap(step_fn, in_axes=(0, None if run.shared_data else 0))
+  step_fn = _over_members(step_fn, how, run.shared_data)
   return jax.pmap(
     training.scan_steps_fn(step_fn), axis_name=AXIS, donate_argnums=(0,)
   )
@@ -459,7 +502,8 @@ def _fit(run: _Run, state, ckpt: _Checkpoints, writer, log):
   """Trains until ``total_steps``: chunks of steps, an evaluation per epoch,
   checkpoints; returns the replicated state."""
   config = run.config
-  p_run = _compiled_steps(run)
+  how = member_map(config.get("member_map", "auto"), state.params)
+  p_run = _compiled_steps(run, how)
   rstate = jax_utils.replicate(state, run.devices)
   step = int(np.asarray(state.step).reshape(-1)[0])
   chunk = max(
@@ -467,7 +511,7 @@ def _fit(run: _Run, state, ckpt: _Checkpoints, writer, log):
   )
   ckpt_every = int(config.get("checkpoint_every_steps", 0))
   ckpt_every_epochs = int(config.get("checkpoint_every_epochs", 1))
-  progress = _Progress(run, step, log)
+  progress = _Progress(run, step, how, log)
   epochs = _EpochEval(run)
   if step == 0 and not _read_histories(writer.path, run)[0]:
     writer.write(0, epochs.record(state, 0, None))
@@ -508,13 +552,12 @@ def _check_finite(run: _Run, metrics, step: int) -> np.ndarray:
 class _Progress:
   """Training metrics of each chunk, and a log line with rate and ETA."""
 
-  def __init__(self, run: _Run, step: int, log):
+  def __init__(self, run: _Run, step: int, how: str, log):
     self.run, self.log = run, log
     self.t_last, self.step_last = time.perf_counter(), step
     info, config = run.dataset.info, run.config
-    what = (
-      "one run" if run.single else f"{len(run.members)} members (vectorized)"
-    )
+    how = "vectorized" if how == "vmap" else "one after another"
+    what = "one run" if run.single else f"{len(run.members)} members ({how})"
     log(
       f"training {config.model.name} on {info.name}: {run.total_steps} steps "
       f"({config.num_epochs} epochs x {run.steps_per_epoch}), batch "

@@ -92,6 +92,22 @@ def test_matmul_worker_reports_a_rate_per_shape_and_rejects_bad_shapes():
 
 
 @pytest.mark.slow
+def test_seeds_times_each_program_in_alternation():
+  (rec,) = _run(
+    "benchmarks.seeds",
+    "--seeds=2",
+    "--epochs=1",
+    "--programs=vmap",
+    "--programs=loop",
+    "--rounds=2",
+  )
+  assert rec["benchmark"] == "seeds" and rec["model"] == "mlp"
+  assert list(rec["wall_s"]) == ["vmap", "loop"]
+  assert all(len(t) == 2 and min(t) > 0 for t in rec["wall_s"].values())
+  assert min(rec["over_fastest"].values()) == 1.0
+
+
+@pytest.mark.slow
 def test_ticket_cost_prints_costs_and_the_ratio():
   recs = _run(
     "benchmarks.ticket_cost",

@@ -1,4 +1,4 @@
-"""``train_members``: S runs vmapped in one program equal S separate runs."""
+"""``train_members``: S runs in one program equal S separate runs."""
 
 import json
 
@@ -75,6 +75,47 @@ def test_function_distance_to_a_reference(tmp_path):
   assert "function_distance_clean" not in out[0].results["history"][0]
   assert (tmp_path / "members" / "other" / "results.json").exists()
   assert (tmp_path / "plots" / "members.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("seeds", [(0, 1), (0, 0)], ids=["own", "shared"])
+def test_members_one_after_another_equal_vectorized(tmp_path, seeds):
+  """``member_map="loop"`` (``lax.map``) trains what ``"vmap"`` trains, with
+  each member's own data stream and with one shared by all."""
+  members = [experiment.Member(f"m{i}", s) for i, s in enumerate(seeds)]
+  logs = {}
+  out = {}
+  for how in ("vmap", "loop"):
+    logs[how] = []
+    out[how] = experiment.train_members(
+      _config(num_epochs=1, member_map=how),
+      str(tmp_path / how),
+      members,
+      log=logs[how].append,
+    )
+  for a, b in zip(out["vmap"], out["loop"], strict=True):
+    _close(a.params, b.params, 1e-5)
+    assert a.results["clean_accuracy"] == pytest.approx(
+      b.results["clean_accuracy"], abs=1e-9
+    )
+  assert any("2 members (one after another)" in line for line in logs["loop"])
+  assert any("2 members (vectorized)" in line for line in logs["vmap"])
+
+
+def test_member_map_auto_loops_over_conv_nets_on_the_cpu():
+  conv = {"conv": {"kernel": np.zeros((3, 5, 5, 1, 6))}, "b": np.zeros((3, 6))}
+  dense = {"fc": {"kernel": np.zeros((3, 64, 10))}, "b": np.zeros((3, 10))}
+  on_cpu = jax.default_backend() == "cpu"
+  assert experiment.member_map("auto", conv) == ("loop" if on_cpu else "vmap")
+  assert experiment.member_map("auto", dense) == "vmap"
+  assert experiment.member_map("vmap", conv) == "vmap"
+  assert experiment.member_map("loop", dense) == "loop"
+
+
+def test_an_unknown_member_map_is_refused(tmp_path):
+  with pytest.raises(ConfigError, match="member_map 'pmap'"):
+    experiment.train_members(
+      _config(member_map="pmap"), str(tmp_path), [experiment.Member("a", 0)]
+    )
 
 
 def test_function_distance_matches_numpy():

@@ -16,6 +16,9 @@ def _common(batch_size: int, num_epochs: int, dataset: str, model: dict):
   c.log_every_steps = 100
   c.checkpoint_every_epochs = 1
   c.checkpoint_every_steps = 0  # 0: only at epoch ends (and the end).
+  # Members of one program (seeds, tickets): "vmap", "loop" (one after
+  # another) or "auto" (loop for conv nets on the CPU; awt.experiment).
+  c.member_map = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = dataset  # TFDS, prepared offline.

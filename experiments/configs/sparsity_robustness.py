@@ -50,6 +50,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_epochs = 10
   c.checkpoint_every_steps = 0  # 0: only at epoch ends (and the end).
+  # Members of one program (seeds, tickets): "vmap", "loop" (one after
+  # another) or "auto" (loop for conv nets on the CPU; awt.experiment).
+  c.member_map = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"  # scikit-learn's 1,797 real 8x8 digits; bundled.
