@@ -424,8 +424,8 @@ def member_map(how: str, params) -> str:
   scan over the member axis), so each convolution stays an unbatched one.
   ``"auto"`` is ``"loop"`` exactly when the backend is the CPU and the net
   has a convolution (a 4-D kernel): vmapped, XLA:CPU runs LeNet-5's
-  convolutions as batched ones, and 3 and 8 LeNet-5 members trained 1.35x
-  and 1.19x slower than one after another (mnist5k, 2 cores,
+  convolutions as batched ones, and 8 LeNet-5 members trained 1.64x slower
+  than one after another (mnist5k, 2 cores, ``benchmarks.seeds``,
   benchmarks/README.md), while 8 MLP members ran about as fast either way
   and accelerators want the batched kernels.
 

@@ -13,8 +13,8 @@ Two phases, both resumable (a restarted study skips finished work):
    ticket is reused). The three-stage methods of a seed share one dense
    pretraining (``WORKDIR/pretrained/``) across methods and sparsities.
 2. **Training.** For every sparsity, one ``train_members`` program trains
-   the dense net of each seed and every ticket together (vectorized over
-   members), each ticket with the dense run of its seed as reference, so
+   the dense net of each seed and every ticket together (``member_map``
+   says how), each ticket with the dense run of its seed as reference, so
    they see the same batches and attack randomness. A finished
    ``WORKDIR/train/<sparsity>/results.json`` is loaded instead of rerun.
 
@@ -266,7 +266,7 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
   train_dir = os.path.join(workdir, "train", _sparsity_name(s))
   results = _load_finished(train_dir, list(described))
   if results is None:
-    log(f"training {len(members)} members at sparsity {s} (vectorized)")
+    log(f"training {len(members)} members at sparsity {s}")
     out = experiment.train_members(config, train_dir, members, log=log)
     results = {r.name: r.results for r in out}
   else:

@@ -15,7 +15,7 @@ method, its sparsity-0 control included, trains the same number of steps):
 
 1. **dense** — train the dense network ``config.num_epochs`` (``E``; the
    config's objective, natural for Guo et al.). All seeds are members of
-   one vectorized ``train_members`` program. Reported as method ``dense``:
+   one ``train_members`` program. Reported as method ``dense``:
    the starting point, *not* a control.
 2. **magnitude_retrain** (Han et al. 2015) — at every sparsity ``s`` of
    ``sweep.sparsities``, 0 included, keep the largest trained weights of
