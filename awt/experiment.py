@@ -556,8 +556,8 @@ class _Progress:
     self.run, self.log = run, log
     self.t_last, self.step_last = time.perf_counter(), step
     info, config = run.dataset.info, run.config
-    how = "vectorized" if how == "vmap" else "one after another"
-    what = "one run" if run.single else f"{len(run.members)} members ({how})"
+    mapped = "vectorized" if how == "vmap" else "one after another"
+    what = "one run" if run.single else f"{len(run.members)} members ({mapped})"
     log(
       f"training {config.model.name} on {info.name}: {run.total_steps} steps "
       f"({config.num_epochs} epochs x {run.steps_per_epoch}), batch "

@@ -11,7 +11,7 @@ evaluation) and each program's median time over the fastest median.
 
   python -m benchmarks.seeds --seeds=5 --epochs=20
   python -m benchmarks.seeds --config=mnist5k_lenet5 --seeds=8 --epochs=3 \
-    --programs=vmap,loop --rounds=2
+    --programs=vmap --programs=loop --rounds=2
 """
 
 import json
