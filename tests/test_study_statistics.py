@@ -88,6 +88,25 @@ def test_summary_pairs_by_seed_against_dense_and_snip():
   assert "| awt | 0.9 |" in table and "-8.5 [" in table
 
 
+def test_table_gives_each_tickets_kept_fraction_per_layer():
+  rows = _rows()
+  for r in rows:
+    fc1 = 1.0 if r["method"] == "dense" else 0.05 + 0.01 * r["seed"]
+    r["layer_densities"] = {"fc1": fc1, "head": 1.0}
+  out = compare_tickets.summarize(rows, ["pgd40+apgd-t", "pgd40"])
+  lines = compare_tickets.markdown_table(out).splitlines()
+  i = lines.index("| method | sparsity | fc1 | head |")
+  kept = lines[i + 2 : i + 4]
+  spread = 100 * np.std([0.05, 0.06], ddof=1)
+  assert f"| awt | 0.9 | 5.5 ± {spread:.1f} | 100.0 ± 0.0 |" in kept
+  assert not [line for line in lines[i:] if line.startswith("| dense |")]
+  # A summary saved before the per-layer fields existed has no such table.
+  for e in out["summary"]:
+    for k in [k for k in e if k.startswith(compare_tickets.KEPT)]:
+      del e[k]
+  assert "| method | sparsity | fc1" not in compare_tickets.markdown_table(out)
+
+
 def test_rows_say_where_training_started_and_ended():
   rows = []
   for method, start in (("dense", 0.11), ("awt", 0.01)):

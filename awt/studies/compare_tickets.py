@@ -358,6 +358,8 @@ def _row(r, method, ablation, sparsity, seed, find) -> dict:
 EARLY = 0.25  # "early in training": the first quarter of the epochs.
 GROUP = ("method", "ablation", "target_sparsity")
 REFERENCES = (DENSE, "snip")  # paired differences against these methods
+# Prefix of the summary's per-layer kept fractions: "kept/<layer path>".
+KEPT = "kept/"
 
 
 def _mean_over_epochs(history, key, lo, hi):
@@ -392,6 +394,16 @@ def headline(attacks: Sequence[str]) -> str | None:
   return (ensembles or list(attacks) or [None])[0 if ensembles else -1]
 
 
+def _flat_row(row: dict) -> dict:
+  """A row's scalar fields; its layer densities as ``kept/<layer>`` fields."""
+  flat = {
+    k: v for k, v in row.items() if k not in ("layer_densities", "trained_at")
+  }
+  for layer, d in (row.get("layer_densities") or {}).items():
+    flat[KEPT + layer] = d
+  return flat
+
+
 def summarize(rows: list[dict], attacks: Sequence[str]) -> dict:
   """Mean, sample std and per-seed values per (method, ablation, sparsity),
   and the paired per-seed differences against dense and SNIP.
@@ -404,10 +416,7 @@ def summarize(rows: list[dict], attacks: Sequence[str]) -> dict:
   Returns:
     ``{"rows", "summary", "attacks", "headline"}``.
   """
-  flat = [
-    {k: v for k, v in r.items() if k not in ("layer_densities", "trained_at")}
-    for r in rows
-  ]
+  flat = [_flat_row(r) for r in rows]
   # Every program trains the same dense nets: the table shows the first
   # program's; each ticket is paired with the dense nets of its own program
   # (the same schedule on the same device).
@@ -632,6 +641,7 @@ def markdown_table(out: dict) -> str:
       str(len(e["seeds"])),
     ]
     lines.append("| " + " | ".join(cells) + " |")
+  lines += _kept_lines(out["summary"])
   corr = out.get("correlations") or []
   if corr:
     lines += [
@@ -651,6 +661,34 @@ def markdown_table(out: dict) -> str:
         f"| {c['p']:.2g} | {c['n']} |"
       )
   return "\n".join(lines) + "\n"
+
+
+def _kept_lines(summary: list[dict]) -> list[str]:
+  """The tickets' kept fraction per prunable layer, a second table.
+
+  Which layers a method keeps dense decides much of a sparse net's accuracy
+  (Frankle et al., ICLR 2021, Sec. 5), so every study table shows it.
+  Summaries written before the ``kept/`` fields existed give no table.
+  """
+  tickets = [e for e in summary if e["method"] != DENSE]
+  layers = list(
+    dict.fromkeys(k for e in tickets for k in e if k.startswith(KEPT))
+  )
+  if not layers:
+    return []
+  lines = [
+    "",
+    "Kept fraction of each prunable layer in %, mean ± sample std over seeds.",
+    "",
+    "| method | sparsity | "
+    + " | ".join(k[len(KEPT) :] for k in layers)
+    + " |",
+    "|" + "---|" * (len(layers) + 2),
+  ]
+  for e in sorted(tickets, key=lambda e: e["target_sparsity"]):
+    cells = [_label(e["method"], e["ablation"]), f"{e['target_sparsity']:g}"]
+    lines.append("| " + " | ".join(cells + [_fmt(e, k) for k in layers]) + " |")
+  return lines
 
 
 def plot_all(out: dict, plot_dir: str) -> None:
