@@ -178,9 +178,25 @@ def _keep_top(flat_scores: jax.Array, k: int) -> jax.Array:
   return keep.at[order[:k]].set(1.0)
 
 
+def _per_layer(density, scope: str, num_layers: int) -> tuple[float, ...]:
+  """``topk``'s density, checked, as one fraction per layer."""
+  if isinstance(density, tuple):
+    if scope != "layerwise" or len(density) != num_layers:
+      raise ValueError(
+        f"per-layer densities need scope='layerwise' and one per prunable "
+        f"layer ({num_layers}); got {len(density)} with scope={scope!r}"
+      )
+    if not all(0.0 <= d <= 1.0 for d in density):
+      raise ValueError(f"per-layer densities must be in [0, 1], got {density}")
+    return density
+  if not 0.0 < density <= 1.0:
+    raise ValueError(f"density must be in (0, 1], got {density}")
+  return (density,) * num_layers
+
+
 def topk(
   scores: PyTree,
-  density: float,
+  density: float | tuple[float, ...],
   *,
   scope: str = "global",
   paths=None,
@@ -195,7 +211,9 @@ def topk(
   Args:
     scores: pytree with the structure of ``params`` (only the prunable
       leaves are read); higher means more important.
-    density: fraction of prunable weights to keep, in (0, 1].
+    density: fraction of prunable weights to keep, in (0, 1]; or, with
+      ``scope="layerwise"``, one fraction per path in [0, 1] (a given
+      allocation, ``awt.pruning.allocation``).
     scope: ``"global"`` (one ranking over all layers) or ``"layerwise"``.
     paths: prunable paths (default: every ``kernel``).
 
@@ -213,9 +231,8 @@ def topk(
     raise ValueError(
       f"unknown pruning scope {scope!r}; known: global, layerwise"
     )
-  if not 0.0 < density <= 1.0:
-    raise ValueError(f"density must be in (0, 1], got {density}")
   paths = prunable_paths(scores) if paths is None else tuple(paths)
+  per_layer = _per_layer(density, scope, len(paths))
   layers = {p: jnp.asarray(_get(scores, p), jnp.float32) for p in paths}
   kept = {}
   if scope == "global":
@@ -226,10 +243,8 @@ def topk(
       kept[p] = keep[offset : offset + s.size].reshape(s.shape)
       offset += s.size
   else:
-    for p, s in layers.items():
-      kept[p] = _keep_top(s.ravel(), num_to_keep(s.size, density)).reshape(
-        s.shape
-      )
+    for (p, s), d in zip(layers.items(), per_layer, strict=True):
+      kept[p] = _keep_top(s.ravel(), num_to_keep(s.size, d)).reshape(s.shape)
 
   def leaf(path, s):
     if path in kept:

@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 from awt import config as config_lib
 from awt import masks, pruning, tickets
+from awt.pruning import allocation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")
@@ -66,6 +67,8 @@ def _named_configs():
 def _valid(o: pruning.Option):
   """A value of ``o`` other than its default that its check accepts."""
   check, default = o.check, o.default
+  if isinstance(check, allocation.LayerDensities):
+    return "fc1=0.5;fc2=0.25"
   if isinstance(check, pruning.OneOf):
     return next(c for c in check.choices if c != default)
   if isinstance(check, pruning.Flag):
@@ -80,6 +83,8 @@ def _valid(o: pruning.Option):
 def _invalid(o: pruning.Option):
   """A value of the option's type that its check refuses."""
   check = o.check
+  if isinstance(check, allocation.LayerDensities):
+    return "fc1=2"
   if isinstance(check, pruning.OneOf):
     return "no-such-choice"
   if isinstance(check, pruning.Flag):

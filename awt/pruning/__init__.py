@@ -11,8 +11,9 @@ Three-stage pipelines (``awt.pruning.pipelines``): ``one_shot``, ``imp``,
 (``awt.pruning.layer_magnitude``): ``layer_magnitude``. Each module lists
 its methods in a ``METHODS`` table of
 ``name -> (fn, options)``; this package registers them. Every method also
-reads the shared options ``sparsity``, ``scope``, ``keep_first``,
-``keep_last`` and ``ablation``. :func:`option` reads a value,
+reads the shared options ``sparsity``, ``scope``, ``layer_densities``
+(``awt.pruning.allocation``), ``keep_first``, ``keep_last`` and
+``ablation``. :func:`option` reads a value,
 :func:`defaults` is the ``config.pruning`` block of every config file.
 
 Examples:
@@ -28,7 +29,13 @@ from collections.abc import Callable
 import jax
 
 from awt import config as config_lib
-from awt.pruning import ablations, layer_magnitude, pipelines, scores
+from awt.pruning import (
+  ablations,
+  allocation,
+  layer_magnitude,
+  pipelines,
+  scores,
+)
 from awt.pruning import awt as _awt
 from awt.pruning._options import (
   KEEP_FIRST,
@@ -118,7 +125,14 @@ def find(method: str, ctx: PruningContext, key: jax.Array) -> Ticket:
 
 def _register_modules() -> None:
   """The shared options, then every module's ``METHODS`` table."""
-  share(SPARSITY, SCOPE, KEEP_FIRST, KEEP_LAST, ablations.ABLATION)
+  share(
+    SPARSITY,
+    SCOPE,
+    allocation.LAYER_DENSITIES,
+    KEEP_FIRST,
+    KEEP_LAST,
+    ablations.ABLATION,
+  )
   for table in (
     scores.METHODS,
     pipelines.METHODS,

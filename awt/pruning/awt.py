@@ -121,7 +121,7 @@ import optax
 from absl import logging
 
 from awt import attacks, checkpoints, masks, ntk, training
-from awt.pruning import scores
+from awt.pruning import allocation, scores
 from awt.pruning._options import Flag, Integer, Number, OneOf, Option, option
 from awt.pruning._ticket import (
   PruningContext,
@@ -488,6 +488,7 @@ class _Settings(NamedTuple):
   start: str
   global_score: str
   density: float
+  target: allocation.Target
   scope: str
   paths: tuple[Path, ...]
   hyper: _Hyper
@@ -552,6 +553,7 @@ def _settings(ctx: PruningContext, adversarial: bool) -> _Settings:
     start=option(ctx, "awt_start"),
     global_score=option(ctx, "awt_global_score"),
     density=1.0 - option(ctx, "sparsity"),
+    target=allocation.target(ctx, paths, scores._sizes(ctx.params, paths)),
     scope=option(ctx, "scope"),
     paths=paths,
     hyper=_Hyper(
@@ -613,6 +615,10 @@ def _fingerprint(s: _Settings, ctx: PruningContext, key) -> dict:
     "against": h.against if h.adversarial else None,
     "attack": list(h.attack) if h.adversarial else None,
     "output_points": h.output_points,
+    # Only when given, so checkpoints written before the option still match.
+    **(
+      {"layer_densities": list(s.target)} if isinstance(s.target, tuple) else {}
+    ),
   }
 
 
@@ -656,7 +662,7 @@ def _magnitude_mask(theta, scales, counts, *, paths, scope):
 
 def _reset(theta, s: _Settings, scales):
   """``(mask, scores)`` of ``theta``: the top-d (scaled) magnitudes."""
-  counts = scores.keep_counts(scores._sizes(theta, s.paths), s.density, s.scope)
+  counts = scores.keep_counts(scores._sizes(theta, s.paths), s.target, s.scope)
   return _magnitude_mask(theta, scales, counts, paths=s.paths, scope=s.scope)
 
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from awt import masks
+from awt.pruning import allocation
 from awt.pruning._options import Flag, Number, Option, option
 from awt.pruning._ticket import PruningContext, Ticket
 
@@ -354,6 +355,9 @@ def layer_magnitude(ctx: PruningContext, key: jax.Array) -> Ticket:
   prunable layers honour ``keep_first``/``keep_last``. No data, no passes.
   """
   del key
+  allocation.refuse(
+    ctx, "layer_magnitude", "Guo et al. prune every layer alike"
+  )
   start = time.perf_counter()
   paths = masks.prunable_paths(
     ctx.params,

@@ -66,6 +66,7 @@ from absl import logging
 from awt import data as data_lib
 from awt import masks, training
 from awt.config import ConfigError
+from awt.pruning import allocation
 from awt.pruning import scores as scores_lib
 from awt.pruning._options import Integer, Number, Option, option
 from awt.pruning._ticket import (
@@ -172,7 +173,9 @@ class _Setup:
   opt_cfg: dict
   adversarial: dict
   paths: tuple
+  sizes: tuple[int, ...]
   density: float
+  target: allocation.Target
   scope: str
   batch_size: int
   seed: int
@@ -195,12 +198,18 @@ def _setup(ctx: PruningContext) -> _Setup:
     model = model.clone(axis_name=None)
   adversarial = dict(config["adversarial"])
   batch_size = int(config["batch_size"])
+  paths = scores_lib.prunable(ctx)
+  sizes = tuple(
+    int(np.size(leaf)) for leaf in _leaves_at(ctx.params, paths).values()
+  )
   return _Setup(
     model=model,
     opt_cfg=dict(config["optimizer"]),
     adversarial=adversarial,
-    paths=scores_lib.prunable(ctx),
+    paths=paths,
+    sizes=sizes,
     density=1.0 - option(ctx, "sparsity"),
+    target=allocation.target(ctx, paths, sizes),
     scope=option(ctx, "scope"),
     batch_size=batch_size,
     seed=int(config["seed"]),
@@ -305,7 +314,7 @@ _STATIC = ("density", "scope", "paths")
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _prune_by_magnitude(
-  params: PyTree, mask: PyTree, density: float, scope: str, paths
+  params: PyTree, mask: PyTree, density: allocation.Target, scope: str, paths
 ) -> tuple[PyTree, PyTree]:
   """``(scores, mask)``: top-k of ``|θ|`` among kept weights (others -1)."""
   scores = jax.tree.map(
@@ -373,7 +382,7 @@ def one_shot(ctx: PruningContext, key: jax.Array) -> Ticket:
   epochs = _epochs(ctx, "pretrain_epochs", s.num_epochs)
   state = _pretrain(s, ctx, key, epochs)
   scores, mask = _prune_by_magnitude(
-    state.params, state.mask, s.density, s.scope, s.paths
+    state.params, state.mask, s.target, s.scope, s.paths
   )
   return _finish(
     s,
@@ -427,8 +436,7 @@ def imp_densities(sparsity: float, rounds: int) -> tuple[float, ...]:
   """
   if rounds < 1:
     raise ValueError(f"pruning.imp_rounds must be >= 1, got {rounds}")
-  density = 1.0 - sparsity
-  return tuple(density ** (r / rounds) for r in range(1, rounds)) + (density,)
+  return allocation.schedule(1.0 - sparsity, rounds)
 
 
 def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
@@ -479,7 +487,8 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
     raise ConfigError(
       f"pruning.rewind_epoch must be < pruning.imp_epochs ({epochs}), got {k}"
     )
-  densities = imp_densities(1.0 - s.density, rounds)
+  targets = allocation.schedule(s.target, rounds)
+  densities = tuple(allocation.overall(t, s.sizes) for t in targets)
   tx, step = _trainer(s, s.model, s.opt_cfg, epochs)
   run = training.scan_steps(step)
   log = ctx.log or logging.info
@@ -491,6 +500,10 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
     "epochs": epochs,
     "rewind_epoch": k,
     "densities": list(densities),
+    # Only when given, so checkpoints written before the option still match.
+    **(
+      {"layer_densities": list(s.target)} if isinstance(s.target, tuple) else {}
+    ),
     "scope": s.scope,
     "paths": [list(p) for p in s.paths],
     "batch_size": s.batch_size,
@@ -535,7 +548,7 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
       if r > 0 or k > 0:
         state = _train(s, ctx, step, run, state, epochs - k, first_epoch=k)
       _, mask = _prune_by_magnitude(
-        state.params, mask, densities[r], s.scope, s.paths
+        state.params, mask, targets[r], s.scope, s.paths
       )
       ckpt.save(
         r + 1,
@@ -646,7 +659,7 @@ def hydra_init_scores(params: PyTree, paths) -> PyTree:
 def hydra_weights(
   scores: PyTree,
   params: PyTree,
-  density: float,
+  density: allocation.Target,
   *,
   scope: str,
   paths,
@@ -661,7 +674,7 @@ def hydra_weights(
   Args:
     scores: importance scores with the structure of ``params``.
     params: the frozen weights.
-    density: fraction kept.
+    density: fraction kept, or (layerwise) one per path.
     scope: ``"global"`` or ``"layerwise"``.
     paths: the prunable kernels.
 
@@ -719,7 +732,7 @@ def hydra(ctx: PruningContext, key: jax.Array) -> Ticket:
   pretrained = _pretrain(s, ctx, key, pretrain_epochs)
 
   weights = lambda scores, theta: hydra_weights(
-    scores, theta, s.density, scope=s.scope, paths=s.paths
+    scores, theta, s.target, scope=s.scope, paths=s.paths
   )
   opt_cfg = dict(s.opt_cfg)
   if option(ctx, "score_learning_rate") is not None:
@@ -739,7 +752,7 @@ def hydra(ctx: PruningContext, key: jax.Array) -> Ticket:
     key,
   )
   state = _train(s, ctx, step, run, state, score_epochs)
-  scores, mask = _learned_mask(state.params, s.density, s.scope, s.paths)
+  scores, mask = _learned_mask(state.params, s.target, s.scope, s.paths)
   return _finish(
     s,
     t0,
@@ -755,24 +768,32 @@ def hydra(ctx: PruningContext, key: jax.Array) -> Ticket:
   )
 
 
-def _thresholds(params: PyTree, density: float, scope: str, paths) -> dict:
+def _thresholds(
+  params: PyTree, density: allocation.Target, scope: str, paths
+) -> dict:
   """Magnitude of the k-th largest ``|θ|`` per path (shared if global)."""
 
-  def kth_largest(values):
-    k = max(masks.num_to_keep(values.size, density), 1)
+  def kth_largest(values, d):
+    k = max(masks.num_to_keep(values.size, d), 1)
     return jnp.sort(values)[values.size - k]
 
   layers = {p: jnp.abs(x).ravel() for p, x in _leaves_at(params, paths).items()}
   if scope == "global":
-    t = kth_largest(jnp.concatenate(list(layers.values())))
+    t = kth_largest(jnp.concatenate(list(layers.values())), density)
     return dict.fromkeys(layers, t)
-  return {p: kth_largest(v) for p, v in layers.items()}
+  per_layer = (
+    density if isinstance(density, tuple) else (density,) * len(layers)
+  )
+  return {
+    p: kth_largest(v, d)
+    for (p, v), d in zip(layers.items(), per_layer, strict=True)
+  }
 
 
 def dns_mask(
   params: PyTree,
   mask: PyTree,
-  density: float,
+  density: allocation.Target,
   *,
   scope: str,
   paths,
@@ -794,7 +815,7 @@ def dns_mask(
   Args:
     params: current weights (pruned ones included: they keep training).
     mask: the current mask.
-    density: the target fraction kept.
+    density: the target fraction kept, or (layerwise) one per path.
     scope: ``"global"`` or ``"layerwise"``.
     paths: the prunable kernels.
     low: ``a / t``.
@@ -903,7 +924,7 @@ def dns(ctx: PruningContext, key: jax.Array) -> Ticket:
       lambda: dns_mask(
         state.params,
         aux["mask"],
-        s.density,
+        s.target,
         scope=s.scope,
         paths=s.paths,
         low=low,
@@ -942,7 +963,7 @@ def dns(ctx: PruningContext, key: jax.Array) -> Ticket:
   )
   state = _train(s, ctx, step, training.scan_steps(step), state, epochs)
   aux = state.batch_stats["aux"]
-  mask = _final_topk(state.params, aux["mask"], s.density, s.scope, s.paths)
+  mask = _final_topk(state.params, aux["mask"], s.target, s.scope, s.paths)
   return _finish(
     s,
     t0,

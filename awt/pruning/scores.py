@@ -42,6 +42,7 @@ import numpy as np
 
 from awt import attacks, masks, training
 from awt import data as data_lib
+from awt.pruning import allocation
 from awt.pruning._options import Integer, Number, OneOf, Option, option
 from awt.pruning._ticket import PruningContext, Ticket
 
@@ -195,13 +196,14 @@ def _uniform_scores(
 
 
 def keep_counts(
-  sizes: tuple[int, ...], density: float, scope: str
+  sizes: tuple[int, ...], density: allocation.Target, scope: str
 ) -> np.ndarray:
   """Weights to keep: ``round(d N)`` overall (global) or per layer.
 
   Args:
     sizes: sizes of the prunable layers.
-    density: fraction kept.
+    density: fraction kept, or (layerwise) one per layer
+      (:func:`awt.pruning.allocation.target`).
     scope: ``"global"`` or ``"layerwise"``.
 
   Returns:
@@ -210,7 +212,11 @@ def keep_counts(
   """
   if scope == "global":
     return np.asarray(masks.num_to_keep(int(sum(sizes)), density), np.int32)
-  return np.array([masks.num_to_keep(n, density) for n in sizes], np.int32)
+  per_layer = density if isinstance(density, tuple) else (density,) * len(sizes)
+  return np.array(
+    [masks.num_to_keep(n, d) for n, d in zip(sizes, per_layer, strict=True)],
+    np.int32,
+  )
 
 
 def _sizes(params: PyTree, paths: tuple[Path, ...]) -> tuple[int, ...]:
@@ -225,8 +231,8 @@ _uniform = jax.jit(_uniform_scores, static_argnums=2)
 
 def _top(ctx: PruningContext, scores: PyTree, paths, scope: str) -> PyTree:
   """Mask keeping exactly the top ``round(d n)`` scores of ``paths``."""
-  density = 1.0 - option(ctx, "sparsity")
-  counts = keep_counts(_sizes(ctx.params, paths), density, scope)
+  sizes = _sizes(ctx.params, paths)
+  counts = keep_counts(sizes, allocation.target(ctx, paths, sizes), scope)
   return _select(scores, paths, counts, scope)
 
 
@@ -614,16 +620,20 @@ def synflow_scores(
 
 
 def synflow_schedule(
-  sizes: tuple[int, ...], density: float, iterations: int, scope: str
+  sizes: tuple[int, ...],
+  density: allocation.Target,
+  iterations: int,
+  scope: str,
 ) -> np.ndarray:
   """Weights kept after each SynFlow iteration, exponential in density.
 
   Iteration ``k = 1..n`` keeps density ``d^(k/n)``: exactly
-  ``round(d^(k/n) * N)`` weights overall (global) or per layer.
+  ``round(d^(k/n) * N)`` weights overall (global) or per layer (each
+  layer's own ``d_l^(k/n)`` under a given allocation).
 
   Args:
     sizes: sizes of the prunable layers.
-    density: final density ``d``.
+    density: final density ``d``, or one per layer (layerwise).
     iterations: ``n``.
     scope: ``"global"`` or ``"layerwise"``.
 
@@ -634,7 +644,9 @@ def synflow_schedule(
     >>> synflow_schedule((100,), 0.01, 2, "global").tolist()
     [10, 1]
   """
-  fractions = [density ** (k / iterations) for k in range(1, iterations + 1)]
+  fractions = [
+    allocation.power(density, k / iterations) for k in range(1, iterations + 1)
+  ]
   return np.stack([keep_counts(sizes, f, scope) for f in fractions])
 
 
@@ -643,7 +655,7 @@ def iterative_synflow(
   params: PyTree,
   batch_stats: PyTree,
   image_shape: tuple[int, ...],
-  density: float,
+  density: allocation.Target,
   *,
   iterations: int = SYNFLOW_ITERATIONS,
   scope: str = "global",
@@ -661,7 +673,8 @@ def iterative_synflow(
     params: the parameters at initialization.
     batch_stats: BatchNorm statistics (``{}`` if none).
     image_shape: ``(H, W, C)``.
-    density: final fraction of prunable weights kept.
+    density: final fraction of prunable weights kept, or (layerwise) one
+      per path.
     iterations: ``n`` (100 in the paper).
     scope: ``"global"`` (the paper's) or ``"layerwise"``.
     paths: prunable paths (default: every ``kernel``).
@@ -726,21 +739,9 @@ def erk_densities(
     Evci, Gale, Menick, Castro & Elsen, *Rigging the Lottery: Making All
     Tickets Winners*, ICML 2020, Sec. 3 ("Sparsity distribution").
   """
-  sizes = {p: math.prod(s) for p, s in shapes.items()}
-  raw = {p: sum(s) / sizes[p] for p, s in shapes.items()}
-  dense: set[Path] = set()
-  eps = 0.0
-  while len(dense) < len(shapes):
-    free = [p for p in shapes if p not in dense]
-    rhs = density * sum(sizes[p] for p in free) - (1.0 - density) * sum(
-      sizes[p] for p in dense
-    )
-    eps = rhs / sum(raw[p] * sizes[p] for p in free)
-    top = max(raw[p] for p in free)
-    if eps * top <= 1.0:
-      break
-    dense.update(p for p in free if raw[p] == top)
-  return {p: 1.0 if p in dense else eps * raw[p] for p in shapes}
+  sizes = [math.prod(s) for s in shapes.values()]
+  raw = [sum(s) / n for s, n in zip(shapes.values(), sizes, strict=True)]
+  return dict(zip(shapes, allocation.scaled(sizes, raw, density), strict=True))
 
 
 def erk_counts(
@@ -759,15 +760,10 @@ def erk_counts(
   Returns:
     ``{path: count}`` with ``0 <= count <= n_l``.
   """
-  sizes = {p: math.prod(s) for p, s in shapes.items()}
-  ideal = {p: d * sizes[p] for p, d in erk_densities(shapes, density).items()}
-  counts = {p: min(math.floor(v), sizes[p]) for p, v in ideal.items()}
-  left = masks.num_to_keep(sum(sizes.values()), density) - sum(counts.values())
-  by_remainder = sorted(shapes, key=lambda p: counts[p] - ideal[p])
-  step = 1 if left > 0 else -1
-  for p in (by_remainder if left > 0 else reversed(by_remainder))[: abs(left)]:
-    counts[p] += step
-  return counts
+  sizes = [math.prod(s) for s in shapes.values()]
+  ideal = list(erk_densities(shapes, density).values())
+  counts = allocation.whole_counts(sizes, ideal, density)
+  return dict(zip(shapes, counts, strict=True))
 
 
 # ---------------------------------------------------------------------------
@@ -843,11 +839,12 @@ def erk(ctx: PruningContext, key: jax.Array) -> Ticket:
 
   Layer ``l`` keeps exactly ``erk_counts(...)[l]`` uniformly random weights;
   the overall count is exact. ERK fixes its own layer allocation, so
-  ``pruning.scope`` is ignored.
+  ``pruning.scope`` is ignored and ``pruning.layer_densities`` refused.
 
   References:
     Evci et al., *Rigging the Lottery*, ICML 2020, Sec. 3.
   """
+  allocation.refuse(ctx, "erk", "ERK is an allocation; 'random' takes one")
   start = time.perf_counter()
   paths = prunable(ctx)
   shapes = {p: tuple(np.shape(_get(ctx.params, p))) for p in paths}
@@ -965,7 +962,7 @@ def synflow(ctx: PruningContext, key: jax.Array) -> Ticket:
     ctx.params,
     ctx.batch_stats,
     tuple(ctx.image_shape),
-    1.0 - option(ctx, "sparsity"),
+    allocation.target(ctx, paths, _sizes(ctx.params, paths)),
     iterations=iterations,
     scope=scope,
     paths=paths,

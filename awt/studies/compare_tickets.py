@@ -120,7 +120,7 @@ def _dirname(method: str, ablation: str) -> str:
   """A directory-safe form of an arm's label."""
   label = _label(method, ablation)
   return label.translate(
-    str.maketrans({"/": "-", ":": "_", "=": "-", ",": "_"})
+    str.maketrans({"/": "-", ":": "_", "=": "-", ",": "_", ";": "_"})
   )
 
 

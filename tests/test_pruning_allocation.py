@@ -1,0 +1,250 @@
+"""Tests for awt.pruning.allocation: a given layer allocation, every method.
+
+The allocation's arithmetic is checked against its closed form (one scale
+``ε`` when no layer fills up, ``Σ c_l = round(d N)`` always); every method
+that prunes to a budget is run on a tiny MLP (64-24-16-10, 128 digits, one
+epoch per phase) and must keep exactly the allocation's count in each layer.
+"""
+
+import functools
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from awt import data, masks, models, pruning, training
+from awt.config import ConfigError
+from awt.pruning import allocation
+from awt.studies import compare_tickets
+from experiments.configs import digits_mlp
+
+IMAGE_SHAPE = (8, 8, 1)
+SIZES = (64 * 24, 24 * 16, 16 * 10)  # fc1, fc2, head
+SPEC = "fc1=0.5;fc2/kernel=0.2;head=1"
+RELATIVE = (0.5, 0.2, 1.0)
+SPARSITY = 0.8
+
+
+def test_parse_spec_reads_names_with_or_without_kernel():
+  assert allocation.parse_spec("k", SPEC) == {
+    "fc1": 0.5,
+    "fc2": 0.2,
+    "head": 1.0,
+  }
+  assert allocation.parse_spec("k", "") == {}
+
+
+@pytest.mark.parametrize(
+  "spec, words",
+  [
+    ("fc1", "<layer>=<density>"),
+    ("fc1=0", "in (0, 1]"),
+    ("fc1=1.5", "in (0, 1]"),
+    ("fc1=abc", "in (0, 1]"),
+    ("fc1=0.5;fc1/kernel=0.2", "twice"),
+  ],
+)
+def test_parse_spec_refuses_a_bad_entry_in_one_line(spec, words):
+  with pytest.raises(ConfigError, match="pruning.layer_densities") as e:
+    allocation.parse_spec("pruning.layer_densities", spec)
+  assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_scaled_is_one_factor_when_no_layer_fills():
+  d = allocation.scaled(SIZES, RELATIVE, 0.2)
+  eps = (
+    0.2 * sum(SIZES) / sum(r * n for r, n in zip(RELATIVE, SIZES, strict=True))
+  )
+  np.testing.assert_allclose(d, [eps * r for r in RELATIVE], rtol=1e-12)
+
+
+def test_scaled_fills_a_layer_and_rescales_the_others():
+  # At 60% the head's share (eps * 1.0) would exceed 1: it is made dense
+  # and the rest of the budget is split over fc1 and fc2 at ratio 5:2.
+  d = allocation.scaled(SIZES, RELATIVE, 0.6)
+  assert d[2] == 1.0
+  left = 0.6 * sum(SIZES) - SIZES[2]
+  eps = left / (0.5 * SIZES[0] + 0.2 * SIZES[1])
+  np.testing.assert_allclose(d[:2], [0.5 * eps, 0.2 * eps], rtol=1e-12)
+  assert max(d) <= 1.0
+
+
+@pytest.mark.parametrize("density", [0.01, 0.05, 0.2, 0.5, 0.9, 1.0])
+def test_whole_counts_spend_exactly_the_budget(density):
+  rng = np.random.default_rng(int(density * 100))
+  sizes = tuple(int(n) for n in rng.integers(1, 5000, size=7))
+  relative = tuple(float(r) for r in rng.uniform(0.01, 1.0, size=7))
+  counts = allocation.whole_counts(
+    sizes, allocation.scaled(sizes, relative, density), density
+  )
+  assert sum(counts) == masks.num_to_keep(sum(sizes), density)
+  assert all(0 <= c <= n for c, n in zip(counts, sizes, strict=True))
+
+
+def test_densities_that_spend_the_budget_come_back_unchanged():
+  # A ticket's own densities c_l / n_l at its sparsity: the same counts.
+  counts = (301, 77, 38)
+  given = tuple(c / n for c, n in zip(counts, SIZES, strict=True))
+  density = sum(counts) / sum(SIZES)
+  out = allocation.densities(SIZES, given, density)
+  assert [
+    masks.num_to_keep(n, d) for n, d in zip(SIZES, out, strict=True)
+  ] == list(counts)
+
+
+def test_schedule_is_geometric_per_layer_and_ends_exactly():
+  target = (0.25, 0.04, 1.0)
+  steps = allocation.schedule(target, 2)
+  np.testing.assert_allclose(steps[0], [0.5, 0.2, 1.0], rtol=1e-12)
+  assert steps[-1] == target
+  assert allocation.schedule(0.25, 2) == (0.5, 0.25)
+
+
+def test_erk_counts_when_the_floors_already_spend_the_budget():
+  # Two equal layers at 50%: every ideal count is whole (left == 0), which
+  # used to index a reversed iterator.
+  counts = pruning.erk_counts({("a",): (10, 10), ("b",): (10, 10)}, 0.5)
+  assert counts == {("a",): 50, ("b",): 50}
+
+
+def test_topk_keeps_each_layers_own_density():
+  scores_tree = {
+    "a": {"kernel": jax.random.normal(jax.random.PRNGKey(0), (10, 10))},
+    "b": {"kernel": jax.random.normal(jax.random.PRNGKey(1), (4, 5))},
+  }
+  mask = masks.topk(scores_tree, (0.3, 0.55), scope="layerwise")
+  assert float(mask["a"]["kernel"].sum()) == 30
+  assert float(mask["b"]["kernel"].sum()) == 11
+  alone = masks.topk({"b": scores_tree["b"]}, 0.55, scope="layerwise")
+  np.testing.assert_array_equal(mask["b"]["kernel"], alone["b"]["kernel"])
+  with pytest.raises(ValueError, match="scope='layerwise'"):
+    masks.topk(scores_tree, (0.3, 0.55), scope="global")
+  with pytest.raises(ValueError, match="one per prunable layer"):
+    masks.topk(scores_tree, (0.3,), scope="layerwise")
+
+
+# ---------------------------------------------------------------------------
+# Every method, on a tiny MLP.
+
+
+@functools.cache
+def _base():
+  ds = data.load("digits")
+  split = data.Split(ds.train.images[:128], ds.train.labels[:128])
+  model = models.get("mlp", 10, widths=(24, 16))
+  params, bs = training.init_variables(
+    model, jax.random.PRNGKey(0), IMAGE_SHAPE
+  )
+  return split, model, params, bs
+
+
+def _ctx(**pruning_options):
+  split, model, params, bs = _base()
+  c = digits_mlp.get_config("smoke")
+  c.batch_size = 32
+  c.num_epochs = 1
+  c.adversarial.method = "pgd_at"
+  c.adversarial.steps = 2
+  c.pruning.sparsity = SPARSITY
+  c.pruning.scope = "layerwise"
+  c.pruning.layer_densities = SPEC
+  for name, value in pruning_options.items():
+    c.pruning[name] = value
+  return pruning.PruningContext(
+    model=model,
+    params=params,
+    batch_stats=bs,
+    split=split,
+    config=c,
+    image_shape=IMAGE_SHAPE,
+  )
+
+
+def _kept(mask) -> list[int]:
+  return [int(np.sum(mask[p[0]][p[1]])) for p in masks.prunable_paths(mask)]
+
+
+EXPECTED = list(
+  allocation.whole_counts(
+    SIZES, allocation.scaled(SIZES, RELATIVE, 1 - SPARSITY), 1 - SPARSITY
+  )
+)
+
+# Each method with the options that make it tiny.
+METHODS = {
+  "random": {},
+  "magnitude": {},
+  "snip": {},
+  "grasp": {},
+  "synflow": {"synflow_iterations": 3},
+  "one_shot": {"pretrain_epochs": 1},
+  "imp": {"imp_rounds": 2, "imp_epochs": 1},
+  "hydra": {"pretrain_epochs": 1, "score_epochs": 1},
+  "dns": {"dns_epochs": 1},
+  "awt": {"awt_steps": 4, "awt_mask_every": 2, "awt_batch": 16},
+  "ntt": {"awt_steps": 4, "awt_mask_every": 2, "awt_batch": 16},
+}
+
+
+def test_every_budget_method_is_listed():
+  refused = {"dense", "erk", "layer_magnitude"}
+  assert set(METHODS) | refused == set(pruning.names())
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_method_keeps_the_allocations_count_in_each_layer(method):
+  assert sum(EXPECTED) == masks.num_to_keep(sum(SIZES), 1 - SPARSITY)
+  ctx = _ctx(**METHODS[method])
+  ticket = pruning.find(method, ctx, jax.random.PRNGKey(3))
+  assert _kept(ticket.mask) == EXPECTED
+
+
+def test_a_tickets_own_densities_reproduce_its_layer_counts():
+  ctx = _ctx(scope="global", layer_densities="")
+  snip = pruning.find("snip", ctx, jax.random.PRNGKey(3))
+  kept = _kept(snip.mask)
+  spec = ";".join(
+    f"{name}={k / n!r}"
+    for name, k, n in zip(("fc1", "fc2", "head"), kept, SIZES, strict=True)
+  )
+  ticket = pruning.find(
+    "random", _ctx(layer_densities=spec), jax.random.PRNGKey(4)
+  )
+  assert _kept(ticket.mask) == kept
+  assert kept != EXPECTED  # SNIP's own allocation, not the fixture's
+
+
+@pytest.mark.parametrize(
+  "options, words",
+  [
+    ({"scope": "global"}, "scope='layerwise'"),
+    ({"layer_densities": "fc1=0.5;fc2=0.2"}, "missing: head"),
+    ({"layer_densities": SPEC + ";conv1=0.3"}, "not prunable: conv1"),
+    ({"keep_last": True}, "not prunable: head"),
+  ],
+)
+def test_a_bad_allocation_is_one_line(options, words):
+  with pytest.raises(ConfigError) as e:
+    pruning.find("random", _ctx(**options), jax.random.PRNGKey(0))
+  assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("method", ["erk", "layer_magnitude"])
+def test_a_method_with_its_own_allocation_refuses_one(method):
+  with pytest.raises(ConfigError, match=f"does not apply to method '{method}'"):
+    pruning.find(method, _ctx(), jax.random.PRNGKey(0))
+
+
+def test_a_sweep_variant_carries_an_allocation():
+  name, options = compare_tickets.parse_method(f"awt:layer_densities={SPEC}")
+  assert (name, options) == ("awt", {"layer_densities": SPEC})
+  label = compare_tickets._dirname(f"awt:layer_densities={SPEC}", "none")
+  assert all(ch.isalnum() or ch in "-_." for ch in label)
+
+
+def test_no_allocation_is_the_uniform_layerwise_target():
+  ctx = _ctx(layer_densities="")
+  target = allocation.target(ctx, masks.prunable_paths(ctx.params), SIZES)
+  assert target == pytest.approx(1 - SPARSITY)
+  assert math.isclose(allocation.overall(target, SIZES), 1 - SPARSITY)
