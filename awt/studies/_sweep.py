@@ -336,6 +336,19 @@ def statistic_note(summary: Sequence[Mapping[str, Any]]) -> str:
   return f"{STATISTIC} over {n} seed{'s' * (n != '1')}"
 
 
+def table_lines(
+  head: Sequence[str], rows: Sequence[Sequence[str]] = ()
+) -> list[str]:
+  """A Markdown table's lines: the header, its rule, then one per row.
+
+  Examples:
+    >>> table_lines(["arm", "acc %"], [["dense", "90.6"]])
+    ['| arm | acc % |', '|---|---|', '| dense | 90.6 |']
+  """
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
 def fmt_mean_std(
   stat: Mapping[str, Any] | None,
   fmt: Callable[[float], str],

@@ -616,9 +616,8 @@ def markdown_table(out: dict) -> str:
     f"{_sweep.statistic_note(out['summary'])}; Δ: mean same-seed "
     "difference [95% t-interval], in points.",
     "",
-    "| " + " | ".join(head) + " |",
-    "|" + "---|" * len(head),
   ]
+  rows = []
   for e in sorted(
     out["summary"], key=lambda e: (e["target_sparsity"], e["method"] != DENSE)
   ):
@@ -640,7 +639,8 @@ def markdown_table(out: dict) -> str:
       _fmt(e, "find_wall_time_s", 1.0, 1),
       str(len(e["seeds"])),
     ]
-    lines.append("| " + " | ".join(cells) + " |")
+    rows.append(cells)
+  lines += _sweep.table_lines(head, rows)
   lines += _kept_lines(out["summary"])
   corr = out.get("correlations") or []
   if corr:
@@ -649,17 +649,20 @@ def markdown_table(out: dict) -> str:
       "Spearman rank correlation over every ticket and seed (p-value): NTK "
       "distance at init against how the ticket trained.",
       "",
-      "| sparsity | kernel | vs | rho | p | tickets |",
-      "|---|---|---|---|---|---|",
     ]
-    for c in corr:
-      kernel = (
-        "all weights" if c["kernel"].endswith("weights") else "J diag(m) Jᵀ"
-      )
-      lines.append(
-        f"| {c['sparsity']:g} | {kernel} | {c['target']} | {c['rho']:+.2f} "
-        f"| {c['p']:.2g} | {c['n']} |"
-      )
+    rows = [
+      [
+        f"{c['sparsity']:g}",
+        "all weights" if c["kernel"].endswith("weights") else "J diag(m) Jᵀ",
+        c["target"],
+        f"{c['rho']:+.2f}",
+        f"{c['p']:.2g}",
+        str(c["n"]),
+      ]
+      for c in corr
+    ]
+    head = ["sparsity", "kernel", "vs", "rho", "p", "tickets"]
+    lines += _sweep.table_lines(head, rows)
   return "\n".join(lines) + "\n"
 
 
@@ -676,19 +679,18 @@ def _kept_lines(summary: list[dict]) -> list[str]:
   )
   if not layers:
     return []
-  lines = [
+  head = ["method", "sparsity", *(k[len(KEPT) :] for k in layers)]
+  rows = [
+    [_label(e["method"], e["ablation"]), f"{e['target_sparsity']:g}"]
+    + [_fmt(e, k) for k in layers]
+    for e in sorted(tickets, key=lambda e: e["target_sparsity"])
+  ]
+  return [
     "",
     "Kept fraction of each prunable layer in %, mean ± sample std over seeds.",
     "",
-    "| method | sparsity | "
-    + " | ".join(k[len(KEPT) :] for k in layers)
-    + " |",
-    "|" + "---|" * (len(layers) + 2),
+    *_sweep.table_lines(head, rows),
   ]
-  for e in sorted(tickets, key=lambda e: e["target_sparsity"]):
-    cells = [_label(e["method"], e["ablation"]), f"{e['target_sparsity']:g}"]
-    lines.append("| " + " | ".join(cells + [_fmt(e, k) for k in layers]) + " |")
-  return lines
 
 
 def plot_all(out: dict, plot_dir: str) -> None:

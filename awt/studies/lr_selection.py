@@ -23,7 +23,7 @@ from absl import logging
 
 from awt import config as config_lib
 from awt import workdir as workdir_lib
-from awt.studies import compare_tickets
+from awt.studies import _sweep, compare_tickets
 
 
 def _with(config, rate: float, validation: int):
@@ -77,22 +77,20 @@ def markdown(choice: dict) -> str:
     f"Validation {choice['metric']} (%), mean over seeds; chosen rate: "
     f"**{choice['rate']:g}** (the largest mean over arms).",
     "",
-    "| " + " | ".join(head) + " |",
-    "|" + "---|" * len(head),
   ]
   for rate, why in sorted(choice.get("diverged", {}).items()):
     lines.insert(1, f"lr {rate:g}: not a candidate, training diverged ({why}).")
-  for arm, by_rate in sorted(choice["arms"].items()):
-    cells = [f"{100 * by_rate[r]:.1f}" if r in by_rate else "–" for r in rates]
-    lines.append(
-      f"| {arm} | "
-      + " | ".join(cells)
-      + f" | {choice['best_per_arm'][arm]:g} |"
-    )
-  for label, key in (("mean over arms", "mean"), ("worst arm", "worst")):
-    cells = [f"{100 * choice[key][r]:.1f}" for r in rates]
-    lines.append(f"| **{label}** | " + " | ".join(cells) + " | |")
-  return "\n".join(lines) + "\n"
+  rows = [
+    [arm]
+    + [f"{100 * by_rate[r]:.1f}" if r in by_rate else "–" for r in rates]
+    + [f"{choice['best_per_arm'][arm]:g}"]
+    for arm, by_rate in sorted(choice["arms"].items())
+  ]
+  rows += [
+    [f"**{label}**", *(f"{100 * choice[key][r]:.1f}" for r in rates), ""]
+    for label, key in (("mean over arms", "mean"), ("worst arm", "worst"))
+  ]
+  return "\n".join(lines + _sweep.table_lines(head, rows)) + "\n"
 
 
 def run(

@@ -1205,7 +1205,7 @@ def format_table(summary: Sequence[Mapping], sweep: Mapping) -> str:
   cols = panels(sweep)
   head = ["model", "method", "sparsity", *(m for m, _ in cols)]
   head += ["deepfool_failure_rate", "cw_l2_failure_rate", "l2_points"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  rows = []
   for g in summary:
     label = g["method"]
     if g["method"] != "dense" and g["sparsity"] == 0:
@@ -1219,8 +1219,8 @@ def format_table(summary: Sequence[Mapping], sweep: Mapping) -> str:
         cells.append(f"{s['mean']:.0f}")
       else:
         cells.append(_sweep.fmt_mean_std(s, functools.partial(_fmt, m)))
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    rows.append(cells)
+  return "\n".join(_sweep.table_lines(head, rows))
 
 
 def format_densities(summary: Sequence[Mapping]) -> str:
@@ -1236,7 +1236,7 @@ def format_densities(summary: Sequence[Mapping]) -> str:
   for model, cols in by_model.items():
     head = ["model", "method", "sparsity", "actual", *cols]
     head += ["dead_classes", "empty_layers"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for g in summary:
       if g["model"] != model:
         continue
@@ -1244,8 +1244,8 @@ def format_densities(summary: Sequence[Mapping]) -> str:
       cells.append(f"{g['sparsity_actual']['mean']:.4f}")
       cells += [f"{g[m]['mean']:.4f}" if m in g else "—" for m in cols]
       cells += [f"{g[m]['mean']:g}" for m in ("dead_classes", "empty_layers")]
-      lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+      rows.append(cells)
+    lines += [*_sweep.table_lines(head, rows), ""]
   return "\n".join(lines).rstrip()
 
 
@@ -1253,7 +1253,7 @@ def format_trend_tests(tests: Sequence[Mapping]) -> str:
   """Markdown table of the trend tests (differences in points / rho_2)."""
   head = ["model", "method", "metric", "(a) s*", "(a) diff [CI]", "(a)"]
   head += ["(b) s", "(b) diff [95% CI]", "(b)"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  rows = []
 
   def ci(metric, d):
     scale = 1.0 if "rho2" in metric else 100.0
@@ -1275,8 +1275,8 @@ def format_trend_tests(tests: Sequence[Mapping]) -> str:
       cells += [f"{b['sparsity']:g}", ci(t["metric"], b), b["verdict"]]
     else:
       cells += ["—"] * 3
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    rows.append(cells)
+  return "\n".join(_sweep.table_lines(head, rows))
 
 
 def format_cw_check(cw_check: Mapping[str, Mapping]) -> str:
