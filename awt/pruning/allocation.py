@@ -170,6 +170,13 @@ def densities(
   return tuple(c / n for c, n in zip(counts, sizes, strict=True))
 
 
+def per_layer(target: Target, num_layers: int) -> tuple[float, ...]:
+  """``target`` as one density per layer (a float repeated)."""
+  if isinstance(target, tuple):
+    return target
+  return (target,) * num_layers
+
+
 def power(target: Target, t: float) -> Target:
   """``target ** t``, per layer for a tuple (a geometric pruning schedule)."""
   if isinstance(target, tuple):

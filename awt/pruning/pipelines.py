@@ -199,9 +199,7 @@ def _setup(ctx: PruningContext) -> _Setup:
   adversarial = dict(config["adversarial"])
   batch_size = int(config["batch_size"])
   paths = scores_lib.prunable(ctx)
-  sizes = tuple(
-    int(np.size(leaf)) for leaf in _leaves_at(ctx.params, paths).values()
-  )
+  sizes = scores_lib._sizes(ctx.params, paths)
   return _Setup(
     model=model,
     opt_cfg=dict(config["optimizer"]),
@@ -781,9 +779,7 @@ def _thresholds(
   if scope == "global":
     t = kth_largest(jnp.concatenate(list(layers.values())), density)
     return dict.fromkeys(layers, t)
-  per_layer = (
-    density if isinstance(density, tuple) else (density,) * len(layers)
-  )
+  per_layer = allocation.per_layer(density, len(layers))
   return {
     p: kth_largest(v, d)
     for (p, v), d in zip(layers.items(), per_layer, strict=True)
