@@ -7,6 +7,7 @@ studies (``awt.studies``) draw their figures with these two.
 """
 
 import os
+import re
 from collections.abc import Mapping
 
 DPI = 110  # every PNG the project writes
@@ -20,6 +21,25 @@ def pyplot():
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
   return plt
+
+
+def wrap(label: str, width: int = 36) -> str:
+  """``label`` on several lines, broken after ``,``, ``;`` or ``:``.
+
+  A sweep's method variants (``"awt:awt_output_points=clean,scope=..."``)
+  make legend entries long enough to squeeze the axes to nothing.
+
+  Examples:
+    >>> print(wrap("snip:scope=layerwise,layer_densities=conv1=0.14", 24))
+    snip:scope=layerwise,
+    layer_densities=conv1=0.14
+  """
+  lines = [""]
+  for part in re.split(r"(?<=[,;:])", label):
+    if lines[-1] and len(lines[-1]) + len(part) > width:
+      lines.append("")
+    lines[-1] += part
+  return "\n".join(lines)
 
 
 def save(fig, path: str) -> None:
@@ -60,7 +80,7 @@ def plot_layer_densities(
     xs = [j for j, layer in enumerate(layers) if layer in densities[method]]
     ys = [densities[method][layers[j]] for j in xs]
     offset = (i - (len(methods) - 1) / 2) * width
-    ax.bar([x + offset for x in xs], ys, width, label=method)
+    ax.bar([x + offset for x in xs], ys, width, label=wrap(method))
   ax.set_xticks(range(len(layers)))
   ax.set_xticklabels(layers, rotation=30, ha="right", fontsize=8)
   ax.set_ylabel("fraction of weights kept")

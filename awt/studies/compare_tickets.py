@@ -738,7 +738,7 @@ def _plot_accuracy(out: dict, plot_dir: str) -> None:
         yerr=[100 * e[key]["std"] for e in es],
         marker="o",
         capsize=3,
-        label=label,
+        label=plots.wrap(label),
       )
     ax.set_xlabel("sparsity %")
     ax.set_title(
@@ -786,10 +786,12 @@ def _plot_dynamics(rows: list[dict], s: float, plot_dir: str) -> None:
         for i, y in enumerate(ys):
           ax.plot(
             xs, y, color=colors[label], lw=lw * 0.6, alpha=0.7,
-            label=label if i == 0 else None,
+            label=plots.wrap(label) if i == 0 else None,
           )  # fmt: skip
       else:
-        ax.plot(xs, ys.mean(0), color=colors[label], lw=lw, label=label)
+        ax.plot(
+          xs, ys.mean(0), color=colors[label], lw=lw, label=plots.wrap(label)
+        )
   for ax, (key, title) in zip(axes, _CURVES, strict=True):
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("epoch")
@@ -837,7 +839,12 @@ def _plot_ntk_distance(summary, sparsities, plot_dir: str) -> None:
   ax.set_xticks(
     np.arange(len(ticket_labels)) + width * (len(sparsities) - 1) / 2
   )
-  ax.set_xticklabels(ticket_labels, rotation=30, ha="right", fontsize=8)
+  ax.set_xticklabels(
+    [plots.wrap(lb) for lb in ticket_labels],
+    rotation=30,
+    ha="right",
+    fontsize=8,
+  )
   ax.set_ylabel("relative adv.-NTK distance to dense")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3, axis="y")
