@@ -30,7 +30,7 @@ n_l`` with integer counts ``c_l`` (``masks.num_to_keep(n_l, c_l / n_l) ==
 c_l``), which ``awt.masks.topk`` and every method take wherever they take a
 density. Methods that prune in rounds (IMP, SynFlow) move each layer along
 its own geometric schedule, ``d_l^{k/K}`` after round ``k`` of ``K``
-(:func:`power`).
+(:func:`schedule`).
 
 Examples:
   >>> parse_spec("pruning.layer_densities", "conv1=0.7; fc1=0.03")
