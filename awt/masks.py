@@ -178,8 +178,18 @@ def _keep_top(flat_scores: jax.Array, k: int) -> jax.Array:
   return keep.at[order[:k]].set(1.0)
 
 
-def _per_layer(density, scope: str, num_layers: int) -> tuple[float, ...]:
-  """``topk``'s density, checked, as one fraction per layer."""
+def per_layer_density(
+  density: float | tuple[float, ...], scope: str, num_layers: int
+) -> tuple[float, ...]:
+  """``topk``'s density, checked, as one fraction per layer.
+
+  A float is repeated; a tuple (one per layer, ``scope="layerwise"`` only)
+  is a given allocation (``awt.pruning.allocation``).
+
+  Raises:
+    ValueError: a tuple with a global scope or of the wrong length, or a
+      fraction outside its range.
+  """
   if isinstance(density, tuple):
     if scope != "layerwise" or len(density) != num_layers:
       raise ValueError(
@@ -232,7 +242,7 @@ def topk(
       f"unknown pruning scope {scope!r}; known: global, layerwise"
     )
   paths = prunable_paths(scores) if paths is None else tuple(paths)
-  per_layer = _per_layer(density, scope, len(paths))
+  per_layer = per_layer_density(density, scope, len(paths))
   layers = {p: jnp.asarray(_get(scores, p), jnp.float32) for p in paths}
   kept = {}
   if scope == "global":

@@ -170,13 +170,6 @@ def densities(
   return tuple(c / n for c, n in zip(counts, sizes, strict=True))
 
 
-def per_layer(target: Target, num_layers: int) -> tuple[float, ...]:
-  """``target`` as one density per layer (a float repeated)."""
-  if isinstance(target, tuple):
-    return target
-  return (target,) * num_layers
-
-
 def power(target: Target, t: float) -> Target:
   """``target ** t``, per layer for a tuple (a geometric pruning schedule)."""
   if isinstance(target, tuple):
@@ -204,6 +197,20 @@ def overall(target: Target, sizes: Sequence[int]) -> float:
   return kept / sum(sizes)
 
 
+def _given(ctx) -> dict[str, float]:
+  """``pruning.layer_densities`` parsed (``{}``: none given)."""
+  return parse_spec("pruning.layer_densities", option(ctx, "layer_densities"))
+
+
+def fingerprint(target: Target) -> dict:
+  """What a resumable method adds to its checkpoint fingerprint.
+
+  Nothing for one density, so checkpoints written before the option
+  existed still match; the per-layer densities otherwise.
+  """
+  return {"layer_densities": list(target)} if isinstance(target, tuple) else {}
+
+
 def target(ctx, paths: Sequence[Path], sizes: Sequence[int]) -> Target:
   """The density a method prunes to: ``1 - sparsity``, or per layer.
 
@@ -221,7 +228,7 @@ def target(ctx, paths: Sequence[Path], sizes: Sequence[int]) -> Target:
       are not exactly the prunable layers (one line, naming them).
   """
   density = 1.0 - option(ctx, "sparsity")
-  given = parse_spec("pruning.layer_densities", option(ctx, "layer_densities"))
+  given = _given(ctx)
   if not given:
     return density
   if option(ctx, "scope") != "layerwise":
@@ -244,7 +251,7 @@ def target(ctx, paths: Sequence[Path], sizes: Sequence[int]) -> Target:
 def refuse(ctx, method: str, why: str) -> None:
   """Raises if ``pruning.layer_densities`` is set for a method that fixes its
   own allocation (``why``: how it does)."""
-  if parse_spec("pruning.layer_densities", option(ctx, "layer_densities")):
+  if _given(ctx):
     raise ConfigError(
       f"pruning.layer_densities does not apply to method {method!r} ({why})"
     )

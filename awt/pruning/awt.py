@@ -620,10 +620,7 @@ def _fingerprint(s: _Settings, ctx: PruningContext, key) -> dict:
     "against": h.against if h.adversarial else None,
     "attack": list(h.attack) if h.adversarial else None,
     "output_points": h.output_points,
-    # Only when given, so checkpoints written before the option still match.
-    **(
-      {"layer_densities": list(s.target)} if isinstance(s.target, tuple) else {}
-    ),
+    **allocation.fingerprint(s.target),
   }
 
 

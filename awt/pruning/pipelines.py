@@ -498,10 +498,7 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
     "epochs": epochs,
     "rewind_epoch": k,
     "densities": list(densities),
-    # Only when given, so checkpoints written before the option still match.
-    **(
-      {"layer_densities": list(s.target)} if isinstance(s.target, tuple) else {}
-    ),
+    **allocation.fingerprint(s.target),
     "scope": s.scope,
     "paths": [list(p) for p in s.paths],
     "batch_size": s.batch_size,
@@ -779,7 +776,7 @@ def _thresholds(
   if scope == "global":
     t = kth_largest(jnp.concatenate(list(layers.values())), density)
     return dict.fromkeys(layers, t)
-  per_layer = allocation.per_layer(density, len(layers))
+  per_layer = masks.per_layer_density(density, scope, len(layers))
   return {
     p: kth_largest(v, d)
     for (p, v), d in zip(layers.items(), per_layer, strict=True)

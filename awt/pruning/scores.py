@@ -212,7 +212,7 @@ def keep_counts(
   """
   if scope == "global":
     return np.asarray(masks.num_to_keep(int(sum(sizes)), density), np.int32)
-  per_layer = allocation.per_layer(density, len(sizes))
+  per_layer = masks.per_layer_density(density, scope, len(sizes))
   return np.array(
     [masks.num_to_keep(n, d) for n, d in zip(sizes, per_layer, strict=True)],
     np.int32,
