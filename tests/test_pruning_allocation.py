@@ -6,6 +6,7 @@ that prunes to a budget is run on a tiny MLP (64-24-16-10, 128 digits, one
 epoch per phase) and must keep exactly the allocation's count in each layer.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -161,6 +162,10 @@ def _ctx(**pruning_options):
   )
 
 
+def _leaves(tree) -> list:
+  return [np.asarray(x).tolist() for x in jax.tree.leaves(tree)]
+
+
 def _kept(mask) -> list[int]:
   return [int(np.sum(mask[p[0]][p[1]])) for p in masks.prunable_paths(mask)]
 
@@ -215,9 +220,72 @@ def test_a_tickets_own_densities_reproduce_its_layer_counts():
   assert kept != EXPECTED  # SNIP's own allocation, not the fixture's
 
 
+def test_snip_inside_snips_own_allocation_is_snip():
+  # Per-layer top-k with the global ranking's per-layer counts picks the
+  # same weights as the global ranking (no ties in continuous scores).
+  key = jax.random.PRNGKey(3)
+  own = pruning.find("snip", _ctx(scope="global", layer_densities=""), key)
+  ticket = pruning.find("snip", _ctx(layer_densities="snip"), key)
+  assert _leaves(ticket.mask) == _leaves(own.mask)
+  assert ticket.info["allocation_from"]["method"] == "snip"
+  assert ticket.info["allocation_from"]["layer_densities"] == (
+    masks.layer_densities(own.mask)
+  )
+
+
+def test_a_method_takes_another_methods_allocation_per_key():
+  ctx = _ctx(layer_densities="snip")
+  for seed in (3, 4):
+    key = jax.random.PRNGKey(seed)
+    snip = pruning.find("snip", _ctx(scope="global", layer_densities=""), key)
+    ticket = pruning.find("random", ctx, key)
+    assert _kept(ticket.mask) == _kept(snip.mask)
+    assert ticket.info["passes"] == snip.info["passes"]  # random: 0 passes
+  assert ctx.config.pruning.layer_densities == "snip"  # the caller's config
+
+
+def test_an_allocation_from_a_checkpointing_search(tmp_path):
+  ctx = dataclasses.replace(
+    _ctx(layer_densities="imp", **METHODS["imp"], **METHODS["awt"]),
+    checkpoint_dir=str(tmp_path / "search"),
+  )
+  imp = pruning.find(
+    "imp",
+    _ctx(scope="global", layer_densities="", **METHODS["imp"]),
+    jax.random.PRNGKey(3),
+  )
+  ticket = pruning.find("awt", ctx, jax.random.PRNGKey(3))
+  assert _kept(ticket.mask) == _kept(imp.mask)
+  assert ticket.info["passes"] > imp.info["passes"]
+
+
+def test_a_method_name_outside_find_is_one_line():
+  with pytest.raises(ConfigError, match="names a method; call") as e:
+    pruning.get("random")(_ctx(layer_densities="snip"), jax.random.PRNGKey(0))
+  assert "\n" not in str(e.value)
+
+
+def test_an_allocation_that_empties_a_layer_is_refused():
+  def empty_fc2(ctx, key):
+    ticket = pruning.find("snip", ctx, key)
+    mask = jax.tree.map(np.asarray, ticket.mask)
+    mask["fc2"]["kernel"] = np.zeros_like(mask["fc2"]["kernel"])
+    return ticket.replace(mask=mask)
+
+  pruning.register("empty_fc2", empty_fc2)
+  try:
+    with pytest.raises(ConfigError, match="empties fc2/kernel"):
+      pruning.find(
+        "random", _ctx(layer_densities="empty_fc2"), jax.random.PRNGKey(0)
+      )
+  finally:
+    pruning.unregister("empty_fc2")
+
+
 @pytest.mark.parametrize(
   "options, words",
   [
+    ({"layer_densities": "nosuch"}, "neither '<layer>=<density>;...' nor"),
     ({"scope": "global"}, "scope='layerwise'"),
     ({"layer_densities": "fc1=0.5;fc2=0.2"}, "missing: head"),
     ({"layer_densities": SPEC + ";conv1=0.3"}, "not prunable: conv1"),

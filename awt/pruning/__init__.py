@@ -24,11 +24,13 @@ Examples:
   'synflow_iterations'
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 
 from awt import config as config_lib
+from awt import masks
 from awt.pruning import (
   ablations,
   allocation,
@@ -115,12 +117,50 @@ def find(method: str, ctx: PruningContext, key: jax.Array) -> Ticket:
       attack starts).
 
   Returns:
-    The :class:`Ticket`.
+    The :class:`Ticket`. With ``pruning.layer_densities`` naming a method
+    (``"snip"``), ``method`` prunes inside the allocation that method's own
+    global ranking finds with the same ``key``; ``info["allocation_from"]``
+    records it (``method``, ``passes``, ``layer_densities``) and
+    ``info["passes"]`` includes its passes.
 
   Raises:
     ValueError: for an unknown method, listing the known ones.
+    ConfigError: the named method's allocation empties a layer.
   """
-  return get(method)(ctx, key)
+  fn = get(method)
+  source = allocation.source(ctx)
+  if source is None:
+    return fn(ctx, key)
+  paths = scores.prunable(ctx)
+  checkpoint_dir = ctx.checkpoint_dir and f"{ctx.checkpoint_dir}/allocation"
+  own = get(source)(
+    dataclasses.replace(
+      allocation.with_options(ctx, scope="global", layer_densities=""),
+      checkpoint_dir=checkpoint_dir,
+    ),
+    key,
+  )
+  densities = masks.layer_densities(own.mask, paths)
+  empty = [name for name, d in densities.items() if d == 0.0]
+  if empty:
+    raise config_lib.ConfigError(
+      f"pruning.layer_densities={source!r}: {source}'s allocation empties "
+      f"{', '.join(empty)}, which a relative allocation cannot give"
+    )
+  ticket = fn(
+    allocation.with_options(ctx, layer_densities=allocation.spec_of(densities)),
+    key,
+  )
+  info = dict(ticket.info)
+  info["allocation_from"] = {
+    "method": source,
+    "passes": int(own.info.get("passes", 0)),
+    "layer_densities": densities,
+  }
+  info["passes"] = (
+    int(info.get("passes", 0)) + info["allocation_from"]["passes"]
+  )
+  return ticket.replace(info=info)
 
 
 def _register_modules() -> None:

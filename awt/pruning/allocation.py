@@ -24,6 +24,13 @@ budget from *which* weights it picks within a layer: the AWT search run
 inside SNIP's layer densities, say, against SNIP itself and against a
 random mask with the same counts (``ablation="random_same_density"``).
 
+``pruning.layer_densities`` may instead name a method: ``"snip"`` takes
+the allocation SNIP's own (global) ranking chooses for this network, data
+and key, so a study can run every method inside another's allocation seed
+by seed. :func:`awt.pruning.find` turns the name into that ticket's layer
+list before the method runs; the named method's passes count towards the
+ticket's.
+
 A method receives the target as :func:`target` gives it: a float (one
 density, global or per layer) or a tuple of per-layer densities ``c_l /
 n_l`` with integer counts ``c_l`` (``masks.num_to_keep(n_l, c_l / n_l) ==
@@ -39,6 +46,7 @@ Examples:
   (0.55, 0.055)
 """
 
+import copy
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -46,7 +54,7 @@ from typing import ClassVar
 
 from awt import masks
 from awt.config import ConfigError
-from awt.pruning._options import Option, option
+from awt.pruning._options import METHODS, Option, option
 
 Path = tuple[str, ...]
 Target = float | tuple[float, ...]
@@ -80,21 +88,34 @@ def parse_spec(key: str, spec: str) -> dict[str, float]:
   return out
 
 
+def _method_name(spec: str) -> str | None:
+  """The method a spec names (``"snip"``), or None for a layer list."""
+  spec = spec.strip()
+  return spec if spec and "=" not in spec else None
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerDensities:
   """The check of ``pruning.layer_densities``: a spec :func:`parse_spec`
-  reads (``""``: none)."""
+  reads, a registered method's name, or ``""`` (none)."""
 
   field_type: ClassVar[type] = str
 
   def __call__(self, key: str, value) -> str:
     if not isinstance(value, str):
       raise ConfigError(f"{key}={value!r} must be a string")
-    parse_spec(key, value)
+    name = _method_name(value)
+    if name is None:
+      parse_spec(key, value)
+    elif name not in METHODS:
+      raise ConfigError(
+        f"{key}={value!r} is neither '<layer>=<density>;...' nor a pruning "
+        f"method; methods: {', '.join(sorted(METHODS))}"
+      )
     return value
 
   def allowed(self) -> str:
-    return "'<layer>=<density>;...' (relative, each in (0, 1]) | ''"
+    return "'<layer>=<density>;...' (relative, each in (0, 1]) | <method> | ''"
 
 
 LAYER_DENSITIES = Option(
@@ -102,7 +123,8 @@ LAYER_DENSITIES = Option(
   "",
   LayerDensities(),
   "with scope=layerwise: relative kept fraction of each prunable layer, "
-  "scaled to the sparsity ('': the same in every layer)",
+  "scaled to the sparsity, or a method whose own allocation to take "
+  "('snip'); '': the same in every layer",
 )
 
 
@@ -198,8 +220,48 @@ def overall(target: Target, sizes: Sequence[int]) -> float:
 
 
 def _given(ctx) -> dict[str, float]:
-  """``pruning.layer_densities`` parsed (``{}``: none given)."""
-  return parse_spec("pruning.layer_densities", option(ctx, "layer_densities"))
+  """``pruning.layer_densities`` parsed (``{}``: none given).
+
+  Raises:
+    ConfigError: it still names a method (only :func:`awt.pruning.find`
+      resolves that).
+  """
+  spec = option(ctx, "layer_densities")
+  name = _method_name(spec)
+  if name is not None:
+    raise ConfigError(
+      f"pruning.layer_densities={spec!r} names a method; call "
+      "awt.pruning.find, which takes that method's allocation first"
+    )
+  return parse_spec("pruning.layer_densities", spec)
+
+
+def source(ctx) -> str | None:
+  """The method whose allocation ``pruning.layer_densities`` asks for, or
+  None (a layer list, or nothing)."""
+  return _method_name(option(ctx, "layer_densities"))
+
+
+def with_options(ctx, **values):
+  """``ctx`` (a ``PruningContext``) whose ``config.pruning`` has ``values``
+  set; the caller's config is left as it is."""
+  config = copy.deepcopy(ctx.config)
+  section = config["pruning"]
+  unlocked = getattr(config, "unlocked", None)
+  if unlocked is None:
+    section.update(values)
+  else:
+    with unlocked():
+      section.update(values)
+  return dataclasses.replace(ctx, config=config)
+
+
+def spec_of(densities: dict[str, float]) -> str:
+  """The ``layer_densities`` spec of ``masks.layer_densities``' output
+  (``repr`` floats, so parsing it gives the same numbers)."""
+  return ";".join(
+    f"{name.removesuffix('/kernel')}={d!r}" for name, d in densities.items()
+  )
 
 
 def fingerprint(target: Target) -> dict:
@@ -251,7 +313,7 @@ def target(ctx, paths: Sequence[Path], sizes: Sequence[int]) -> Target:
 def refuse(ctx, method: str, why: str) -> None:
   """Raises if ``pruning.layer_densities`` is set for a method that fixes its
   own allocation (``why``: how it does)."""
-  if _given(ctx):
+  if option(ctx, "layer_densities"):
     raise ConfigError(
       f"pruning.layer_densities does not apply to method {method!r} ({why})"
     )
