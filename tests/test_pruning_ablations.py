@@ -2,45 +2,26 @@
 
 import functools
 
+import _tiny
 import jax
 import numpy as np
 import pytest
 
-from awt import data as data_lib
-from awt import masks, models, plots, pruning, training
+from awt import masks, models, plots, pruning
 from awt.pruning import ablations
-from experiments.configs import digits_mlp
 
-IMAGE_SHAPE = (8, 8, 1)
+IMAGE_SHAPE = _tiny.IMAGE_SHAPE
 FIND_KEY = jax.random.PRNGKey(0)
 ABLATION_KEY = jax.random.PRNGKey(7)
 
 
-@functools.cache
-def _init(model):
-  return training.init_variables(model, jax.random.PRNGKey(3), IMAGE_SHAPE)
+MODEL = models.get("mlp", 10, widths=(32, 16), mean=0.3, std=0.4)
 
 
 def _ctx(sparsity=0.8, **pruning_options):
-  rng = np.random.default_rng(0)
-  split = data_lib.Split(
-    rng.integers(0, 256, (32, *IMAGE_SHAPE), dtype=np.uint8),
-    rng.integers(0, 10, (32,), dtype=np.int32),
-  )
-  config = digits_mlp.get_config("smoke")
+  config = _tiny.smoke_config(sparsity=sparsity, **pruning_options)
   config.batch_size = 16
-  config.pruning.sparsity = sparsity
-  config.pruning.update(pruning_options)
-  model = models.get("mlp", 10, widths=(32, 16), mean=0.3, std=0.4)
-  params, batch_stats = _init(model)
-  return pruning.PruningContext(
-    model=model,
-    params=params,
-    batch_stats=batch_stats,
-    split=split,
-    config=config,
-    image_shape=IMAGE_SHAPE,
-  )
+  return _tiny.context(MODEL, _tiny.noise(32), config, seed=3)
 
 
 @functools.cache

@@ -7,20 +7,19 @@ epoch per phase) and must keep exactly the allocation's count in each layer.
 """
 
 import dataclasses
-import functools
 import math
 
+import _tiny
 import jax
 import numpy as np
 import pytest
 
-from awt import data, masks, models, pruning, training
+from awt import masks, models, pruning
 from awt.config import ConfigError
 from awt.pruning import allocation
 from awt.studies import compare_tickets
-from experiments.configs import digits_mlp
 
-IMAGE_SHAPE = (8, 8, 1)
+IMAGE_SHAPE = _tiny.IMAGE_SHAPE
 SIZES = (64 * 24, 24 * 16, 16 * 10)  # fc1, fc2, head
 SPEC = "fc1=0.5;fc2/kernel=0.2;head=1"
 RELATIVE = (0.5, 0.2, 1.0)
@@ -129,37 +128,23 @@ def test_topk_keeps_each_layers_own_density():
 # Every method, on a tiny MLP.
 
 
-@functools.cache
-def _base():
-  ds = data.load("digits")
-  split = data.Split(ds.train.images[:128], ds.train.labels[:128])
-  model = models.get("mlp", 10, widths=(24, 16))
-  params, bs = training.init_variables(
-    model, jax.random.PRNGKey(0), IMAGE_SHAPE
-  )
-  return split, model, params, bs
+MODEL = models.get("mlp", 10, widths=(24, 16))
 
 
 def _ctx(**pruning_options):
-  split, model, params, bs = _base()
-  c = digits_mlp.get_config("smoke")
+  c = _tiny.smoke_config(
+    **{
+      "sparsity": SPARSITY,
+      "scope": "layerwise",
+      "layer_densities": SPEC,
+      **pruning_options,
+    }
+  )
   c.batch_size = 32
   c.num_epochs = 1
   c.adversarial.method = "pgd_at"
   c.adversarial.steps = 2
-  c.pruning.sparsity = SPARSITY
-  c.pruning.scope = "layerwise"
-  c.pruning.layer_densities = SPEC
-  for name, value in pruning_options.items():
-    c.pruning[name] = value
-  return pruning.PruningContext(
-    model=model,
-    params=params,
-    batch_stats=bs,
-    split=split,
-    config=c,
-    image_shape=IMAGE_SHAPE,
-  )
+  return _tiny.context(MODEL, _tiny.digits(128), c)
 
 
 def _leaves(tree) -> list:

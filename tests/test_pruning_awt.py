@@ -1,5 +1,6 @@
 """Tests for the AWT/NTT ticket searches (awt.pruning.awt)."""
 
+import _tiny
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -7,15 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from awt import attacks, data, masks, models, pruning, training
+from awt import attacks, data, masks, models, pruning
 from awt.pruning import awt as awt_search
 
 
 def _ctx(sparsity=0.8, scope="global", params=None, **pruning_kw):
-  model = models.get("mlp", 10, widths=(24, 16))
-  init, bs = training.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
-  digits = data.load("digits").train
-  split = data.Split(digits.images[:256], digits.labels[:256])
   config = ml_collections.ConfigDict(
     {
       "batch_size": 32,
@@ -39,14 +36,8 @@ def _ctx(sparsity=0.8, scope="global", params=None, **pruning_kw):
       },
     }
   )
-  return pruning.PruningContext(
-    model=model,
-    params=init if params is None else params,
-    batch_stats=bs,
-    split=split,
-    config=config,
-    image_shape=(8, 8, 1),
-  )
+  model = models.get("mlp", 10, widths=(24, 16))
+  return _tiny.context(model, _tiny.digits(256), config, params=params)
 
 
 def _held_out_loss(ctx, theta, mask, adversarial):

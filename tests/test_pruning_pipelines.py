@@ -8,55 +8,36 @@ import dataclasses
 import functools
 import math
 
+import _tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awt import data, masks, models, pruning, training
+from awt import masks, models, pruning, training
 from awt.pruning import pipelines
-from experiments.configs import digits_mlp
 
-IMAGE_SHAPE = (8, 8, 1)
+IMAGE_SHAPE = _tiny.IMAGE_SHAPE
 BATCH = 32
 NUM_EXAMPLES = 128
 STEPS = NUM_EXAMPLES // BATCH
 
 
-@functools.cache
-def _base():
-  ds = data.load("digits")
-  split = data.Split(
-    ds.train.images[:NUM_EXAMPLES], ds.train.labels[:NUM_EXAMPLES]
-  )
-  model = models.get("mlp", 10, widths=(32, 16))
-  params, bs = training.init_variables(
-    model, jax.random.PRNGKey(0), IMAGE_SHAPE
-  )
-  return split, model, params, bs
+MODEL = models.get("mlp", 10, widths=(32, 16))
 
 
 def _config(objective, **pruning_options):
-  c = digits_mlp.get_config("smoke")
+  c = _tiny.smoke_config(sparsity=0.8, **pruning_options)
   c.batch_size = BATCH
   c.num_epochs = 1
   c.adversarial.method = objective
   c.adversarial.steps = 2
-  c.pruning.sparsity = 0.8
-  for name, value in pruning_options.items():
-    c.pruning[name] = value
   return c
 
 
 def _ctx(objective="none", **pruning_options):
-  split, model, params, bs = _base()
-  return pruning.PruningContext(
-    model=model,
-    params=params,
-    batch_stats=bs,
-    split=split,
-    config=_config(objective, **pruning_options),
-    image_shape=IMAGE_SHAPE,
+  return _tiny.context(
+    MODEL, _tiny.digits(NUM_EXAMPLES), _config(objective, **pruning_options)
   )
 
 
@@ -278,7 +259,7 @@ def _tiny_logits(w, x):
   return jnp.tanh(hidden) @ w["b"]["kernel"]
 
 
-def _tiny():
+def _tiny_problem():
   rng = np.random.default_rng(1)
   theta = {
     "a": {"kernel": rng.normal(size=(6, 5)), "bias": rng.normal(size=5)},
@@ -298,7 +279,7 @@ def _numpy_top_half(scores):
 
 
 def test_hydra_weights_value_and_straight_through_gradient():
-  theta, x = _tiny()
+  theta, x = _tiny_problem()
   paths = (("a", "kernel"), ("b", "kernel"))
   rng = np.random.default_rng(2)
   scores = jax.tree.map(
@@ -331,7 +312,7 @@ def test_hydra_weights_value_and_straight_through_gradient():
 
 
 def test_straight_through_updates_pruned_weights_with_the_masked_gradient():
-  theta, x = _tiny()
+  theta, x = _tiny_problem()
   paths = (("a", "kernel"), ("b", "kernel"))
   mask = masks.random(jax.random.PRNGKey(0), theta, 0.5, paths=paths)
   loss = lambda w: jnp.sum(_tiny_logits(w, x) ** 2)
@@ -372,7 +353,7 @@ def _dns_reference(theta, mask, density, scope, paths, low, high):
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
 def test_dns_mask_prunes_below_a_and_splices_back_above_b(scope):
-  theta, _ = _tiny()
+  theta, _ = _tiny_problem()
   paths = (("a", "kernel"), ("b", "kernel"))
   mask = masks.random(jax.random.PRNGKey(1), theta, 0.5, paths=paths)
   # The constructed case: the largest weight of layer a is pruned, and a

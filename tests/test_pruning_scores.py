@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 
+import _tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,45 +12,21 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from awt import data as data_lib
-from awt import masks, models, pruning, training
+from awt import masks, models, pruning
 from awt.pruning import scores as scores_lib
-from experiments.configs import digits_mlp
 
-IMAGE_SHAPE = (8, 8, 1)
+IMAGE_SHAPE = _tiny.IMAGE_SHAPE
 KEY = jax.random.PRNGKey(0)
 
 
-def _split(n=32, seed=0):
-  rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
-  labels = rng.integers(0, 10, (n,), dtype=np.int32)
-  return data_lib.Split(images, labels)
-
-
-@functools.cache
-def _init(model, seed):
-  """Variables of ``model`` (hashable) at ``seed``, computed once."""
-  init = functools.partial(training.init_variables, image_shape=IMAGE_SHAPE)
-  return jax.jit(init, static_argnums=0)(model, jax.random.PRNGKey(seed))
-
-
 def _ctx(widths=(32, 16), seed=0, **pruning_options):
-  config = digits_mlp.get_config("smoke")
+  config = _tiny.smoke_config(
+    **{"sparsity": 0.8, "synflow_iterations": 5, **pruning_options}
+  )
   config.batch_size = 16
   config.adversarial.steps = 3
-  config.pruning.sparsity = 0.8
-  config.pruning.synflow_iterations = 5
-  config.pruning.update(pruning_options)
   model = models.get("mlp", 10, widths=widths, mean=0.3, std=0.4)
-  params, batch_stats = _init(model, seed)
-  return pruning.PruningContext(
-    model=model,
-    params=params,
-    batch_stats=batch_stats,
-    split=_split(),
-    config=config,
-    image_shape=IMAGE_SHAPE,
-  )
+  return _tiny.context(model, _tiny.noise(32), config, seed=seed)
 
 
 def _layer(tree, path):

@@ -15,22 +15,19 @@ import os
 import signal
 
 import _binary
+import _tiny
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from awt import checkpoints, data, models, pruning, training
+from awt import checkpoints, models, pruning
 
 
 def _ctx(
   checkpoint_dir=None, log=None, widths=(24, 16), objective="pgd_at", **kw
 ):
-  model = models.get("mlp", 10, widths=widths)
-  params, bs = training.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
-  digits = data.load("digits").train
-  split = data.Split(digits.images[:128], digits.labels[:128])
   config = ml_collections.ConfigDict(
     {
       "batch_size": 32,
@@ -58,13 +55,10 @@ def _ctx(
       },
     }
   )
-  return pruning.PruningContext(
-    model=model,
-    params=params,
-    batch_stats=bs,
-    split=split,
-    config=config,
-    image_shape=(8, 8, 1),
+  return _tiny.context(
+    models.get("mlp", 10, widths=widths),
+    _tiny.digits(128),
+    config,
     checkpoint_dir=checkpoint_dir,
     log=log,
   )
