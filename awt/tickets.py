@@ -195,9 +195,11 @@ def find(
       ticket = _with_ntk_distances(config, s, init, ticket, keys.mask)
     if workdir is not None:
       _save(workdir, ticket, label)
+    source = ticket.info.get("allocation_from", {}).get("method")
     log(
       f"{label} ticket: sparsity {ticket.info['sparsity']:.4f}, "
       f"{ticket.info['passes']} passes, {ticket.info['wall_time_s']:.1f}s"
+      + (f", inside {source}'s layer densities" if source else "")
     )
   info = dict(ticket.info)
   info["find_cost"] = {

@@ -10,7 +10,6 @@ import pytest
 from awt import masks, models, plots, pruning
 from awt.pruning import ablations
 
-IMAGE_SHAPE = _tiny.IMAGE_SHAPE
 FIND_KEY = jax.random.PRNGKey(0)
 ABLATION_KEY = jax.random.PRNGKey(7)
 

@@ -7,6 +7,7 @@ epoch per phase) and must keep exactly the allocation's count in each layer.
 """
 
 import dataclasses
+import json
 import math
 
 import _tiny
@@ -14,12 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from awt import masks, models, pruning
+from awt import masks, models, pruning, tickets
 from awt.config import ConfigError
 from awt.pruning import allocation
 from awt.studies import compare_tickets
 
-IMAGE_SHAPE = _tiny.IMAGE_SHAPE
 SIZES = (64 * 24, 24 * 16, 16 * 10)  # fc1, fc2, head
 SPEC = "fc1=0.5;fc2/kernel=0.2;head=1"
 RELATIVE = (0.5, 0.2, 1.0)
@@ -301,3 +301,31 @@ def test_no_allocation_is_the_uniform_layerwise_target():
   target = allocation.target(ctx, masks.prunable_paths(ctx.params), SIZES)
   assert target == pytest.approx(1 - SPARSITY)
   assert math.isclose(allocation.overall(target, SIZES), 1 - SPARSITY)
+
+
+def test_a_ticket_inside_another_methods_allocation_is_saved_and_reloaded(
+  tmp_path,
+):
+  config = _tiny.smoke_config(
+    method="random", sparsity=0.9, scope="layerwise", layer_densities="snip"
+  )
+  lines = []
+  ticket = tickets.find(
+    config, workdir=str(tmp_path), measure_ntk=False, log=lines.append
+  )
+  assert any("inside snip's layer densities" in line for line in lines)
+  config.pruning.update(method="snip", scope="global", layer_densities="")
+  snip = tickets.find(config, measure_ntk=False, log=lines.append)
+  assert ticket.info["layer_densities"] == snip.info["layer_densities"]
+  saved = json.loads((tmp_path / "ticket.json").read_text())
+  assert saved["allocation_from"]["method"] == "snip"
+  again = tickets.find(
+    _tiny.smoke_config(
+      method="random", sparsity=0.9, scope="layerwise", layer_densities="snip"
+    ),
+    workdir=str(tmp_path),
+    measure_ntk=False,
+    log=lines.append,
+  )
+  assert again.info["allocation_from"] == ticket.info["allocation_from"]
+  assert any("reusing" in line for line in lines)

@@ -17,7 +17,6 @@ import pytest
 from awt import masks, models, pruning, training
 from awt.pruning import pipelines
 
-IMAGE_SHAPE = _tiny.IMAGE_SHAPE
 BATCH = 32
 NUM_EXAMPLES = 128
 STEPS = NUM_EXAMPLES // BATCH
