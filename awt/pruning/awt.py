@@ -72,12 +72,15 @@ deviation:
   and none is emptied (a pruned weight gets no gradient through
   :math:`\theta \odot m` and never comes back); ``"raw"`` (NTT):
   :math:`|\theta|`. A layerwise ranking is unaffected by a per-layer
-  constant and uses :math:`|\theta|`. Which is better depends on the
-  network (README, mnist5k, 95%, head whole, 5 seeds): raw emptied the
-  digits MLP's ``fc2``, while on LeNet-5 normalized keeps the
-  convolutions at 10–14% and its ticket 4.7 points (ensemble) below raw's,
-  whose allocation is SNIP's. ``pruning.layer_densities`` fixes the
-  allocation instead.
+  constant and uses :math:`|\theta|`. Raw magnitudes at initialization
+  allocate by each layer's initialization scale (:math:`1/\sqrt{fan_in}`),
+  so which is better depends on the layer widths (README, 95%, 5 seeds,
+  clean output term, ensemble): on mnist5k raw lands near SNIP's
+  allocation and is better, by 5.2 points on LeNet-300-100 with the head
+  pruned, 2.1 with it whole, 4.7 on LeNet-5 (head whole); on the 8×8
+  digits MLP (fc1's fan-in 64) it takes budget from ``fc2`` and is 7.8
+  points worse. ``pruning.layer_densities`` fixes the allocation
+  instead.
 * ``awt_start``: the ticket's starting weights, ``"searched"`` (NTT):
   :math:`\theta \odot m` from the search; ``"init"``: the found mask on the
   network's original initialization, :math:`\theta_0 \odot m`. Recorded in
