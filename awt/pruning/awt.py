@@ -73,8 +73,9 @@ deviation:
   :math:`\theta \odot m` and never comes back); ``"raw"`` (NTT):
   :math:`|\theta|`. A layerwise ranking is unaffected by a per-layer
   constant and uses :math:`|\theta|`. Raw magnitudes at initialization
-  allocate by each layer's initialization scale (:math:`1/\sqrt{fan_in}`),
-  so which is better depends on the layer widths (README, 95%, 5 seeds,
+  allocate by each layer's initialization scale,
+  :math:`1/\sqrt{\text{fan-in}}`, so which is better depends on the
+  layer widths (README, 95%, 5 seeds,
   clean output term, ensemble): on mnist5k raw lands near SNIP's
   allocation and is better, by 5.2 points on LeNet-300-100 with the head
   pruned, 2.1 with it whole, 4.7 on LeNet-5 (head whole); on the 8×8
