@@ -313,7 +313,7 @@ def target(ctx, paths: Sequence[Path], sizes: Sequence[int]) -> Target:
 def refuse(ctx, method: str, why: str) -> None:
   """Raises if ``pruning.layer_densities`` is set for a method that fixes its
   own allocation (``why``: how it does)."""
-  if option(ctx, "layer_densities"):
+  if option(ctx, "layer_densities").strip():
     raise ConfigError(
       f"pruning.layer_densities does not apply to method {method!r} ({why})"
     )
