@@ -289,6 +289,24 @@ def test_a_method_with_its_own_allocation_refuses_one(method):
     pruning.find(method, _ctx(), jax.random.PRNGKey(0))
 
 
+@pytest.mark.parametrize("method", ["erk", "layer_magnitude"])
+def test_it_refuses_a_named_allocation_before_running_that_method(
+  method, monkeypatch
+):
+  asked = []
+
+  def get(name):
+    asked.append(name)
+    return registry_get(name)
+
+  registry_get = pruning.get
+  monkeypatch.setattr(pruning, "get", get)
+  ctx = _ctx(layer_densities="imp", scope="layerwise")
+  with pytest.raises(ConfigError, match=f"does not apply to method '{method}'"):
+    pruning.find(method, ctx, jax.random.PRNGKey(0))
+  assert asked == [method]
+
+
 def test_a_sweep_variant_carries_an_allocation():
   name, options = compare_tickets.parse_method(f"awt:layer_densities={SPEC}")
   assert (name, options) == ("awt", {"layer_densities": SPEC})

@@ -131,6 +131,9 @@ def find(method: str, ctx: PruningContext, key: jax.Array) -> Ticket:
   source = allocation.source(ctx)
   if source is None:
     return fn(ctx, key)
+  why = getattr(fn, "fixed_allocation", None)
+  if why is not None:  # before the named method's (maybe long) run
+    allocation.refuse(ctx, method, why)
   paths = scores.prunable(ctx)
   checkpoint_dir = ctx.checkpoint_dir and f"{ctx.checkpoint_dir}/allocation"
   own = get(source)(

@@ -48,6 +48,7 @@ Examples:
 
 import copy
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import ClassVar
@@ -317,3 +318,21 @@ def refuse(ctx, method: str, why: str) -> None:
     raise ConfigError(
       f"pruning.layer_densities does not apply to method {method!r} ({why})"
     )
+
+
+def fixed(why: str):
+  """Decorator of a method ``fn(ctx, key)`` that fixes its own allocation
+  (``why``: how): it refuses ``pruning.layer_densities`` (:func:`refuse`),
+  and its ``fixed_allocation`` attribute lets ``awt.pruning.find`` refuse
+  before it runs a method that value names."""
+
+  def decorate(fn):
+    @functools.wraps(fn)
+    def method(ctx, key):
+      refuse(ctx, fn.__name__, why)
+      return fn(ctx, key)
+
+    method.fixed_allocation = why
+    return method
+
+  return decorate

@@ -348,6 +348,7 @@ def mask_report(mask: PyTree) -> dict:
   return out
 
 
+@allocation.fixed("Guo et al. prune every layer alike")
 def layer_magnitude(ctx: PruningContext, key: jax.Array) -> Ticket:
   """:func:`prune_mask` of ``ctx.params`` at ``pruning.sparsity``.
 
@@ -355,9 +356,6 @@ def layer_magnitude(ctx: PruningContext, key: jax.Array) -> Ticket:
   prunable layers honour ``keep_first``/``keep_last``. No data, no passes.
   """
   del key
-  allocation.refuse(
-    ctx, "layer_magnitude", "Guo et al. prune every layer alike"
-  )
   start = time.perf_counter()
   paths = masks.prunable_paths(
     ctx.params,

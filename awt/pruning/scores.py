@@ -834,6 +834,7 @@ def random(ctx: PruningContext, key: jax.Array) -> Ticket:
   return _ticket(ctx, "random", mask, scores, 0, start, scope=scope)
 
 
+@allocation.fixed("ERK is an allocation; 'random' takes one")
 def erk(ctx: PruningContext, key: jax.Array) -> Ticket:
   """Random mask with Erdős–Rényi-Kernel layer densities (RigL).
 
@@ -844,7 +845,6 @@ def erk(ctx: PruningContext, key: jax.Array) -> Ticket:
   References:
     Evci et al., *Rigging the Lottery*, ICML 2020, Sec. 3.
   """
-  allocation.refuse(ctx, "erk", "ERK is an allocation; 'random' takes one")
   start = time.perf_counter()
   paths = prunable(ctx)
   shapes = {p: tuple(np.shape(_get(ctx.params, p))) for p in paths}
