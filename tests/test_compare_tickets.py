@@ -127,3 +127,28 @@ def test_method_entries_carry_option_overrides():
       )
   with pytest.raises(config_lib.ConfigError, match="unknown sweep.methods"):
     compare_tickets.validate(config, ["snipp:x=1"], [0.9], [0], ["none"])
+
+
+@pytest.mark.parametrize(
+  "variant", ["options", "options,mnist5k", "options,lenet5"]
+)
+def test_an_override_equal_to_the_config_is_refused_and_options_have_none(
+  variant,
+):
+  """The options grid lists the ranking the config does not use (the
+  mnist5k MLP's config ranks raw, the others normalized), so no arm
+  repeats another."""
+  from awt import config as config_lib
+  from awt.studies import compare_tickets
+  from experiments.configs import compare_tickets as configs
+
+  config = configs.get_config(variant)
+  s = config.sweep
+  compare_tickets.validate(
+    config, s.methods, s.sparsities, s.seeds, s.ablations
+  )
+  own = config.pruning.awt_global_score
+  same = f"awt:awt_global_score={own}"
+  assert same not in s.methods
+  with pytest.raises(config_lib.ConfigError, match="are the same ticket"):
+    compare_tickets.validate(config, ["awt", same], [0.95], [0], ["none"])

@@ -139,7 +139,8 @@ CONFIGS = os.path.join(ROOT, "experiments", "configs")
 def test_mnist5k_lenet5_is_the_mlp_setting_but_for_its_measured_changes(
   variant,
 ):
-  """The LeNet-5 docstring's claim: the model, SGD's rate, the budget ramp."""
+  """The LeNet-5 docstring's claim: the model, SGD's rate, the budget ramp,
+  the search's ranking."""
   mlp, lenet = (
     flatten_dict(
       _load(f"{CONFIGS}/{name}.py").get_config(variant).to_dict(), sep="."
@@ -153,6 +154,7 @@ def test_mnist5k_lenet5_is_the_mlp_setting_but_for_its_measured_changes(
   sgd = variant not in ("adam", "smoke")
   ramped = variant in (None, "adam")
   expected = {"optimizer.learning_rate"} if sgd else set()
+  expected.add("pruning.awt_global_score")
   if ramped:
     expected.add("adversarial.eps_warmup_epochs")
   assert changed == expected
@@ -160,3 +162,10 @@ def test_mnist5k_lenet5_is_the_mlp_setting_but_for_its_measured_changes(
     assert lenet["optimizer.learning_rate"] == 0.02
   if ramped:
     assert lenet["adversarial.eps_warmup_epochs"] == 5
+  assert (
+    mlp["pruning.awt_global_score"],
+    lenet["pruning.awt_global_score"],
+  ) == (
+    "raw",
+    "normalized",
+  )

@@ -295,16 +295,25 @@ def validate(config, methods, sparsities, seeds, ablations) -> None:
   check = functools.partial(_sweep.check_numbers, error=config_lib.ConfigError)
   check(sparsities, "sweep.sparsities", lo=0.0, hi=1.0, lo_open=True)
   check(seeds, "sweep.seeds", integer=True)
+  seen = {}
   for m in methods or [DENSE]:
-    pruning.validate(
-      _cell_config(
-        config,
-        seed=seeds[0],
-        method=m,
-        sparsity=sparsities[0],
-        ablation=ablations[0],
-      )
+    cell = _cell_config(
+      config,
+      seed=seeds[0],
+      method=m,
+      sparsity=sparsities[0],
+      ablation=ablations[0],
     )
+    pruning.validate(cell)
+    # An override equal to the config's own value (awt_global_score=raw on
+    # the mnist5k MLP) would train one ticket twice under two names.
+    settings = repr(sorted(cell.pruning.to_dict().items()))
+    if settings in seen:
+      raise config_lib.ConfigError(
+        f"sweep.methods entries {seen[settings]!r} and {m!r} are the same "
+        "ticket (equal pruning settings under this config)"
+      )
+    seen[settings] = m
 
 
 def _load_finished(train_dir: str, names: list[str]) -> dict | None:

@@ -32,15 +32,15 @@ VARIANTS = ("decisive", "options", "mnist5k", "lenet5", "adam", "smoke")
 # The decisive study's methods: the AWT search, its clean-point version
 # NTT, the pruning-at-init baselines and the three-stage pipelines.
 DECISIVE = ("awt", "ntt", "random", "snip", "synflow", "imp", "hydra")
-# Which of the search's choices matter: NTT's recipe (the default) against
-# each of our deviations and each of its parts, one at a time.
+# Which of the search's choices matter: the config's search against each
+# of our deviations and each of NTT's parts, one at a time.
 OPTIONS = (
   "awt",
   "awt:awt_student_kernel=masked",  # J diag(m) J^T, our deviation
   "awt:awt_kernel=trace",  # logit-traced [n, n] kernel
   "awt:awt_ntk_norm=mean,awt_lambda_ntk=0.001",  # NTT's own scaling
   "awt:awt_epochs=5",  # a quarter of NTT's search length
-  "awt:awt_global_score=raw",  # global top-|w| (collapses layers)
+  "awt:awt_global_score={other}",  # the ranking the config does not use
   "awt:awt_final_update=true",  # mask reset after the last step
   "snip",
   "random",
@@ -87,7 +87,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.sweep.seeds = (0, 1, 2, 3, 4)
     c.sweep.ablations = ("none", "init_weights", "shuffle", "reinit")
   if "options" in chosen:
-    c.sweep.methods = OPTIONS
+    other = {"normalized": "raw", "raw": "normalized"}[
+      c.pruning.awt_global_score
+    ]
+    c.sweep.methods = tuple(m.format(other=other) for m in OPTIONS)
     c.sweep.sparsities = (0.95,)
     c.sweep.seeds = (0, 1, 2, 3, 4)
     c.sweep.ablations = ("none", "init_weights")
