@@ -13,8 +13,9 @@ Variants (``--config=experiments/configs/compare_tickets.py:V1,V2``):
   decisive  the decisive study's grid (README): 5 seeds, every method,
             awt's ablations; run one sparsity per invocation with
             ``--config.sweep.sparsities='(0.95,)'``.
-  options   the AWT search's options one at a time (NTT's recipe against
-            each deviation), 95% sparsity, 5 seeds.
+  options   the AWT search's options one at a time (the config's search
+            against each deviation and the other layer ranking), 95%
+            sparsity, 5 seeds.
   mnist5k   on mnist5k's real 28x28 digits with the paper's LeNet-300-100
             (``mnist5k_mlp.py``); combine with ``decisive``.
   lenet5    on mnist5k with the paper's conv net, LeNet-5

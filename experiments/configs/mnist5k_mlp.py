@@ -62,7 +62,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # share, near SNIP's allocation. Measured with the head pruned, 5 seeds,
   # ensemble (README, "NTT's raw ranking with the paper's output term"):
   # raw beat normalized on every seed at 90/95/98%, with the paper's output
-  # term and with the clean one. Earlier mnist5k commands pin "normalized".
+  # term and with the clean one. The README's earlier mnist5k MLP commands
+  # pin "normalized".
   c.pruning.awt_global_score = "raw"
   if variant == "eps03":
     # Madry et al. 2018's MNIST budget. Without a ramp-up every arm, dense
