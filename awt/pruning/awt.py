@@ -81,7 +81,8 @@ deviation:
   pruned, 2.1 with it whole, 4.7 on LeNet-5 (head whole); on the 8×8
   digits MLP (fc1's fan-in 64) it takes budget from ``fc2`` and is 7.8
   points worse. With the output term on the search points raw is 3.1–5.0
-  points better on LeNet-300-100 (90–98%) but leaves 3 of 5 LeNet-5
+  points better on LeNet-300-100 (90–98%; 4.8 with the head whole, where
+  it matches dense at 95%) but leaves 3 of 5 LeNet-5
   tickets at the constant classifier; so the ``mnist5k_mlp`` config sets
   ``"raw"`` and the others keep this default. ``pruning.layer_densities``
   fixes the allocation instead.
