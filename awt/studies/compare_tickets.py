@@ -515,9 +515,10 @@ def spearman(a, b) -> tuple[float, float]:
     rho, p = stats.spearmanr(a, b)
     return float(rho), float(p)
   ra, rb = stats.rankdata(a), stats.rankdata(b)
+  # One sample permuted: n! pairings (both would list (n!)^2: 25M at n=7).
   res = stats.permutation_test(
-    (ra, rb),
-    _pearson,
+    (rb,),
+    lambda y, axis=-1: _pearson(ra, y, axis),
     permutation_type="pairings",
     vectorized=True,
     n_resamples=np.inf,
