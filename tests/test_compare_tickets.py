@@ -90,6 +90,12 @@ def test_rerun_skips_finished_work(study):
     ("--config.sweep.sparsities=(0.9,1.0)", "sweep.sparsities entry 1.0 must"),
     ("--config.sweep.seeds=(0,0)", "sweep.seeds=(0, 0) has duplicates"),
     ("--config.sweep.ablations=('shuffel',)", "unknown sweep.ablations"),
+    # The smoke grid ablates awt, snip and one_shot; a sweep of a variant
+    # of awt alone would otherwise lose its ablations without a word.
+    (
+      "--config.sweep.methods=('awt:awt_epochs=2',)",
+      "sweep.ablations ('shuffle',) would apply to no method",
+    ),
   ],
 )
 def test_bad_grid_is_one_line(tmp_path, flag, message):

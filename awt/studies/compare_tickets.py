@@ -170,8 +170,9 @@ def run(
     sparsities: target sparsities in (0, 1).
     seeds: seeds; each seed's tickets start from that seed's init.
     ablations: ``"none"`` and/or ablation names (``awt.pruning.ablations``).
-    ablated_methods: the methods whose tickets get the ablations other than
-      ``"none"`` (default: every method).
+    ablated_methods: the ``methods`` entries (matched exactly) whose
+      tickets get the ablations other than ``"none"`` (default: every
+      method).
     log: progress lines.
 
   Returns:
@@ -181,7 +182,7 @@ def run(
   """
   start = time.perf_counter()
   methods = [m for m in methods if m != DENSE]
-  validate(config, methods, sparsities, seeds, ablations)
+  validate(config, methods, sparsities, seeds, ablations, ablated_methods)
   workdir = workdir_lib.prepare(workdir)
   # Cells are named by their grid point, so a workdir may grow its grid
   # (``sweep``) but never change what a cell computes.
@@ -278,8 +279,16 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
   return rows
 
 
-def validate(config, methods, sparsities, seeds, ablations) -> None:
-  """Checks the grid before any compute; one-line ``ConfigError``."""
+def validate(
+  config, methods, sparsities, seeds, ablations, ablated_methods=None
+) -> None:
+  """Checks the grid before any compute; one-line ``ConfigError``.
+
+  ``ablated_methods`` is matched against ``methods`` entry by entry
+  (``"awt"`` does not cover ``"awt:awt_kernel=trace"``); ablations other
+  than ``"none"`` that would apply to no method are refused rather than
+  dropped.
+  """
   for m in methods:
     if parse_method(m)[0] not in pruning.names():
       raise config_lib.ConfigError(
@@ -291,6 +300,15 @@ def validate(config, methods, sparsities, seeds, ablations) -> None:
       raise config_lib.ConfigError(
         f"unknown sweep.ablations entry {a!r}; known: "
         f"{', '.join(ablations_lib.ABLATIONS)}"
+      )
+  extra = [a for a in ablations if a != "none"]
+  if extra and ablated_methods is not None:
+    if not set(methods) & set(ablated_methods):
+      raise config_lib.ConfigError(
+        f"sweep.ablations {tuple(extra)} would apply to no method: "
+        f"sweep.ablated_methods {tuple(ablated_methods)} names none of "
+        f"sweep.methods {tuple(methods)} (entries must match exactly); "
+        "set sweep.ablated_methods or sweep.ablations=('none',)"
       )
   check = functools.partial(_sweep.check_numbers, error=config_lib.ConfigError)
   check(sparsities, "sweep.sparsities", lo=0.0, hi=1.0, lo_open=True)
