@@ -5,6 +5,8 @@ before any compute; a bad value ends the run with one line naming it.
 The schema is docs/design.md's "Config schema".
 """
 
+import contextlib
+import copy
 import numbers
 
 import jax.numpy as jnp
@@ -34,6 +36,30 @@ def _get(config, dotted: str):
       raise ConfigError(f"config is missing {dotted!r}")
     node = node[part]
   return node
+
+
+def replaced(config, values: dict):
+  """A deep copy of ``config`` with ``values`` set; ``config`` is untouched.
+
+  Args:
+    config: a ``ConfigDict`` (locked or not) or a plain nested dict.
+    values: dotted key -> value, e.g. ``{"seed": 1, "pruning.method":
+      "snip"}``; a missing last part is added, a missing parent is a
+      ``KeyError``.
+
+  Returns:
+    The copy (the studies' per-cell configs are built this way, so a cell
+    never changes the config a sweep shares).
+  """
+  c = copy.deepcopy(config)
+  with getattr(c, "unlocked", contextlib.nullcontext)():
+    for dotted, value in values.items():
+      *parents, leaf = dotted.split(".")
+      node = c
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+  return c
 
 
 def _number(

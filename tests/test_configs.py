@@ -164,3 +164,20 @@ def test_mnist5k_lenet5_is_the_mlp_setting_but_for_its_measured_changes(
     assert lenet["adversarial.eps_warmup_epochs"] == 5
   assert mlp["pruning.awt_global_score"] == "raw"
   assert lenet["pruning.awt_global_score"] == "normalized"
+
+
+def test_replaced_copies_and_sets_dotted_keys():
+  base = _load(
+    os.path.join(ROOT, "experiments", "configs", "digits_mlp.py")
+  ).get_config()
+  base.lock()
+  c = config_lib.replaced(base, {"seed": 7, "pruning.method": "snip"})
+  assert (c.seed, c.pruning.method) == (7, "snip")
+  assert (base.seed, base.pruning.method) != (7, "snip")  # untouched
+  plain = {"pruning": {"method": "awt"}}
+  assert config_lib.replaced(plain, {"pruning.method": "snip"}) == {
+    "pruning": {"method": "snip"}
+  }
+  assert plain["pruning"]["method"] == "awt"
+  with pytest.raises(KeyError):
+    config_lib.replaced(base, {"nonexistent.method": "snip"})

@@ -46,7 +46,6 @@ Examples:
   (0.55, 0.055)
 """
 
-import copy
 import dataclasses
 import functools
 import math
@@ -54,7 +53,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from awt import masks
-from awt.config import ConfigError
+from awt.config import ConfigError, replaced
 from awt.pruning._options import METHODS, Option, option
 
 Path = tuple[str, ...]
@@ -246,14 +245,7 @@ def source(ctx) -> str | None:
 def with_options(ctx, **values):
   """``ctx`` (a ``PruningContext``) whose ``config.pruning`` has ``values``
   set; the caller's config is left as it is."""
-  config = copy.deepcopy(ctx.config)
-  section = config["pruning"]
-  unlocked = getattr(config, "unlocked", None)
-  if unlocked is None:
-    section.update(values)
-  else:
-    with unlocked():
-      section.update(values)
+  config = replaced(ctx.config, {f"pruning.{k}": v for k, v in values.items()})
   return dataclasses.replace(ctx, config=config)
 
 

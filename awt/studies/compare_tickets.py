@@ -40,7 +40,6 @@ Config (``config.sweep``): ``methods``, ``sparsities``, ``seeds`` (ints),
 and ``ablated_methods`` (the methods the ablations apply to).
 """
 
-import copy
 import functools
 import os
 import time
@@ -81,12 +80,15 @@ def parse_method(spec: str) -> tuple[str, dict[str, str]]:
 
 def _cell_config(config, *, seed, method, sparsity, ablation):
   name, options = parse_method(method)
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.seed = int(seed)
-    c.pruning.method = name
-    c.pruning.sparsity = float(sparsity)
-    c.pruning.ablation = ablation
+  c = config_lib.replaced(
+    config,
+    {
+      "seed": int(seed),
+      "pruning.method": name,
+      "pruning.sparsity": float(sparsity),
+      "pruning.ablation": ablation,
+    },
+  )
   for key, value in options.items():
     if key not in c.pruning:
       raise config_lib.ConfigError(

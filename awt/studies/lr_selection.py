@@ -14,7 +14,6 @@ deciding the rate for every other arm. Each rate's study lives in
 ``WORKDIR/lr_<rate>/`` and resumes like any study.
 """
 
-import copy
 import os
 from collections.abc import Callable, Sequence
 
@@ -27,11 +26,13 @@ from awt.studies import _sweep, compare_tickets
 
 
 def _with(config, rate: float, validation: int):
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.optimizer.learning_rate = float(rate)
-    c.data.validation = int(validation)
-  return c
+  return config_lib.replaced(
+    config,
+    {
+      "optimizer.learning_rate": float(rate),
+      "data.validation": int(validation),
+    },
+  )
 
 
 def choose(results: dict[float, dict]) -> dict:

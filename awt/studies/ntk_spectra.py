@@ -41,7 +41,6 @@ References:
   sets the speed of each mode).
 """
 
-import copy
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +51,7 @@ import numpy as np
 from absl import logging
 
 from awt import attacks, experiment, masks, ntk, pruning, tickets
+from awt import config as config_lib
 from awt import data as data_lib
 from awt.pruning import awt as pruning_awt
 
@@ -159,10 +159,9 @@ def _check(methods, sparsities, num_points, num_train) -> None:
 
 
 def _cell_config(config, method: str, sparsity: float):
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.pruning.method = method
-    c.pruning.sparsity = float(sparsity)
+  c = config_lib.replaced(
+    config, {"pruning.method": method, "pruning.sparsity": float(sparsity)}
+  )
   pruning.validate(c)
   return c
 
