@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from awt import config as config_lib
 from awt import experiment
 from awt.config import ConfigError
 from experiments.configs import digits_mlp
@@ -16,13 +17,7 @@ def _config(**overrides):
   c.num_epochs = 2
   c.eval.attacks = ("fgsm",)
   c.model.widths = (32, 16)
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return config_lib.replaced(c, overrides)
 
 
 def _close(a, b, tol):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from awt import checkpoints, data, evaluation, experiment, masks, models
+from awt import config as config_lib
 from awt.config import ConfigError
 from awt.pruning import layer_magnitude
 from awt.studies import _sweep
@@ -545,13 +546,7 @@ def test_vectorized_evaluation_equals_one_network_at_a_time():
 
 def _smoke(**overrides):
   c = sr_config.get_config("smoke")
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return config_lib.replaced(c, overrides)
 
 
 @pytest.mark.parametrize(

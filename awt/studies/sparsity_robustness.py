@@ -278,13 +278,7 @@ def model_config(config, model: str, **changes) -> ml_collections.ConfigDict:
   rates = c.get("sweep", {}).get("learning_rates") or {}
   if model in rates:
     c.optimizer.learning_rate = rates[model]
-  for k, v in changes.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return config_lib.replaced(c, changes)
 
 
 # ----------------------------------------------------------------- attacks
