@@ -37,7 +37,8 @@ init, per-layer densities.
 
 Config (``config.sweep``): ``methods``, ``sparsities``, ``seeds`` (ints),
 ``ablations`` (``"none"`` and any of ``awt.pruning.ablations.ABLATIONS``)
-and ``ablated_methods`` (the methods the ablations apply to).
+and ``ablated_methods`` (the ``methods`` entries, exactly as written there,
+the ablations apply to: ``"awt"`` does not cover ``"awt:awt_epochs=5"``).
 """
 
 import functools
