@@ -305,14 +305,14 @@ def validate(
         f"{', '.join(ablations_lib.ABLATIONS)}"
       )
   extra = [a for a in ablations if a != "none"]
-  if extra and ablated_methods is not None:
-    if not set(methods) & set(ablated_methods):
-      raise config_lib.ConfigError(
-        f"sweep.ablations {tuple(extra)} would apply to no method: "
-        f"sweep.ablated_methods {tuple(ablated_methods)} names none of "
-        f"sweep.methods {tuple(methods)} (entries must match exactly); "
-        "set sweep.ablated_methods or sweep.ablations=('none',)"
-      )
+  named = set(methods) & set(ablated_methods or ())
+  if extra and ablated_methods is not None and not named:
+    raise config_lib.ConfigError(
+      f"sweep.ablations {tuple(extra)} would apply to no method: "
+      f"sweep.ablated_methods {tuple(ablated_methods)} names none of "
+      f"sweep.methods {tuple(methods)} (entries must match exactly); "
+      "set sweep.ablated_methods or sweep.ablations=('none',)"
+    )
   check = functools.partial(_sweep.check_numbers, error=config_lib.ConfigError)
   check(sparsities, "sweep.sparsities", lo=0.0, hi=1.0, lo_open=True)
   check(seeds, "sweep.seeds", integer=True)
