@@ -100,6 +100,17 @@ def test_spectra_match_a_jacobian_reference_and_find_ticket(tmp_path):
   )  # PGD points lower the dense net's true class, and the ticket's
 
 
+def test_ablation_applies_to_tickets_not_to_the_dense_reference():
+  config = digits_mlp.get_config("smoke")
+  config.model.widths = (16, 8)
+  config.pruning.ablation = "init_weights"
+  report = ntk_spectra.spectra(config, ["random"], [0.9], num_points=8)
+  dense, ticket = report["tickets"]
+  assert (dense["name"], ticket["name"]) == ("dense", "random@0.9/init_weights")
+  assert dense["clean"]["distance"] == pytest.approx(0.0, abs=1e-6)
+  assert ticket["clean"]["distance"] > 0
+
+
 def test_start_function_is_accuracy_and_true_class_margin():
   logits = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0], [1.0, 1.0, 4.0]])
   labels = np.array([0, 2, 2])

@@ -159,9 +159,10 @@ def _check(methods, sparsities, num_points, num_train) -> None:
 
 
 def _cell_config(config, method: str, sparsity: float):
-  c = config_lib.replaced(
-    config, {"pruning.method": method, "pruning.sparsity": float(sparsity)}
-  )
+  changes = {"pruning.method": method, "pruning.sparsity": float(sparsity)}
+  if method == DENSE:  # the reference is never ablated
+    changes["pruning.ablation"] = "none"
+  c = config_lib.replaced(config, changes)
   pruning.validate(c)
   return c
 
@@ -214,7 +215,7 @@ def spectra(
   _check(
     methods, sparsities, num_points, data_lib.info(base.data.name).num_train
   )
-  ablation = pruning.option(base, "ablation")
+  ablation = pruning.option(config, "ablation")
   probe = _Probe(base, num_points, min(top_k, num_points), log)
   cells = [(DENSE, 0.0)] + [
     (m, s) for s in sparsities for m in methods if m != DENSE
@@ -222,9 +223,6 @@ def spectra(
   rows = []
   for method, sparsity in cells:
     cell = _cell_config(config, method, sparsity)
-    if method == DENSE:
-      with cell.unlocked():
-        cell.pruning.ablation = "none"
     label = method if method == DENSE else f"{method}@{sparsity:g}"
     if cell.pruning.get("ablation", "none") != "none":
       label = f"{label}/{ablation}"
