@@ -41,13 +41,7 @@ def main(argv):
   compare_tickets.run(
     config,
     flags.FLAGS.workdir,
-    methods=tuple(config.sweep.methods),
-    sparsities=tuple(config.sweep.sparsities),
-    seeds=tuple(config.sweep.seeds),
-    ablations=tuple(config.sweep.ablations),
-    ablated_methods=tuple(
-      config.sweep.get("ablated_methods", config.sweep.methods)
-    ),
+    **compare_tickets.grid(config.sweep),
     log=_main.log,
   )
 

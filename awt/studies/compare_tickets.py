@@ -151,6 +151,20 @@ def _at_start(history: list[dict], key: str):
   return vals[0] if vals else None
 
 
+def grid(sweep) -> dict:
+  """``run``'s grid keywords from a config's ``sweep`` block (module doc).
+
+  ``ablated_methods`` defaults to every entry of ``methods``.
+  """
+  return {
+    "methods": tuple(sweep.methods),
+    "sparsities": tuple(sweep.sparsities),
+    "seeds": tuple(sweep.seeds),
+    "ablations": tuple(sweep.ablations),
+    "ablated_methods": tuple(sweep.get("ablated_methods", sweep.methods)),
+  }
+
+
 def run(
   config,
   workdir: str,

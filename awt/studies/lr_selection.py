@@ -112,7 +112,6 @@ def run(
       f"learning rates {tuple(rates)} must be a non-empty list of numbers > 0"
     )
   workdir = workdir_lib.prepare(workdir)
-  sweep = config.sweep
   results, diverged = {}, {}
   for rate in rates:
     log(f"learning rate {rate:g}: the study on {validation} held-out examples")
@@ -120,11 +119,7 @@ def run(
       results[float(rate)] = compare_tickets.run(
         _with(config, rate, validation),
         os.path.join(workdir, f"lr_{rate:g}"),
-        methods=tuple(sweep.methods),
-        sparsities=tuple(sweep.sparsities),
-        seeds=tuple(sweep.seeds),
-        ablations=tuple(sweep.ablations),
-        ablated_methods=tuple(sweep.get("ablated_methods", sweep.methods)),
+        **compare_tickets.grid(config.sweep),
         log=log,
       )
     except FloatingPointError as e:  # NonFiniteError: an arm diverged.
