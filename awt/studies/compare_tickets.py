@@ -319,8 +319,11 @@ def validate(
         f"{', '.join(ablations_lib.ABLATIONS)}"
       )
   extra = [a for a in ablations if a != "none"]
-  named = set(methods) & set(ablated_methods or ())
-  if extra and ablated_methods is not None and not named:
+  if (
+    extra
+    and ablated_methods is not None
+    and not set(methods) & set(ablated_methods)
+  ):
     raise config_lib.ConfigError(
       f"sweep.ablations {tuple(extra)} would apply to no method: "
       f"sweep.ablated_methods {tuple(ablated_methods)} names none of "
