@@ -83,9 +83,13 @@ deviation:
   points worse. With the output term on the search points raw is 3.1–5.0
   points better on LeNet-300-100 (90–98%; 4.8 with the head whole, where
   it matches dense at 95%) but leaves 3 of 5 LeNet-5
-  tickets at the constant classifier; so the ``mnist5k_mlp`` config sets
-  ``"raw"`` and the others keep this default. ``pruning.layer_densities``
-  fixes the allocation instead.
+  tickets at the constant classifier. The connections it picks decide
+  that, not the weights' values: the clean-point search's raw masks train
+  from the same initializations, and with the PGD budget ramped over 10
+  epochs instead of 5, 1 of the 5 stalls (README, "Why raw ranking stalls
+  LeNet-5 under the paper's output term"). So the ``mnist5k_mlp`` config
+  sets ``"raw"`` and the others keep this default.
+  ``pruning.layer_densities`` fixes the allocation instead.
 * ``awt_start``: the ticket's starting weights, ``"searched"`` (NTT):
   :math:`\theta \odot m` from the search; ``"init"``: the found mask on the
   network's original initialization, :math:`\theta_0 \odot m`. Recorded in

@@ -42,6 +42,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # left 3 of 5 tickets of the paper's search near chance (ensemble 35.5 +-
   # 41.0% against 70.1 +- 15.4% normalized; README, "NTT's raw ranking with
   # the paper's output term"), though with the output term on clean points
-  # it is the better one (85.0 against 80.2).
+  # it is the better one (85.0 against 80.2). The stalls come from the
+  # connections that search picks, not from the initialization (README,
+  # "Why raw ranking stalls LeNet-5 under the paper's output term").
   c.pruning.awt_global_score = "normalized"
   return c
