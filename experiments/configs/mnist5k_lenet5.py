@@ -38,9 +38,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # linear ramp of the budget (as eps03 does for the MLP) trained each
     # seed that collapsed without it (README, "LeNet-5 on mnist5k"). The
     # paper's-search AWT tickets train more reliably with 10 epochs (78.9
-    # +- 1.2% against 70.1 +- 15.4; dense -0.5 [-1.4, +0.4], SNIP -0.0;
-    # README, "Why raw ranking stalls LeNet-5..."); 5 stays, the setting
-    # of every LeNet-5 number there.
+    # +- 1.2% against 70.1 +- 15.4; dense -0.5 [-1.4, +0.4], SNIP and the
+    # clean-point search -0.0; README, "Why raw ranking stalls
+    # LeNet-5..."); 5 stays, the setting of every LeNet-5 number there.
     c.adversarial.eps_warmup_epochs = 5
   # Not mnist5k_mlp's raw ranking: on LeNet-5 (95%, head whole, 5 seeds) it
   # left 3 of 5 tickets of the paper's search near chance (ensemble 35.5 +-
