@@ -21,7 +21,8 @@ training, ``pgd_at``): ``imp`` is adversarial IMP (``imp_rounds`` rounds of
 ``awt_epochs``, 20 epochs of steps of 64 points, unless ``awt_steps`` > 0);
 the shorter budgets are for measuring how cost grows with them (every
 epoch, round and search step is the same compiled program, so cost is
-linear in them; ``README``, "Cost of finding a ticket").
+linear in them; ``benchmarks/README.md``, "Cost of finding a
+ticket").
 
 Wall time is what a user waits for, compilation included (the first call
 of each compiled program is part of the search; ``jax.clear_caches()``

@@ -9,7 +9,7 @@ at init and the cost of finding the ticket. A study workdir
 (``compare_tickets.json``, ``sparsity_robustness.json``) gets its study's
 table again, recomputed from the per-seed rows it saved with the current
 statistics (``awt.studies._sweep``: mean ± sample std over seeds, paired
-t-intervals), so a README table can be regenerated without rerunning the
+t-intervals), so a results table can be regenerated without rerunning the
 study.
 """
 

@@ -75,7 +75,7 @@ deviation:
   constant and uses :math:`|\theta|`. Raw magnitudes at initialization
   allocate by each layer's initialization scale,
   :math:`1/\sqrt{\text{fan-in}}`, so which is better depends on the
-  layer widths (README, 95%, 5 seeds,
+  layer widths (docs/results/awt.md, 95%, 5 seeds,
   clean output term, ensemble): on mnist5k raw lands near SNIP's
   allocation and is better, by 5.2 points on LeNet-300-100 with the head
   pruned, 2.1 with it whole, 4.7 on LeNet-5 (head whole); on the 8×8
@@ -86,9 +86,9 @@ deviation:
   tickets at the constant classifier. The connections it picks decide
   that, not the weights' values: the clean-point search's raw masks train
   from the same initializations, and with the PGD budget ramped over 10
-  epochs instead of 5, 1 of the 5 stalls (README, "Why raw ranking stalls
-  LeNet-5 under the paper's output term"). So the ``mnist5k_mlp`` config
-  sets ``"raw"`` and the others keep this default.
+  epochs instead of 5, 1 of the 5 stalls (docs/results/awt.md, "Why raw
+  ranking stalls LeNet-5 under the paper's output term"). So the
+  ``mnist5k_mlp`` config sets ``"raw"`` and the others keep this default.
   ``pruning.layer_densities`` fixes the allocation instead.
 * ``awt_start``: the ticket's starting weights, ``"searched"`` (NTT):
   :math:`\theta \odot m` from the search; ``"init"``: the found mask on the
@@ -100,8 +100,8 @@ deviation:
   the kernel term staying on the PGD points. PGD points against the
   teacher lower its true-class logit, so fitting the teacher's outputs
   there teaches the student to predict against the label: on mnist5k the
-  default search's tickets start at 1% clean accuracy (README, "Why the
-  searched values train worse").
+  default search's tickets start at 1% clean accuracy (docs/results/awt.md,
+  "Why the searched values train worse").
 * ``awt_checkpoint_every`` [0: ``awt_mask_every``]: steps between search
   checkpoints when ``PruningContext.checkpoint_dir`` is set.
 

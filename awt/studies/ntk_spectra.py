@@ -116,7 +116,8 @@ def start_function(logits, labels) -> dict:
 
   A kernel says how a network moves, not where it starts; a search can
   leave its ticket predicting against the labels (the AWT search's output
-  term on PGD points does, README "Why the searched values train worse").
+  term on PGD points does: docs/results/awt.md, "Why the searched values
+  train worse").
 
   Args:
     logits: ``[N, C]`` the ticket's logits at its starting weights.

@@ -10,8 +10,8 @@ one vectorized program:
     --workdir=/tmp/awt/compare_tickets
 
 Variants (``--config=experiments/configs/compare_tickets.py:V1,V2``):
-  decisive  the decisive study's grid (README): 5 seeds, every method,
-            awt's ablations; run one sparsity per invocation with
+  decisive  the decisive study's grid (docs/results/awt.md): 5 seeds,
+            every method, awt's ablations; run one sparsity per invocation with
             ``--config.sweep.sparsities='(0.95,)'``.
   options   the AWT search's options one at a time (the config's search
             against each deviation and the other layer ranking), 95%
@@ -70,8 +70,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.eval.attacks = ("pgd40+apgd-ce+apgd-t", "pgd40")
   # The AWT search: NTT's schedule in full, 20 epochs (449 steps of 64
   # points on digits, 1,250 on mnist5k, ~21 s a ticket there). The older
-  # mnist5k tables in README were run with 3 epochs; their commands pass
-  # --config.pruning.awt_epochs=3, which under-searches (README, "The
+  # mnist5k tables in docs/results/awt.md were run with 3 epochs; their
+  # commands pass --config.pruning.awt_epochs=3, which under-searches ("The
   # decisive study with the full search": AWT 37.3% against 70.8% at 98%).
   c.pruning.awt_epochs = 20
 

@@ -45,8 +45,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # NTK argument behind AWT is about gradient descent). Learning rate 0.4:
   # the best mean validation accuracy over the dense net and the awt, snip,
   # synflow and random tickets at 90/95% of 0.05/0.1/0.2/0.4 (0.8 diverged)
-  # by experiments/select_lr.py on 287 held-out training digits (README),
-  # never on the test set; the "adam" variant is the Adam ablation.
+  # by experiments/select_lr.py on 287 held-out training digits, never on
+  # the test set (docs/results/awt.md, "Choosing the learning rate"); the
+  # "adam" variant is the Adam ablation.
   c.optimizer.name = "momentum"
   c.optimizer.learning_rate = 0.4
   c.optimizer.momentum = 0.9  # used by momentum/nesterov only.

