@@ -16,6 +16,7 @@ command lines) in bash with a PATH that holds only recording stand-ins for
 expand as a user's shell would, and nothing else the block names runs.
 """
 
+import functools
 import glob
 import os
 import re
@@ -115,13 +116,14 @@ def _recorded(blocks: list[str], tmp_path) -> list[list[str]]:
   ]
 
 
-def _flag_names(binary: str) -> set[str]:
+@functools.cache
+def _flag_names(binary: str) -> frozenset[str]:
   """Flags the binary defines (its own, ``_main``'s and absl's)."""
   names = {"helpfull", "help", "flagfile", "undefok"}
   for module in (binary, "_main"):
     with open(os.path.join(ROOT, "experiments", f"{module}.py")) as f:
       names |= set(re.findall(r'DEFINE_\w+\(\s*"(\w+)"', f.read()))
-  return names
+  return frozenset(names)
 
 
 def _check(argv: list[str]) -> None:
@@ -161,12 +163,12 @@ def _check(argv: list[str]) -> None:
     sparsity_robustness.validate(config)
   else:
     pruning.validate(config)
-  if binary == "ntk_spectra":
-    methods = values.get("methods", "dense").split(",")
-    unknown = set(methods) - {"dense", *pruning.names()}
+  if binary == "ntk_spectra" and "methods" in values:
+    unknown = set(values["methods"].split(",")) - {"dense", *pruning.names()}
     if unknown:
       raise ValueError(f"--methods: unknown {sorted(unknown)}")
-    for s in values.get("sparsities", "0.9").split(","):
+  if binary == "ntk_spectra" and "sparsities" in values:
+    for s in values["sparsities"].split(","):
       if not 0 <= float(s) < 1:
         raise ValueError(f"--sparsities: {s} not in [0, 1)")
 

@@ -48,7 +48,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # 41.0% against 70.1 +- 15.4% normalized; "NTT's raw ranking with
   # the paper's output term"), though with the output term on clean points
   # it is the better one (85.0 against 80.2). The stalls come from the
-  # connections that search picks, not from the initialization
-  # "Why raw ranking stalls LeNet-5 under the paper's output term").
+  # connections that search picks, not from the initialization ("Why raw
+  # ranking stalls LeNet-5 under the paper's output term").
   c.pruning.awt_global_score = "normalized"
   return c
