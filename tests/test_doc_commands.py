@@ -1,11 +1,12 @@
-"""Every ``python -m experiments.<binary>`` command the docs give still runs.
+"""Every ``python -m experiments.<binary>`` and ``python -m benchmarks.<name>``
+command the docs give still runs.
 
-A user copies the commands of README.md, docs/ and the binaries' and
-configs' docstrings; a renamed option, a dropped variant or a method spec
+A user copies the commands of README.md, docs/, benchmarks/'s READMEs and
+the binaries', configs' and benchmarks' docstrings; a renamed option, a dropped variant or a method spec
 that no longer parses would make them fail after minutes of searching, or
 at once with an error the docs never mention. Here every such command is
 checked without running it: its binary exists and defines each flag it
-is given, and its config, with the command's overrides applied by
+is given, and an experiment's config, with the command's overrides applied by
 ``ml_collections``' own flag parser, passes the checks the binary runs
 before any compute (the study's ``validate`` on its grid, else
 ``pruning.validate``).
@@ -33,6 +34,8 @@ from awt.studies import compare_tickets, sparsity_robustness
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [
   "README.md",
+  "benchmarks/README.md",
+  "benchmarks/README_ntk.md",
   *sorted(
     os.path.relpath(p, ROOT)
     for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)
@@ -40,7 +43,12 @@ DOCS = [
 ]
 PY_DOCSTRINGS = sorted(
   os.path.relpath(p, ROOT)
-  for pattern in ("experiments/*.py", "experiments/configs/*.py")
+  for pattern in (
+    "experiments/*.py",
+    "experiments/configs/*.py",
+    "benchmarks/*.py",
+    "benchmarks/peers/*.py",
+  )
   for p in glob.glob(os.path.join(ROOT, pattern))
 )
 SEP = "\x1f"  # between one command's arguments in the record
@@ -80,7 +88,9 @@ def _docstring_commands(text: str) -> list[str]:
     return []
   blocks, lines = [], doc.group(1).split("\n")
   for i, line in enumerate(lines):
-    if line.strip().startswith("python -m experiments."):
+    if line.strip().startswith(
+      ("python -m experiments.", "python -m benchmarks.")
+    ):
       cmd = [line]
       while cmd[-1].rstrip().endswith("\\") and i + len(cmd) < len(lines):
         cmd.append(lines[i + len(cmd)])
@@ -89,7 +99,8 @@ def _docstring_commands(text: str) -> list[str]:
 
 
 def _recorded(blocks: list[str], tmp_path) -> list[list[str]]:
-  """The argv of every ``-m experiments.*`` call the blocks make."""
+  """The argv of every ``-m experiments.*`` / ``-m benchmarks.*`` call the
+  blocks make."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir(exist_ok=True)
   for name in ("python", "python3", "pip"):
@@ -112,36 +123,43 @@ def _recorded(blocks: list[str], tmp_path) -> list[list[str]]:
   return [
     c
     for c in calls
-    if len(c) > 1 and c[0] == "-m" and c[1].startswith("experiments.")
+    if len(c) > 1
+    and c[0] == "-m"
+    and c[1].startswith(("experiments.", "benchmarks."))
   ]
 
 
 @functools.cache
-def _flag_names(binary: str) -> frozenset[str]:
-  """Flags the binary defines (its own, ``_main``'s and absl's)."""
+def _flag_names(path: str) -> frozenset[str]:
+  """Flags a binary defines: its own, absl's and, for the experiments,
+  ``_main``'s."""
   names = {"helpfull", "help", "flagfile", "undefok"}
-  for module in (binary, "_main"):
-    with open(os.path.join(ROOT, "experiments", f"{module}.py")) as f:
+  shared = ["experiments/_main.py"] if path.startswith("experiments/") else []
+  for module in (path, *shared):
+    with open(os.path.join(ROOT, module)) as f:
       names |= set(re.findall(r'DEFINE_\w+\(\s*"(\w+)"', f.read()))
   return frozenset(names)
 
 
 def _check(argv: list[str]) -> None:
   """Raises with the reason when the command would fail before running."""
+  path = argv[1].replace(".", "/") + ".py"
   binary = argv[1].removeprefix("experiments.")
-  if not os.path.exists(os.path.join(ROOT, "experiments", f"{binary}.py")):
-    raise ValueError(f"no binary experiments/{binary}.py")
-  known = _flag_names(binary)
+  if not os.path.exists(os.path.join(ROOT, path)):
+    raise ValueError(f"no binary {path}")
+  known = _flag_names(path)
   config_args, values = [], {}
   for arg in argv[2:]:
     if not arg.startswith("-"):
       continue  # a positional argument (summarize's workdirs)
     name, _, value = arg.lstrip("-").partition("=")
-    if name == "config" or name.startswith("config."):
+    if path.startswith("experiments/") and (
+      name == "config" or name.startswith("config.")
+    ):
       config_args.append(arg)
       continue
     if name not in known and not (name.startswith("no") and name[2:] in known):
-      raise ValueError(f"experiments/{binary}.py defines no flag --{name}")
+      raise ValueError(f"{path} defines no flag --{name}")
     values[name] = value
   if not config_args:
     return
@@ -208,6 +226,8 @@ def test_the_commands_are_found(tmp_path):
       path
     ).startswith("_"):
       assert _commands(path, tmp_path), path
+  benchmarks = {c[1] for c in _commands("benchmarks/README.md", tmp_path)}
+  assert {"benchmarks.attacks", "benchmarks.ticket_cost"} <= benchmarks
 
 
 def test_a_broken_command_is_reported():
@@ -227,3 +247,8 @@ def test_a_broken_command_is_reported():
     _check([*good[:3], "--config.sweep.methods=('awt:awt_no_such_option=1',)"])
   with pytest.raises(Exception, match="no_such_field"):
     _check([*good[:3], "--config.pruning.no_such_field=1"])
+  _check(["-m", "benchmarks.seeds", "--config=mnist5k_lenet5", "--seeds=8"])
+  with pytest.raises(ValueError, match="seeds.py defines no flag --members"):
+    _check(["-m", "benchmarks.seeds", "--members=8"])
+  with pytest.raises(ValueError, match="no binary benchmarks/no_such.py"):
+    _check(["-m", "benchmarks.no_such"])
