@@ -2,9 +2,10 @@
 command the docs give still runs.
 
 A user copies the commands of README.md, docs/, benchmarks/'s READMEs and
-the binaries', configs' and benchmarks' docstrings; a renamed option, a dropped variant or a method spec
-that no longer parses would make them fail after minutes of searching, or
-at once with an error the docs never mention. Here every such command is
+the binaries', configs' and benchmarks' docstrings; a renamed option, a
+dropped variant or a method spec that no longer parses would make them fail
+after minutes of searching, or at once with an error the docs never
+mention. Here every such command is
 checked without running it: its binary exists and defines each flag it
 is given, and an experiment's config, with the command's overrides applied by
 ``ml_collections``' own flag parser, passes the checks the binary runs
