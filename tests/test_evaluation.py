@@ -478,7 +478,9 @@ def test_adversarially_trained_digits_mlp_end_to_end(tmp_path):
 
   experiments/train.py on one CPU device at XLA's default optimization
   level (``_binary.run(optimized=True)``: the shipped config's 660 steps at
-  learning rate 0.4 are sensitive to float rounding, see tests/_binary.py),
+  learning rate 0.4 are sensitive to float rounding, see tests/_binary.py;
+  with a 2-epoch warm-up they diverged here on an AVX2 CPU, see
+  docs/results/awt.md, "A caution on this recipe"),
   then in-process: AutoAttack-style ensemble no higher than PGD-40, all
   sanity checks pass; DeepFool and C&W (reference budget) find
   perturbations for almost all correctly classified points. About 1-2
