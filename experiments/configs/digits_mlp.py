@@ -92,6 +92,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   elif variant == "smoke":
     c.num_epochs = 2
     c.batch_size = 64
+    # The full config's 5-epoch warm-up would outlast these 44 steps and
+    # end them at a high rate; 22 steps warm up and decay as before.
+    c.optimizer.warmup_steps = 22
     c.log_every_steps = 5
     c.checkpoint_every_epochs = 1
     c.adversarial.steps = 3
