@@ -5,12 +5,11 @@ A user copies the commands of README.md, docs/, benchmarks/'s READMEs and
 the binaries', configs' and benchmarks' docstrings; a renamed option, a
 dropped variant or a method spec that no longer parses would make them fail
 after minutes of searching, or at once with an error the docs never
-mention. Here every such command is
-checked without running it: its binary exists and defines each flag it
-is given, and an experiment's config, with the command's overrides applied by
-``ml_collections``' own flag parser, passes the checks the binary runs
-before any compute (the study's ``validate`` on its grid, else
-``pruning.validate``).
+mention. Here every such command is checked without running it: its binary
+exists and defines each flag it is given, and an experiment's config, with
+the command's overrides applied by ``ml_collections``' own flag parser,
+passes the checks the binary runs before any compute (the study's
+``validate`` on its grid, else ``pruning.validate``).
 
 The commands are found by running each ```bash block (and each docstring's
 command lines) in bash with a PATH that holds only recording stand-ins for
