@@ -24,6 +24,7 @@ import re
 import subprocess
 import textwrap
 
+import _docs  # tests/_docs.py: the docs the doc tests read
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -31,16 +32,8 @@ from ml_collections import config_flags
 from awt import pruning
 from awt.studies import compare_tickets, sparsity_robustness
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = [
-  "README.md",
-  "benchmarks/README.md",
-  "benchmarks/README_ntk.md",
-  *sorted(
-    os.path.relpath(p, ROOT)
-    for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)
-  ),
-]
+ROOT, DOCS = _docs.ROOT, _docs.DOCS
+
 PY_DOCSTRINGS = sorted(
   os.path.relpath(p, ROOT)
   for pattern in (

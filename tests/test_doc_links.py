@@ -5,21 +5,14 @@ paths and in-page anchors with them; a wrong one renders as a broken
 image or a dead contents entry, which no other test would notice.
 """
 
-import glob
 import os
 import re
 
+import _docs  # tests/_docs.py: the docs the doc tests read
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = [
-  "README.md",
-  "benchmarks/README.md",
-  *sorted(
-    os.path.relpath(p, ROOT)
-    for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)
-  ),
-]
+ROOT, DOCS = _docs.ROOT, _docs.DOCS
+
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
