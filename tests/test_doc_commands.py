@@ -47,11 +47,14 @@ PY_DOCSTRINGS = sorted(
 SEP = "\x1f"  # between one command's arguments in the record
 
 # The stand-ins: python/python3 append their argv (SEP-joined, one command
-# a line) to $AWT_DOC_LOG; `python3 -m venv DIR` also makes DIR/bin/activate
-# so that a README install chain goes on to its command; pip does nothing.
+# a line) to $AWT_DOC_LOG in one write, so that commands a block starts in
+# the background (`&`) cannot interleave their lines; `python3 -m venv DIR`
+# also makes DIR/bin/activate so that a README install chain goes on to its
+# command; pip does nothing.
 RECORDER = f"""#!/bin/sh
-for a in "$@"; do printf '%s{SEP}' "$a"; done >> "$AWT_DOC_LOG"
-printf '\\n' >> "$AWT_DOC_LOG"
+line=
+for a in "$@"; do line="$line$a{SEP}"; done
+printf '%s\\n' "$line" >> "$AWT_DOC_LOG"
 if [ "$1" = -m ] && [ "$2" = venv ]; then
   /bin/mkdir -p "$3/bin" && : > "$3/bin/activate"
 fi
