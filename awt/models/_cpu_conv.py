@@ -13,7 +13,11 @@ rounding:
   the ``kh * kw`` shifted (strided) slices of the padded input concatenated
   on the channel axis, times the kernel reshaped to
   ``[kh * kw * C_in, C_out]``; its gradients are JAX's autodiff of that, a
-  matmul and the slices' transposes (pads), no convolution at all;
+  matmul and the slices' transposes (pads), no convolution at all. A conv
+  with at most ``CHANNEL_MAJOR_MAX_FEATURES`` outputs (LeNet-5's) is
+  computed channel-major, its input moved there by a matmul with the
+  identity, so that its input gradient is a matmul too
+  (:func:`_channel_major_conv`);
 * **flipped-kernel input gradient** for wider patches: XLA's forward
   convolution, with a ``jax.custom_vjp`` whose input gradient is an
   ordinary convolution of the (zero-interleaved, for strides > 1) output
@@ -64,6 +68,14 @@ CONV_IMPLS = ("auto", "xla", "cpu")
 # 14x14x6 5x5 233 -> 41 -> 55; 32x32x3 3x3 347 -> 252 -> 420; 32x32x64 3x3
 # 6,872 -> 7,480 -> 3,709; 16x16x64 3x3 (to 128) 7,280 -> 3,559 -> 1,941.
 MATMUL_MAX_PATCH = 256
+
+# Slice-and-matmul convs with at most this many output channels are
+# computed channel-major (_channel_major_conv). Measured on 2 cores of an
+# AVX2 CPU, batch 128, PGD-10 training step (median of 30 alternated
+# calls): LeNet-5 (6 and 16 outputs) 0.64x the time of the NHWC lowering;
+# Conv-4, whose first conv (3 -> 64) would be the only one to change,
+# 1.04x.
+CHANNEL_MAJOR_MAX_FEATURES = 16
 
 # Bytes of one chunk's patch rows in the kernel gradient (_kernel_grad).
 KERNEL_GRAD_CHUNK_BYTES = 6 * 2**20
@@ -285,9 +297,62 @@ def _slice_matmul_conv(x, w, strides, pads, precision):
     [B, H', W', C_out].
   """
   kh, kw, cin, cout = w.shape
+  if cout <= CHANNEL_MAJOR_MAX_FEATURES:
+    return _channel_major_conv(x, w, strides, pads, precision)
   rows = _shifted_slices(x, (kh, kw), strides, pads)
   patches = jnp.concatenate([s for row in rows for s in row], axis=-1)
   return jnp.dot(patches, w.reshape(kh * kw * cin, cout), precision=precision)
+
+
+def _channel_major_conv(x, w, strides, pads, precision):
+  """Slice-and-matmul with the channels leading: ``W^T [C_out, K] . P [K, N]``.
+
+  The input is moved to ``[C_in, B, H, W]``; its ``kh * kw`` shifted slices
+  are stacked on a new leading axis, a patch matrix ``P`` of
+  ``[kh * kw * C_in, B * H' * W']`` whose rows are whole images (a
+  concatenation along the slowest axis, where NHWC's interleaves
+  ``kh * kw`` narrow channel blocks), and the output ``[C_out, B H' W']``
+  is moved back to NHWC.
+
+  For ``C_in > 1`` the move to channel-major is a matmul with the
+  ``C_in x C_in`` identity rather than a transpose: the same numbers (one
+  nonzero term per sum; an inf in one channel of a pixel turns that
+  pixel's other channels into NaN), but its transpose in the backward pass
+  is a matmul as well, so the input gradient is computed once and stored.
+  As the transposes of slices, the pads that make up that gradient are
+  otherwise fused by XLA:CPU into their consumer — in LeNet-5 the
+  gradient of the 2x2 max pooling below the conv, a broadcast — and
+  recomputed once for every element of each pooling window: four times.
+  On 2 cores of an AVX2 CPU that fusion was the step's largest item
+  (``benchmarks/README.md``); the identity matmul costs
+  ``2 * B * H * W * C_in^2`` FLOPs per pass.
+
+  Arguments and result as :func:`_slice_matmul_conv`: x [B, H, W, C_in],
+  w [kh, kw, C_in, C_out] -> [B, H', W', C_out].
+  """
+  kh, kw, cin, cout = w.shape
+  b, h, w_in, _ = x.shape
+  if cin == 1:
+    xc = x.reshape(1, b * h * w_in)
+  else:
+    xc = lax.dot_general(
+      jnp.eye(cin, dtype=x.dtype),
+      x.reshape(b * h * w_in, cin),
+      (((1,), (1,)), ((), ())),
+      precision=lax.Precision.HIGHEST,
+    )
+  # [C_in * B, H, W, 1]: each channel of each image is one "image" here.
+  rows = _shifted_slices(
+    xc.reshape(cin * b, h, w_in, 1), (kh, kw), strides, pads
+  )
+  patches = jnp.stack([s[..., 0] for row in rows for s in row])
+  _, _, ho, wo = patches.shape
+  y = jnp.dot(
+    w.reshape(kh * kw * cin, cout).T,
+    patches.reshape(kh * kw * cin, b * ho * wo),
+    precision=precision,
+  )
+  return y.reshape(cout, b, ho, wo).transpose(1, 2, 3, 0)
 
 
 def _kernel_grad(x, g, kernel_shape, strides, pads, precision):
