@@ -55,13 +55,15 @@ def _assert_same_vjp(new, ref, args, key):
 
 
 # (H, W, C_in, C_out, kernel, stride, padding): patches of 25, 27, 150 and
-# 50 (slice-and-matmul, channel-major: C_out <= CHANNEL_MAJOR_MAX_FEATURES),
-# 27 with 20 outputs (slice-and-matmul, NHWC) and 288, 360, 288
+# 50 (slice-and-matmul, channel-major: C_in <= CHANNEL_MAJOR_MAX_IN and
+# C_out <= CHANNEL_MAJOR_MAX_OUT), 27 with 20 outputs and 72 with 8 inputs
+# (slice-and-matmul, NHWC) and 288, 360, 288
 # (flipped-kernel input gradient; the 'SAME' 7x7x32 and the 'VALID'
 # 14x10x32 forwards are computed taller and cropped, ``_xla_conv``).
 CONV_CASES = [
   (9, 9, 1, 4, 5, 1, "SAME"),
   (9, 9, 3, 20, 3, 1, "SAME"),
+  (8, 8, 8, 4, 3, 1, "SAME"),
   (9, 8, 3, 4, 3, 2, "SAME"),
   (10, 9, 6, 5, 5, 2, "VALID"),
   (7, 8, 2, 3, 5, 1, ((1, 2), (0, 3))),
@@ -94,7 +96,8 @@ def test_conv_general_dilated_equals_lax(h, w, cin, cout, k, s, padding):
 def test_channel_major_input_gradient_is_a_matmul():
   """The input gradient of a narrow conv is a dot's output (stored once),
   not a sum of pads XLA would fuse into, and recompute in, its consumer."""
-  assert 16 <= _cpu_conv.CHANNEL_MAJOR_MAX_FEATURES
+  assert _cpu_conv.CHANNEL_MAJOR_MAX_IN >= 6
+  assert _cpu_conv.CHANNEL_MAJOR_MAX_OUT >= 16
   x, kernel = jnp.ones((2, 8, 8, 6)), jnp.ones((5, 5, 6, 16))
 
   def grad_x(a):

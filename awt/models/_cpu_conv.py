@@ -14,10 +14,10 @@ rounding:
   on the channel axis, times the kernel reshaped to
   ``[kh * kw * C_in, C_out]``; its gradients are JAX's autodiff of that, a
   matmul and the slices' transposes (pads), no convolution at all. A conv
-  with at most ``CHANNEL_MAJOR_MAX_FEATURES`` outputs (LeNet-5's) is
-  computed channel-major, its input moved there by a matmul with the
-  identity, so that its input gradient is a matmul too
-  (:func:`_channel_major_conv`);
+  with at most ``CHANNEL_MAJOR_MAX_IN`` inputs and
+  ``CHANNEL_MAJOR_MAX_OUT`` outputs (LeNet-5's) is computed channel-major,
+  its input moved there by a matmul with the identity, so that its input
+  gradient is a matmul too (:func:`_channel_major_conv`);
 * **flipped-kernel input gradient** for wider patches: XLA's forward
   convolution, with a ``jax.custom_vjp`` whose input gradient is an
   ordinary convolution of the (zero-interleaved, for strides > 1) output
@@ -69,13 +69,19 @@ CONV_IMPLS = ("auto", "xla", "cpu")
 # 6,872 -> 7,480 -> 3,709; 16x16x64 3x3 (to 128) 7,280 -> 3,559 -> 1,941.
 MATMUL_MAX_PATCH = 256
 
-# Slice-and-matmul convs with at most this many output channels are
-# computed channel-major (_channel_major_conv). Measured on 2 cores of an
-# AVX2 CPU, batch 128, PGD-10 training step (median of 30 alternated
-# calls): LeNet-5 (6 and 16 outputs) 0.64x the time of the NHWC lowering;
-# Conv-4, whose first conv (3 -> 64) would be the only one to change,
+# Slice-and-matmul convs with at most this many input and output channels
+# are computed channel-major (_channel_major_conv): fewer inputs than the 8
+# float32 of an AVX2 vector, whose NHWC patch matrix interleaves blocks
+# narrower than a vector, and few outputs, whose transpose back to NHWC is
+# cheap. Measured on 2 cores of an AVX2 CPU, batch 128: ten forwards and
+# input gradients of one layer in a fori_loop, channel-major / NHWC time
+# (median of 10-20 alternated calls): 28x28, 1 -> 6, 5x5 0.58; 14x14,
+# 6 -> 16, 5x5 0.85; 32x32, 3 -> 16, 3x3 0.88; but 3 -> 32 1.03, 3 -> 64
+# 1.00, 8 -> 16 1.10, 16 -> 16 1.18. The whole LeNet-5 PGD-10 step (both
+# convs channel-major) took 0.64x the time, Conv-4's (its first conv too)
 # 1.04x.
-CHANNEL_MAJOR_MAX_FEATURES = 16
+CHANNEL_MAJOR_MAX_IN = 7
+CHANNEL_MAJOR_MAX_OUT = 16
 
 # Bytes of one chunk's patch rows in the kernel gradient (_kernel_grad).
 KERNEL_GRAD_CHUNK_BYTES = 6 * 2**20
@@ -297,7 +303,7 @@ def _slice_matmul_conv(x, w, strides, pads, precision):
     [B, H', W', C_out].
   """
   kh, kw, cin, cout = w.shape
-  if cout <= CHANNEL_MAJOR_MAX_FEATURES:
+  if cin <= CHANNEL_MAJOR_MAX_IN and cout <= CHANNEL_MAJOR_MAX_OUT:
     return _channel_major_conv(x, w, strides, pads, precision)
   rows = _shifted_slices(x, (kh, kw), strides, pads)
   patches = jnp.concatenate([s for row in rows for s in row], axis=-1)
