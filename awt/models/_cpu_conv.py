@@ -75,11 +75,11 @@ MATMUL_MAX_PATCH = 256
 # narrower than a vector, and few outputs, whose transpose back to NHWC is
 # cheap. Measured on 2 cores of an AVX2 CPU, batch 128: ten forwards and
 # input gradients of one layer in a fori_loop, channel-major / NHWC time
-# (median of 10-20 alternated calls): 28x28, 1 -> 6, 5x5 0.58; 14x14,
-# 6 -> 16, 5x5 0.85; 32x32, 3 -> 16, 3x3 0.88; but 3 -> 32 1.03, 3 -> 64
-# 1.00, 8 -> 16 1.10, 16 -> 16 1.18. The whole LeNet-5 PGD-10 step (both
-# convs channel-major) took 0.64x the time, Conv-4's (its first conv too)
-# 1.04x.
+# (median of 10-20 alternated calls): 28x28, 1 -> 6, 5x5 0.58; 14x14 and
+# 10x10, 6 -> 16, 5x5 0.85 and 0.96; 32x32, 3 -> 16, 3x3 0.88; but 3 -> 32
+# 1.03, 3 -> 64 1.00, 8 -> 16 1.10, 16 -> 16 1.18-1.24. The whole LeNet-5
+# PGD-10 step (both convs channel-major) took 0.64x the time, Conv-4's
+# (its first conv, 3 -> 64, too) 1.04x.
 CHANNEL_MAJOR_MAX_IN = 7
 CHANNEL_MAJOR_MAX_OUT = 16
 
