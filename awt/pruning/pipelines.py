@@ -513,6 +513,7 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
       "batch_stats": ctx.batch_stats,
     }
     restored = ckpt.restore(template)
+    t_round = time.perf_counter()  # Round 1's training starts below.
     if restored is None:
       first, earlier_s = 0, 0.0
       state = training.create_train_state(
@@ -530,7 +531,6 @@ def imp(ctx: PruningContext, key: jax.Array) -> Ticket:
       log(
         f"imp: resuming after round {first} of {rounds} from {ckpt.directory}"
       )
-    t_round = time.perf_counter()
     for r in range(first, rounds):
       if r > 0:
         state = training.create_train_state(
