@@ -310,11 +310,59 @@ def _slice_matmul_conv(x, w, strides, pads, precision):
   return jnp.dot(patches, w.reshape(kh * kw * cin, cout), precision=precision)
 
 
+def _separable_patches(x, kernel_hw, strides, pads) -> jax.Array:
+  """Every kernel tap's shifted slice of padded images, rows before columns.
+
+  ``out[i, j, n, o_h, o_w] = x_p[n, s_h o_h + i, s_w o_w + j]``: the
+  ``kh`` row-shifted slices ``[kh, N, H', W_p]`` are stacked first and the
+  ``kw`` column-shifted slices of that second, the same values as the
+  ``kh * kw`` slices of ``x_p`` stacked at once. XLA:CPU runs the one-step
+  stack as a concatenate of ``kh * kw`` operands and this one as a loop
+  fusion: in LeNet-5's PGD-10 training step (profiled on 2 cores of a
+  Xeon, ``benchmarks/README.md``, 2026-12-03) the patches of conv1 and
+  conv2 took 10 and 6 ms per step against 16 and 10, the gradient's sums
+  of pads 22-23 ms either way, and the step ran 1.07x as fast.
+
+  Args:
+    x: [N, H, W] (channel-major images).
+    kernel_hw: ``(kh, kw)``.
+    strides: ``(sh, sw)``.
+    pads: ``((top, bottom), (left, right))``.
+
+  Returns:
+    [kh, kw, N, H', W'].
+  """
+  kh, kw = kernel_hw
+  sh, sw = strides
+  xp = jnp.pad(x, ((0, 0), *pads))
+  n, hp, wp = xp.shape
+  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  rows = jnp.stack(
+    [
+      lax.slice(xp, (0, i, 0), (n, i + (ho - 1) * sh + 1, wp), (1, sh, 1))
+      for i in range(kh)
+    ]
+  )
+  return jnp.stack(
+    [
+      lax.slice(
+        rows,
+        (0, 0, 0, j),
+        (kh, n, ho, j + (wo - 1) * sw + 1),
+        (1, 1, 1, sw),
+      )
+      for j in range(kw)
+    ],
+    axis=1,
+  )
+
+
 def _channel_major_conv(x, w, strides, pads, precision):
   """Slice-and-matmul with the channels leading: ``W^T [C_out, K] . P [K, N]``.
 
   The input is moved to ``[C_in, B, H, W]``; its ``kh * kw`` shifted slices
-  are stacked on a new leading axis, a patch matrix ``P`` of
+  (:func:`_separable_patches`) are stacked on leading axes, a patch matrix
+  ``P`` of
   ``[kh * kw * C_in, B * H' * W']`` whose rows are whole images (a
   concatenation along the slowest axis, where NHWC's interleaves
   ``kh * kw`` narrow channel blocks), and the output ``[C_out, B H' W']``
@@ -347,12 +395,11 @@ def _channel_major_conv(x, w, strides, pads, precision):
       (((1,), (1,)), ((), ())),
       precision=lax.Precision.HIGHEST,
     )
-  # [C_in * B, H, W, 1]: each channel of each image is one "image" here.
-  rows = _shifted_slices(
-    xc.reshape(cin * b, h, w_in, 1), (kh, kw), strides, pads
+  # [C_in * B, H, W]: each channel of each image is one "image" here.
+  patches = _separable_patches(
+    xc.reshape(cin * b, h, w_in), (kh, kw), strides, pads
   )
-  patches = jnp.stack([s[..., 0] for row in rows for s in row])
-  _, _, ho, wo = patches.shape
+  *_, ho, wo = patches.shape
   y = jnp.dot(
     w.reshape(kh * kw * cin, cout).T,
     patches.reshape(kh * kw * cin, b * ho * wo),
