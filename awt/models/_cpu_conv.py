@@ -362,8 +362,7 @@ def _channel_major_conv(x, w, strides, pads, precision):
 
   The input is moved to ``[C_in, B, H, W]``; its ``kh * kw`` shifted slices
   (:func:`_separable_patches`) are stacked on leading axes, a patch matrix
-  ``P`` of
-  ``[kh * kw * C_in, B * H' * W']`` whose rows are whole images (a
+  ``P`` of ``[kh * kw * C_in, B * H' * W']`` whose rows are whole images (a
   concatenation along the slowest axis, where NHWC's interleaves
   ``kh * kw`` narrow channel blocks), and the output ``[C_out, B H' W']``
   is moved back to NHWC.
