@@ -334,27 +334,15 @@ def _separable_patches(x, kernel_hw, strides, pads) -> jax.Array:
   """
   kh, kw = kernel_hw
   sh, sw = strides
-  xp = jnp.pad(x, ((0, 0), *pads))
-  n, hp, wp = xp.shape
-  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  # [kh, N, H', W_p, 1]: the row-shifted slices (one column tap each).
   rows = jnp.stack(
-    [
-      lax.slice(xp, (0, i, 0), (n, i + (ho - 1) * sh + 1, wp), (1, sh, 1))
-      for i in range(kh)
-    ]
+    [r[0] for r in _shifted_slices(x[..., None], (kh, 1), (sh, 1), pads)]
   )
-  return jnp.stack(
-    [
-      lax.slice(
-        rows,
-        (0, 0, 0, j),
-        (kh, n, ho, j + (wo - 1) * sw + 1),
-        (1, 1, 1, sw),
-      )
-      for j in range(kw)
-    ],
-    axis=1,
+  _, n, ho, wp, _ = rows.shape
+  (cols,) = _shifted_slices(
+    rows.reshape(kh * n, ho, wp, 1), (1, kw), (1, sw), ((0, 0), (0, 0))
   )
+  return jnp.stack([c.reshape(kh, n, ho, -1) for c in cols], axis=1)
 
 
 def _channel_major_conv(x, w, strides, pads, precision):
