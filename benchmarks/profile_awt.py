@@ -4,9 +4,6 @@ r"""Where one AWT search step spends its FLOPs and its time.
     [--implementations=structured,auto,ntk_vector_products,...] \
     [--repeats=3] [--trace_steps=4] [--structured_steps=4] [--top=12]
 
-(``--top`` is ``benchmarks.profile_step``'s flag, whose HLO parsing this
-script reuses; that module's other flags are not read.)
-
 Builds the search of ``awt.pruning.awt`` for the config (its first batch,
 the teacher's magnitude mask at ``--sparsity``) and splits one step of
 ``_chunk`` into what it computes, each part jitted on its own:
@@ -26,7 +23,7 @@ implementation (``structured``: ``awt.ntk.structured_fn``). Then a
 ``jax.profiler`` trace of ``--trace_steps`` steps of the search's own
 ``_chunk`` (its implementation: ``structured`` on these configs), every
 event
-attributed to its HLO instruction (``benchmarks.profile_step.parse_hlo``)
+attributed to its HLO instruction (``benchmarks._hlo.parse``)
 and summed by part (:func:`part_of`, from the instruction's JAX name
 stack) and opcode (a fusion by the dot or convolution it contains, else
 its root).
@@ -52,8 +49,7 @@ import time
 
 from absl import flags
 
-# profile_step defines --top.
-from benchmarks import _common, profile_step
+from benchmarks import _common, _hlo
 
 flags.DEFINE_enum(
   "config", "mnist5k_mlp", ["digits_mlp", "mnist5k_mlp", "mnist5k_lenet5"], ""
@@ -71,6 +67,7 @@ flags.DEFINE_integer(
   4,
   "Steps of the search with the structured and with the auto kernel (0: none).",
 )
+flags.DEFINE_integer("top", 12, "(part, opcode) pairs of the trace to print.")
 
 PARTS = (
   "points",
@@ -341,7 +338,7 @@ def trace_chunk(ctx, settings, mask, coefs, stacked, steps: int):
   kw = {"hyper": settings.hyper}
   jax.block_until_ready(awt_lib._chunk(*args, **kw))  # compile, warm up
   text = awt_lib._chunk.lower(*args, **kw).compile().as_text()
-  instructions, computations = profile_step.parse_hlo(text)
+  instructions, computations = _hlo.parse(text)
   with tempfile.TemporaryDirectory() as tmp:
     jax.profiler.start_trace(tmp)
     start = time.perf_counter()
@@ -355,14 +352,12 @@ def trace_chunk(ctx, settings, mask, coefs, stacked, steps: int):
       for line in plane.lines:
         for ev in line.events:
           name = ev.name
-          if name not in instructions or name.startswith(
-            profile_step.CONTAINERS
-          ):
+          if name not in instructions or name.startswith(_hlo.CONTAINERS):
             continue
-          opcode, shape, inner, _ = profile_step._representative(
+          opcode, shape, inner, *_ = _hlo.representative(
             name, instructions, computations
           )
-          if opcode in profile_step.CONTAINERS:
+          if opcode in _hlo.CONTAINERS:
             continue
           op_name = instructions[name][2] or inner
           ns[(part_of(op_name), opcode)] += ev.duration_ns

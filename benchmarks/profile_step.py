@@ -30,13 +30,12 @@ most expensive categories.
 import collections
 import glob
 import json
-import re
 import tempfile
 import time
 
 from absl import flags
 
-from benchmarks import _common
+from benchmarks import _common, _hlo
 from experiments import _main
 
 flags.DEFINE_string("model", "lenet5", f"Network: {', '.join(_common.TASKS)}.")
@@ -47,89 +46,6 @@ flags.DEFINE_integer("calls", 2, "Profiled steps (after one warm-up).")
 flags.DEFINE_integer("top", 12, "Ops to print.")
 flags.DEFINE_integer("threads", 0, "torch threads; 0: os.cpu_count().")
 
-CONTAINERS = ("while", "call", "conditional", "ThunkExecutor", "$")
-_DEF = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(\S+)\s+([\w\-]+)\(")
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
-_CALLS = re.compile(r"calls=%([\w.\-]+)")
-_LAYER = re.compile(r"\)/([\w]+)/[\w]+$")
-
-
-def parse_hlo(text: str) -> tuple[dict, dict]:
-  """``(instructions, computations)`` of an optimized HLO module's text.
-
-  ``instructions[name] = (opcode, shape, op_name, called)``;
-  ``computations[name] = (instruction names in order, ROOT name)``.
-  """
-  instructions, computations, comp = {}, {}, None
-  for line in text.splitlines():
-    if line and not line[0].isspace() and "{" in line:
-      comp = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
-      computations[comp] = ([], None)
-      continue
-    m = _DEF.match(line)
-    if not m or comp is None:
-      continue
-    name, shape, opcode = m.groups()
-    op_name = _OP_NAME.search(line)
-    called = _CALLS.search(line)
-    instructions[name] = (
-      opcode,
-      shape,
-      op_name.group(1) if op_name else "",
-      called.group(1) if called else None,
-    )
-    members, root = computations[comp]
-    members.append(name)
-    if line.lstrip().startswith("ROOT"):
-      root = name
-    computations[comp] = (members, root)
-  return instructions, computations
-
-
-def _representative(name: str, instructions: dict, computations: dict):
-  """The instruction a fusion stands for: its convolution or dot, if it has
-  one (a conv fused with its bias and ReLU is a convolution), else its
-  root; an instruction that is no fusion stands for itself."""
-  opcode, _, _, called = instructions[name]
-  if opcode != "fusion" or called not in computations:
-    return instructions[name]
-  members, root = computations[called]
-  for kind in ("convolution", "dot"):
-    for member in members:
-      inner = _representative(member, instructions, computations)
-      if inner[0] == kind:
-        return inner
-  return _representative(root or members[-1], instructions, computations)
-
-
-def classify(
-  name: str, instructions: dict, computations: dict, batch: int
-) -> dict:
-  """Opcode, role and layer of the instruction an event is named after."""
-  op_name = instructions[name][2]
-  opcode, shape, inner_name, _ = _representative(
-    name, instructions, computations
-  )
-  op_name = op_name or inner_name
-  backward = "transpose(" in op_name or not op_name
-  role = "backward" if backward else "forward"
-  if opcode == "convolution":
-    leading = re.search(r"\[(\d+)", shape)
-    if not backward:
-      role = "forward"
-    elif leading and int(leading.group(1)) == batch:
-      role = "input_grad"
-    else:
-      role = "filter_grad"
-  layer = _LAYER.search(op_name)
-  return {
-    "op": name,
-    "opcode": opcode,
-    "role": role,
-    "layer": layer.group(1) if layer else "",
-    "shape": shape,
-  }
-
 
 def profile_jax(f) -> tuple[list[dict], float]:
   """Per-op ms of ``f.calls`` steps of awt's step; and the wall seconds."""
@@ -139,7 +55,7 @@ def profile_jax(f) -> tuple[list[dict], float]:
 
   runner = _jax.train_runner(f.model, batch=f.batch, steps=f.steps)
   runner.call()
-  instructions, computations = parse_hlo(runner.hlo())
+  instructions, computations = _hlo.parse(runner.hlo())
   with tempfile.TemporaryDirectory() as tmp:
     jax.profiler.start_trace(tmp)
     start = time.perf_counter()
@@ -153,13 +69,15 @@ def profile_jax(f) -> tuple[list[dict], float]:
     for plane in data.planes:
       for line in plane.lines:
         for ev in line.events:
-          if ev.name in instructions and not ev.name.startswith(CONTAINERS):
+          if ev.name in instructions and not ev.name.startswith(
+            _hlo.CONTAINERS
+          ):
             ns[ev.name] += ev.duration_ns
             count[ev.name] += 1
   ops = []
   for name, total in ns.items():
-    op = classify(name, instructions, computations, f.batch)
-    if op["opcode"] in CONTAINERS:
+    op = _hlo.classify(name, instructions, computations, f.batch)
+    if op["opcode"] in _hlo.CONTAINERS:
       continue
     op["ms_per_step"] = total / 1e6 / f.calls
     op["calls_per_step"] = count[name] / f.calls
