@@ -36,6 +36,15 @@ MOMENTUM = 0.9
 STEP_SIZE_FACTOR = 2.5
 
 
+def peak_shape(device: str) -> tuple[int, int, int]:
+  """``(m, k, n)`` of the matrix product whose rate stands for a device's
+  peak (the ``--peak`` flags): 1024 on a CPU, 8192 on an accelerator
+  ("cuda", "gpu", "tpu"): large enough to saturate it, small enough to
+  time in seconds."""
+  side = 1024 if device == "cpu" else 8192
+  return (side, side, side)
+
+
 def check_args(model: str, **positive: int) -> None:
   """Raises ValueError (one line) for an unknown model or a count below 1."""
   if model not in TASKS:

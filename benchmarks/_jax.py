@@ -94,13 +94,16 @@ def matmul_gflop_per_s(
   shape: tuple[int, int, int] = (1024, 1024, 1024),
   warmup: int = 3,
   repeats: int = 10,
+  dtype: str = "float32",
 ) -> float:
-  """The machine's float32 matmul rate under XLA: ``jnp.dot`` [m, k] [k, n].
+  """The default device's matmul rate under XLA: ``jnp.dot`` [m, k] [k, n].
 
   Args:
     shape: ``(m, k, n)``.
     warmup: untimed calls after compilation.
     repeats: timed calls.
+    dtype: a key of ``DTYPES``, the operands' type (float32 products run
+      at JAX's default precision, which on a GPU may use TF32).
 
   Returns:
     ``2 m k n`` over the fastest timed call's seconds, in GFLOP/s (the best
@@ -108,8 +111,8 @@ def matmul_gflop_per_s(
   """
   m, k, n = shape
   ka, kb = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(ka, (m, k), jnp.float32)
-  b = jax.random.normal(kb, (k, n), jnp.float32)
+  a = jax.random.normal(ka, (m, k), DTYPES[dtype])
+  b = jax.random.normal(kb, (k, n), DTYPES[dtype])
   dot = jax.jit(jnp.dot)
   return _common.best_gflop_per_s(
     lambda: jax.block_until_ready(dot(a, b)), 2 * m * k * n, warmup, repeats

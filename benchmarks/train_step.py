@@ -1,7 +1,7 @@
 r"""PGD-k adversarial-training step throughput through awt's own step.
 
   python -m benchmarks.train_step [--model=mlp] [--batch=128] [--steps=10] \
-    [--repeats=10] [--dtype=float32] [--scan_length=0]
+    [--repeats=10] [--dtype=float32] [--scan_length=0] [--peak]
 
 Times ``awt.training.make_train_step`` with the ``pgd_at`` objective (Madry
 et al. 2018: a k-step l_inf PGD from a uniform random start inside the
@@ -25,13 +25,18 @@ the pruning pipelines run them), which removes the per-step dispatch.
 ``compile_s`` (lowering + XLA compilation) is reported separately; one
 warm-up call follows, then ``--repeats`` timed calls; ``images_per_s`` is
 ``batch x steps-per-call / median``. ``--dtype=bfloat16`` computes in bf16
-with float32 parameters (the ``model.dtype`` config switch). Prints one JSON
-line. The runner lives in ``benchmarks/_jax.py``; the PyTorch counterpart
-is ``benchmarks/peers/torch_pgd_at.py``.
+with float32 parameters (the ``model.dtype`` config switch). ``--peak`` adds
+``matmul_gflop_per_s``, XLA's rate on one large matrix product in the
+compute dtype on the same device (``_common.peak_shape``), the reference
+for "FLOP/s as a fraction of peak" next to the record's
+``flops_per_call``. Prints one JSON line. The runner lives in
+``benchmarks/_jax.py``; the PyTorch counterpart is
+``benchmarks/peers/torch_pgd_at.py``.
 """
 
 import json
 
+import jax
 from absl import flags
 
 from benchmarks import _common, _jax
@@ -45,6 +50,7 @@ flags.DEFINE_enum("dtype", "float32", list(_jax.DTYPES), "Compute dtype.")
 flags.DEFINE_integer(
   "scan_length", 0, "0: time single jitted steps; S: S steps per lax.scan."
 )
+flags.DEFINE_bool("peak", False, "Also time one large matmul (dtype, device).")
 
 
 def main(argv):
@@ -77,6 +83,12 @@ def main(argv):
     load_before=load_before,
     **_jax.versions(),
   )
+  if f.peak:
+    backend = jax.default_backend()
+    _main.log(f"timing a {f.dtype} matmul on the {backend}")
+    out["matmul_gflop_per_s"] = _jax.matmul_gflop_per_s(
+      _common.peak_shape(backend), dtype=f.dtype
+    )
   print(json.dumps(out), flush=True)
 
 

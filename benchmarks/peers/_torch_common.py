@@ -157,8 +157,9 @@ def pgd_linf(
   evaluation PGD).
 
   Args:
-    model: the network (its mode decides BatchNorm's behaviour).
-    x: [B, C, H, W] in [0, 1].
+    model: the network (its mode decides BatchNorm's behaviour), on
+      ``x``'s device.
+    x: [B, C, H, W] in [0, 1], on the CPU or a GPU.
     y: [B] int64 labels.
     eps, step_size, steps: budget, alpha, k.
     delta: the random start's offset [B, C, H, W]; None draws it uniformly
@@ -174,12 +175,12 @@ def pgd_linf(
     delta = torch.empty_like(x).uniform_(-eps, eps)
   x_adv = torch.clamp(x + delta, 0.0, 1.0)
   best_x = x_adv.clone()
-  best_loss = torch.full((x.shape[0],), -torch.inf)
-  fooled = torch.zeros(x.shape[0], dtype=torch.bool)
+  best_loss = torch.full((x.shape[0],), -torch.inf, device=x.device)
+  fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
   def loss_and_logits(v):
     with torch.autocast(
-      "cpu",
+      x.device.type,
       dtype=autocast_dtype or torch.bfloat16,
       enabled=autocast_dtype is not None,
     ):
@@ -252,6 +253,58 @@ def _check_attack(attack: str) -> None:
     raise ValueError(f"unknown attack {attack!r}; known: {', '.join(ATTACKS)}")
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+  """The torch device ``name`` means here.
+
+  Args:
+    name: one of ``DEVICES``; ``"auto"`` is the GPU when torch sees one
+      (``torch.cuda.is_available()``), else the CPU.
+
+  Returns:
+    ``torch.device("cuda")`` or ``torch.device("cpu")``.
+
+  Raises:
+    ValueError: an unknown name, or ``"cuda"`` where torch sees no GPU (one
+      line, with the torch build: a CPU wheel has no CUDA).
+  """
+  if name not in DEVICES:
+    raise ValueError(f"unknown device {name!r}; known: {', '.join(DEVICES)}")
+  cuda = torch.cuda.is_available()
+  if name == "cuda" and not cuda:
+    raise ValueError(
+      f"--device=cuda, but torch {torch.__version__} sees no GPU "
+      f"(CUDA build: {torch.version.cuda or 'none'})"
+    )
+  return torch.device(
+    "cuda" if name == "cuda" or (name == "auto" and cuda) else "cpu"
+  )
+
+
+def _placed(net: nn.Module, x: torch.Tensor, device, channels_last: bool):
+  """The network and a batch on ``device``, in channels-last memory order if
+  asked (NHWC strides for the same NCHW shapes: cuDNN's and oneDNN's
+  preferred layout for convolutions, above all under bf16)."""
+  fmt = torch.channels_last if channels_last else torch.contiguous_format
+  net = net.to(device, memory_format=fmt)
+  return net, x.to(device).contiguous(memory_format=fmt)
+
+
+def _synchronized(call: Callable[[], None], device) -> Callable[[], None]:
+  """``call``, then a wait for the GPU's queue, so that timing a call times
+  its kernels (CUDA runs them asynchronously); on the CPU ``call`` itself."""
+  if device.type != "cuda":
+    return call
+
+  def synced():
+    call()
+    torch.cuda.synchronize(device)
+
+  return synced
+
+
 def setup_threads(threads: int) -> int:
   """Sets torch's intra-op threads (0: all cores); returns the number."""
   threads = threads or os.cpu_count()
@@ -291,6 +344,8 @@ def train_runner(
   compiled: bool = False,
   attack: str = "hand",
   seed: int = 0,
+  device: str = "cpu",
+  channels_last: bool = False,
 ) -> Runner:
   """Builds the PyTorch PGD-k training step on random data; a Runner.
 
@@ -306,26 +361,36 @@ def train_runner(
     attack: "hand" (:func:`pgd_linf`, in train mode as awt's step) or
       "torchattacks" (:func:`torchattacks_pgd`; it runs the network in eval
       mode, the same computation for networks without BatchNorm or dropout).
-    seed: ``torch.manual_seed`` of the weights and inputs.
+    seed: ``torch.manual_seed`` of the weights and inputs (drawn on the
+      CPU, so every device gets the same ones).
+    device: one of ``DEVICES`` (:func:`resolve_device`).
+    channels_last: keep the network's weights and the batch in
+      channels-last memory order.
 
   Returns:
     The Runner, ``compile_s`` 0: :func:`warm_up` measures torch.compile's
-    lazy compilation on the first calls. ``info["attack"]`` is ``attack``.
+    lazy compilation on the first calls. A call ends when the GPU has
+    finished it. ``info`` has ``attack``, ``device`` and ``channels_last``.
 
   Raises:
     ImportError: ``attack="torchattacks"`` without torchattacks.
   """
   _check_attack(attack)
+  dev = resolve_device(device)
   torch.manual_seed(seed)
   (h, w, c), eps = _common.TASKS[model_name]
-  net = get(model_name, _common.NUM_CLASSES)
+  net, x = _placed(
+    get(model_name, _common.NUM_CLASSES),
+    torch.rand(batch, c, h, w),
+    dev,
+    channels_last,
+  )
   net.train()
   opt = torch.optim.SGD(
     net.parameters(), lr=_common.LEARNING_RATE, momentum=_common.MOMENTUM
   )
   fwd = torch.compile(net) if compiled else net
-  x = torch.rand(batch, c, h, w)
-  y = torch.randint(0, _common.NUM_CLASSES, (batch,))
+  y = torch.randint(0, _common.NUM_CLASSES, (batch,)).to(dev)
   autocast = torch.bfloat16 if dtype == "bfloat16" else None
   step_size = _common.STEP_SIZE_FACTOR * eps / steps
   budget = dict(eps=eps, step_size=step_size, steps=steps)
@@ -333,7 +398,9 @@ def train_runner(
     pgd = torchattacks_pgd(fwd, **budget)
 
     def adversary():
-      with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(autocast)):
+      with torch.autocast(
+        dev.type, dtype=torch.bfloat16, enabled=bool(autocast)
+      ):
         return pgd(x, y)
 
   else:
@@ -342,22 +409,28 @@ def train_runner(
   def call():
     x_adv = adversary()
     opt.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(autocast)):
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(autocast)):
       logits = fwd(x_adv)
     loss = torch.nn.functional.cross_entropy(logits.float(), y)
     loss.backward()
     opt.step()
 
   return Runner(
-    call=call,
+    call=_synchronized(call, dev),
     images_per_call=batch,
     compile_s=0.0,
-    info={
-      "mode": "compile" if compiled else "eager",
-      "attack": attack,
-      "params": sum(p.numel() for p in net.parameters()),
-    },
+    info=_info(net, compiled, attack, dev, channels_last),
   )
+
+
+def _info(net, compiled, attack, device, channels_last) -> dict:
+  return {
+    "mode": "compile" if compiled else "eager",
+    "attack": attack,
+    "params": sum(p.numel() for p in net.parameters()),
+    "device": device.type,
+    "channels_last": channels_last,
+  }
 
 
 def pgd_eval_runner(
@@ -368,6 +441,8 @@ def pgd_eval_runner(
   compiled: bool = False,
   attack: str = "hand",
   seed: int = 0,
+  device: str = "cpu",
+  channels_last: bool = False,
 ) -> Runner:
   """Builds PGD-``steps`` evaluation on random data, the network in eval mode.
 
@@ -383,21 +458,27 @@ def pgd_eval_runner(
       does slightly less work than awt's: no best-iterate bookkeeping per
       step and no forward pass at the final point.
     seed: ``torch.manual_seed`` of the weights, inputs and random starts.
+    device, channels_last: as in :func:`train_runner`.
 
   Returns:
-    The Runner (``compile_s`` 0; see ``warm_up``); ``info["attack"]`` is
-    ``attack``.
+    The Runner (``compile_s`` 0; see ``warm_up``); ``info`` as
+    :func:`train_runner`'s.
 
   Raises:
     ImportError: ``attack="torchattacks"`` without torchattacks.
   """
   _check_attack(attack)
+  dev = resolve_device(device)
   torch.manual_seed(seed)
   (h, w, c), eps = _common.TASKS[model_name]
-  net = get(model_name, _common.NUM_CLASSES)
+  net, x = _placed(
+    get(model_name, _common.NUM_CLASSES),
+    torch.rand(batch, c, h, w),
+    dev,
+    channels_last,
+  )
   net.eval()
   fwd = torch.compile(net) if compiled else net
-  x = torch.rand(batch, c, h, w)
   with torch.no_grad():
     y = torch.argmax(net(x), -1)
   step_size = _common.STEP_SIZE_FACTOR * eps / steps
@@ -409,14 +490,10 @@ def pgd_eval_runner(
     call = lambda: pgd_linf(fwd, x, y, **budget, select="best")
 
   return Runner(
-    call=call,
+    call=_synchronized(call, dev),
     images_per_call=batch,
     compile_s=0.0,
-    info={
-      "mode": "compile" if compiled else "eager",
-      "attack": attack,
-      "params": sum(p.numel() for p in net.parameters()),
-    },
+    info=_info(net, compiled, attack, dev, channels_last),
   )
 
 
@@ -424,24 +501,33 @@ def matmul_gflop_per_s(
   shape: tuple[int, int, int] = (1024, 1024, 1024),
   warmup: int = 3,
   repeats: int = 10,
+  dtype: str = "float32",
+  device: str = "cpu",
 ) -> float:
-  """The machine's float32 matmul rate under torch: ``torch.mm`` [m, k] [k, n].
+  """The machine's matmul rate under torch: ``torch.mm`` [m, k] [k, n].
 
   Args:
     shape: ``(m, k, n)``.
     warmup: untimed calls.
     repeats: timed calls.
+    dtype: "float32" or "bfloat16", the operands' type.
+    device: one of ``DEVICES``.
 
   Returns:
     ``2 m k n`` over the fastest timed call's seconds, in GFLOP/s, with
-    torch's current intra-op threads (``setup_threads``).
+    torch's current intra-op threads (``setup_threads``) on the CPU. On a
+    GPU float32 products run as torch's defaults say
+    (``torch.backends.cuda.matmul.allow_tf32``, off unless set).
   """
   m, k, n = shape
+  dev = resolve_device(device)
   gen = torch.Generator().manual_seed(0)
-  a = torch.randn(m, k, generator=gen)
-  b = torch.randn(k, n, generator=gen)
+  a, b = (
+    torch.randn(*s, generator=gen).to(dev, getattr(torch, dtype))
+    for s in ((m, k), (k, n))
+  )
   return _common.best_gflop_per_s(
-    lambda: torch.mm(a, b), 2 * m * k * n, warmup, repeats
+    _synchronized(lambda: torch.mm(a, b), dev), 2 * m * k * n, warmup, repeats
   )
 
 
@@ -451,13 +537,25 @@ def versions() -> dict:
   ``OMP_WAIT_POLICY`` matters on a shared machine: with the default (active)
   policy torch's OpenMP threads spin at every barrier, and when other jobs
   hold the cores a small network's step gets many times slower;
-  ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep instead.
+  ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep instead. Where torch sees a
+  GPU: its name and whether float32 matrix products and convolutions may
+  run in TF32 (``allow_tf32``; JAX's default float32 precision on a GPU
+  may use it too) and whether cuDNN picks its algorithms by timing them
+  (``cudnn.benchmark``).
   """
-  return {
+  out = {
     "torch": torch.__version__,
     "threads": torch.get_num_threads(),
     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
   }
+  if torch.cuda.is_available():
+    out.update(
+      gpu=torch.cuda.get_device_name(),
+      tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+      tf32_cudnn=torch.backends.cudnn.allow_tf32,
+      cudnn_benchmark=torch.backends.cudnn.benchmark,
+    )
+  return out
 
 
 def measure(

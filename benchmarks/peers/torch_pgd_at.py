@@ -1,7 +1,8 @@
 r"""PyTorch PGD-k adversarial-training step: the peer of train_step.py.
 
   python -m benchmarks.peers.torch_pgd_at [--model=mlp] [--batch=128] \
-    [--steps=10] [--repeats=10] [--dtype=float32] [--compile] [--threads=0]
+    [--steps=10] [--repeats=10] [--dtype=float32] [--compile] [--threads=0] \
+    [--device=auto] [--channels_last] [--peak]
 
 The step a researcher writes in PyTorch (Madry et al.'s and HYDRA's PGD-AT
 loop): ``model.train()``; a k-step l_inf PGD from a uniform random start
@@ -13,15 +14,23 @@ networks (``_torch_common``), inputs, budget and optimizer as
 ``benchmarks/train_step.py``. ``--compile`` wraps the network in
 ``torch.compile`` (default inductor backend); if compiling fails the JSON
 line carries ``"error"`` instead of a time. ``--dtype=bfloat16`` runs the
-forward passes under ``torch.autocast("cpu", torch.bfloat16)`` (float32
-master weights). ``--threads`` sets ``torch.set_num_threads`` (0: the number
-of CPU cores, as XLA uses them all). The first call (compilation for
+forward passes under ``torch.autocast`` in bfloat16 (float32 master
+weights). ``--device`` picks the CPU or a CUDA GPU (``auto``: the GPU when
+torch sees one); on a GPU each timed call waits for its kernels.
+``--channels_last`` keeps weights and inputs in channels-last memory order
+(cuDNN's preferred layout for convolutions); ``--cudnn_benchmark`` lets
+cuDNN time its algorithms on the first calls (the warm-up). ``--peak`` adds
+``matmul_gflop_per_s``, torch's rate on one large matrix product in the
+compute dtype (``_common.peak_shape``), the reference for "FLOP/s as a
+fraction of peak". ``--threads`` sets ``torch.set_num_threads`` (0: the
+number of CPU cores, as XLA uses them all). The first call (compilation for
 ``--compile``) and one more are warm-up; ``--repeats`` calls are timed.
 Needs the ``bench`` extra: ``pip install -e '.[bench]'``.
 """
 
 import json
 
+import torch
 from absl import flags
 
 from benchmarks import _common
@@ -35,6 +44,14 @@ flags.DEFINE_integer("repeats", 10, "Timed steps after the warm-up.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute.")
 flags.DEFINE_bool("compile", False, "Wrap the network in torch.compile.")
 flags.DEFINE_integer("threads", 0, "torch threads; 0: os.cpu_count().")
+flags.DEFINE_enum(
+  "device", "auto", list(_torch_common.DEVICES), "auto: CUDA if torch sees it."
+)
+flags.DEFINE_bool("channels_last", False, "Channels-last weights and inputs.")
+flags.DEFINE_bool("peak", False, "Also time one large matmul (dtype, device).")
+flags.DEFINE_bool(
+  "cudnn_benchmark", False, "torch.backends.cudnn.benchmark: timed algorithms."
+)
 
 
 def main(argv):
@@ -42,8 +59,15 @@ def main(argv):
   f = flags.FLAGS
   _common.check_args(f.model, batch=f.batch, steps=f.steps, repeats=f.repeats)
   _torch_common.setup_threads(f.threads)
+  torch.backends.cudnn.benchmark = f.cudnn_benchmark
   runner = _torch_common.train_runner(
-    f.model, batch=f.batch, steps=f.steps, dtype=f.dtype, compiled=f.compile
+    f.model,
+    batch=f.batch,
+    steps=f.steps,
+    dtype=f.dtype,
+    compiled=f.compile,
+    device=f.device,
+    channels_last=f.channels_last,
   )
   record = _torch_common.measure(
     runner,
@@ -56,6 +80,12 @@ def main(argv):
     steps=f.steps,
     dtype=f.dtype,
   )
+  if f.peak:
+    device = runner.info["device"]
+    _main.log(f"timing a {f.dtype} matmul on the {device}")
+    record["matmul_gflop_per_s"] = _torch_common.matmul_gflop_per_s(
+      _common.peak_shape(device), dtype=f.dtype, device=device
+    )
   print(json.dumps(record), flush=True)
 
 
