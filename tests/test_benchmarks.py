@@ -417,3 +417,87 @@ def test_compare_prints_a_ratio_per_peer_and_against_the_fastest(
       np.testing.assert_allclose(
         rec[f"{name}_gflop_per_s"], expected, rtol=1e-2
       )
+
+
+def test_torch_runners_place_the_work_and_name_the_device(torch_common):
+  """``channels_last`` keeps the weights and the batch in NHWC strides and
+  computes the same step; ``device`` resolves to the CPU here unless torch
+  sees a GPU, and ``"cuda"`` without one ends in one line."""
+  import torch
+
+  runner = torch_common.train_runner(
+    "lenet5", batch=4, steps=1, device="cpu", channels_last=True
+  )
+  runner.call()
+  assert runner.info["device"] == "cpu" and runner.info["channels_last"]
+  net, x = torch_common._placed(
+    torch_common.get("lenet5"), torch.rand(2, 1, 28, 28), "cpu", True
+  )
+  assert x.is_contiguous(memory_format=torch.channels_last)
+  conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+  assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+  plain = torch_common.get("lenet5")
+  plain.load_state_dict(net.state_dict())
+  torch.testing.assert_close(net(x), plain(x.contiguous()))
+  evaluation = torch_common.pgd_eval_runner("mlp", batch=4, steps=1)
+  evaluation.call()
+  assert evaluation.info["channels_last"] is False
+  cuda = torch.cuda.is_available()
+  assert torch_common.resolve_device("auto").type == ("cuda" if cuda else "cpu")
+  with pytest.raises(ValueError, match="unknown device 'tpu'"):
+    torch_common.resolve_device("tpu")
+  if not cuda:
+    with pytest.raises(ValueError, match="sees no GPU"):
+      torch_common.train_runner("mlp", batch=4, steps=1, device="cuda")
+
+
+def test_matmul_rates_in_either_dtype(torch_common):
+  from benchmarks import _jax
+
+  for dtype in ("float32", "bfloat16"):
+    assert _jax.matmul_gflop_per_s((8, 8, 8), 1, 2, dtype=dtype) > 0
+    assert torch_common.matmul_gflop_per_s((8, 8, 8), 1, 2, dtype=dtype) > 0
+  assert _common.peak_shape("cpu") == (1024,) * 3
+  assert _common.peak_shape("cuda") == _common.peak_shape("gpu") == (8192,) * 3
+
+
+def _step_record(framework, ips, **extra):
+  return {
+    "benchmark": "train_step",
+    "framework": framework,
+    "model": "resnet18",
+    "dtype": "bfloat16",
+    "input_shape": [128, 32, 32, 3],
+    "images_per_s": ips,
+    **extra,
+  }
+
+
+def test_step_table_rates_each_peer_against_awt_flops(tmp_path):
+  from benchmarks import step_table
+
+  records = [
+    _step_record("jax", 100.0, flops_per_call=2.56e12, matmul_gflop_per_s=1e4),
+    _step_record("jax", 1000.0, flops_per_call=2.56e12, matmul_gflop_per_s=1e5),
+    _step_record("torch", 400.0, mode="eager", matmul_gflop_per_s=8e4),
+    _step_record("torch", 500.0, mode="eager", channels_last=True),
+    {**_step_record("torch", 0.0, mode="compile"), "error": "no triton"},
+  ]
+  del records[-1]["images_per_s"]
+  path = tmp_path / "steps.jsonl"
+  path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+  labels, rows = step_table.rows(step_table.read([str(path)]))
+  assert labels == ["eager", "eager+channels_last", "compile"]
+  ((model, dtype, ips, gflops, frac, theirs, ratio),) = rows
+  # The later awt record counts: 2.56 TFLOP per 128 images at 1000 img/s.
+  assert (model, dtype, ips) == ("resnet18", "bfloat16", 1000.0)
+  assert gflops == pytest.approx(2e4) and frac == pytest.approx(0.2)
+  assert theirs["eager"] == pytest.approx((400.0, 8e3, 0.1))
+  assert theirs["eager+channels_last"][2] is None  # no --peak
+  assert theirs["compile"] == ("no triton", None, None)
+  assert ratio == pytest.approx(2.0)
+  table = step_table.markdown(labels, rows).splitlines()
+  assert len(table) == 3 and "no triton" in table[2] and "| 2 |" in table[2]
+  (tmp_path / "bad.jsonl").write_text("{}\nnot json\n")
+  with pytest.raises(ValueError, match="bad.jsonl:2: not JSON"):
+    step_table.read([str(tmp_path / "bad.jsonl")])

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The GPU rows of benchmarks/README.md (issue 17) in one run: ResNet-18's
+# PGD-10 adversarial-training step at batch 128, float32 and bfloat16,
+# through awt (benchmarks/train_step.py) and through PyTorch eager, eager
+# with channels-last, and torch.compile (benchmarks/peers/torch_pgd_at.py;
+# bfloat16 is autocast there), each with its device's matmul rate in the
+# compute dtype (--peak), then the table (benchmarks/step_table.py).
+#
+#   bash benchmarks/gpu.sh      # JSON lines and the table under $OUT
+#   MODEL=mlp BATCH=8 DEVICE=cpu REPEATS=2 bash benchmarks/gpu.sh  # smoke run
+#
+# Sized for a lent GPU with minutes to spare: each command has a time limit,
+# none starts whose limit would end after BUDGET seconds (default 540), and
+# the most wanted run first, so that what finished comes back even when the
+# rest is skipped. Packages the GPU's Python lacks (ml_collections on
+# the project's H200 image) are installed from wheels in .whl/ when that
+# folder exists; fetch them on a machine with an index, in the repo root:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-/tmp/awt_gpu}
+BUDGET=${BUDGET:-540}
+REPEATS=${REPEATS:-20}
+MODEL=${MODEL:-resnet18}
+BATCH=${BATCH:-128}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/awt_site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/awt_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+{
+  echo "date: $(date -u '+%F %T') UTC"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
+    --format=csv,noheader || echo "nvidia-smi failed"
+  echo "nproc: $(nproc)"
+  "$PY" -c 'import sys, jax; print("python", sys.version.split()[0], "jax", jax.__version__, jax.devices())'
+  "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())'
+} >"$OUT/machine.txt" 2>&1
+
+start=$SECONDS
+run() {  # run LIMIT NAME MODULE ARGS...: one command's JSON line, if in budget.
+  local limit=$1 name=$2
+  shift 2
+  if ((SECONDS - start + limit > BUDGET)); then
+    echo "$(date +%T) skipped (budget): $*" >>"$OUT/log.txt"
+    return
+  fi
+  echo "$(date +%T) $*" >>"$OUT/log.txt"
+  timeout "$limit" "$PY" -m "$@" >>"$OUT/$name.jsonl" 2>>"$OUT/log.txt" ||
+    echo "$(date +%T) failed or timed out ($limit s): $*" >>"$OUT/log.txt"
+}
+
+common=(--model="$MODEL" --batch="$BATCH" --steps=10 --repeats="$REPEATS" --peak)
+torch=(benchmarks.peers.torch_pgd_at "${common[@]}" --device="$DEVICE" --cudnn_benchmark)
+for dtype in bfloat16 float32; do
+  run 150 steps benchmarks.train_step "${common[@]}" --dtype=$dtype
+  run 90 steps "${torch[@]}" --dtype=$dtype
+  run 90 steps "${torch[@]}" --dtype=$dtype --channels_last
+done
+for dtype in bfloat16 float32; do
+  run 180 steps "${torch[@]}" --dtype=$dtype --channels_last --compile
+done
+run 180 steps "${torch[@]}" --dtype=bfloat16 --compile
+
+"$PY" -m benchmarks.step_table "$OUT/steps.jsonl" >"$OUT/table.md" 2>>"$OUT/log.txt"
+cat "$OUT/table.md" "$OUT/log.txt"
+echo "done in $((SECONDS - start)) s"

@@ -1,0 +1,136 @@
+r"""A markdown table of PGD-AT step records: awt against its PyTorch peers.
+
+  python -m benchmarks.step_table RECORDS.jsonl [MORE.jsonl ...]
+
+Reads the JSON lines of ``benchmarks/train_step.py`` (``framework: jax``)
+and ``benchmarks/peers/torch_pgd_at.py`` (``framework: torch``) and prints
+one table row per (model, dtype): awt's images/s, its GFLOP/s and that as a
+fraction of its device's matmul rate, each PyTorch configuration's images/s
+(eager or ``torch.compile``, NCHW or channels-last; bfloat16 is autocast
+there), and awt's speed over the fastest of them. ``benchmarks/gpu.sh``
+runs it on the records of the resnet18 GPU rows (issue 17).
+
+GFLOP/s counts the FLOPs of awt's step (``flops_per_call``:
+``benchmarks._flops.count``, the jaxpr with loop bodies times their trip
+counts) for both frameworks: the same network, attack and batch. "of peak"
+divides a framework's GFLOP/s by its own record's ``matmul_gflop_per_s``
+(``--peak``: one large matrix product in the compute dtype on the same
+device), so it reads "how near this step runs to what the device's matmul
+reaches", not a fraction of the data sheet's number. A record with
+``error`` (a failed ``torch.compile``) shows as its error; a missing value
+as "–".
+"""
+
+import json
+
+from experiments import _main
+
+
+def peer_label(record: dict) -> str:
+  """``eager``, ``compile``, with ``+channels_last`` when it was."""
+  label = record.get("mode", "eager")
+  return label + ("+channels_last" if record.get("channels_last") else "")
+
+
+def read(paths: list[str]) -> list[dict]:
+  """The records of the JSON-lines files, in order.
+
+  Raises:
+    ValueError: a line that is not a JSON object, named by file and line.
+  """
+  records = []
+  for path in paths:
+    with open(path) as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+          raise ValueError(f"{path}:{number}: not a JSON object")
+        records.append(record)
+  return records
+
+
+def _gflop_per_s(record: dict, flops_per_call: float | None):
+  if flops_per_call is None or "images_per_s" not in record:
+    return None
+  batch = record["input_shape"][0]
+  return flops_per_call * record["images_per_s"] / batch / 1e9
+
+
+def _fraction(gflop_per_s, record: dict):
+  peak = record.get("matmul_gflop_per_s")
+  return None if gflop_per_s is None or not peak else gflop_per_s / peak
+
+
+def rows(records: list[dict]) -> tuple[list[str], list[list]]:
+  """``(peer labels, rows)``: one row per (model, dtype) that awt ran.
+
+  A row is ``[model, dtype, awt img/s, awt GFLOP/s, awt of peak, {label:
+  (img/s or error, GFLOP/s, of peak)}, awt / fastest peer]``; a later
+  record of the same configuration replaces an earlier one.
+  """
+  steps = [r for r in records if r.get("benchmark") == "train_step"]
+  ours = {(r["model"], r["dtype"]): r for r in steps if r["framework"] == "jax"}
+  peers, labels = {}, []
+  for r in steps:
+    if r["framework"] != "torch":
+      continue
+    label = peer_label(r)
+    peers.setdefault((r["model"], r["dtype"]), {})[label] = r
+    if label not in labels:
+      labels.append(label)
+  out = []
+  for (model, dtype), r in ours.items():
+    flops = r.get("flops_per_call")
+    gflops = _gflop_per_s(r, flops)
+    theirs, fastest = {}, None
+    for label, p in peers.get((model, dtype), {}).items():
+      if "error" in p:
+        theirs[label] = (p["error"], None, None)
+        continue
+      g = _gflop_per_s(p, flops)
+      theirs[label] = (p["images_per_s"], g, _fraction(g, p))
+      fastest = max(fastest or 0.0, p["images_per_s"])
+    ratio = r["images_per_s"] / fastest if fastest else None
+    out.append(
+      [model, dtype, r["images_per_s"], gflops, _fraction(gflops, r)]
+      + [theirs, ratio]
+    )
+  return labels, out
+
+
+def _num(value, digits: int = 3) -> str:
+  if value is None:
+    return "–"
+  if isinstance(value, str):
+    return value
+  return f"{value:,.{digits}g}" if value < 1000 else f"{value:,.0f}"
+
+
+def markdown(labels: list[str], table: list[list]) -> str:
+  """The table as markdown: img/s (GFLOP/s, of peak) per framework."""
+  head = ["model", "dtype", "awt img/s (GFLOP/s, of peak)"]
+  head += [f"torch {label}" for label in labels] + ["awt / fastest torch"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for model, dtype, ips, gflops, frac, theirs, ratio in table:
+    cell = lambda i, g, f: f"{_num(i)} ({_num(g)}, {_num(f, 2)})"
+    cells = [model, dtype, cell(ips, gflops, frac)]
+    for label in labels:
+      cells.append(cell(*theirs[label]) if label in theirs else "–")
+    cells.append(_num(ratio))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise ValueError("give the JSON-lines files of train_step / torch_pgd_at")
+  print(markdown(*rows(read(argv[1:]))), flush=True)
+
+
+if __name__ == "__main__":
+  _main.run(main)
