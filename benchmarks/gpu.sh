@@ -59,7 +59,7 @@ run() {  # run LIMIT NAME MODULE ARGS...: one command's JSON line, if in budget.
 common=(--model="$MODEL" --batch="$BATCH" --steps=10 --repeats="$REPEATS" --peak)
 torch=(benchmarks.peers.torch_pgd_at "${common[@]}" --device="$DEVICE" --cudnn_benchmark)
 for dtype in bfloat16 float32; do
-  run 150 steps benchmarks.train_step "${common[@]}" --dtype=$dtype
+  run 200 steps benchmarks.train_step "${common[@]}" --dtype=$dtype
   run 90 steps "${torch[@]}" --dtype=$dtype
   run 90 steps "${torch[@]}" --dtype=$dtype --channels_last
 done
