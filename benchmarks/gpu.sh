@@ -4,7 +4,9 @@
 # through awt (benchmarks/train_step.py) and through PyTorch eager, eager
 # with channels-last, and torch.compile (benchmarks/peers/torch_pgd_at.py;
 # bfloat16 is autocast there), each with its device's matmul rate in the
-# compute dtype (--peak), then the table (benchmarks/step_table.py).
+# compute dtype (--peak), then the table (benchmarks/step_table.py); last,
+# if the budget allows, the tests of awt._nt, the bounded attacks and the
+# training step on the GPU's JAX (pytest, $OUT/pytest.txt).
 #
 #   bash benchmarks/gpu.sh      # JSON lines and the table under $OUT
 #   MODEL=mlp BATCH=8 DEVICE=cpu REPEATS=2 bash benchmarks/gpu.sh  # smoke run
@@ -13,10 +15,12 @@
 # none starts whose limit would end after BUDGET seconds (default 540), and
 # the most wanted run first, so that what finished comes back even when the
 # rest is skipped. Packages the GPU's Python lacks (ml_collections on
-# the project's H200 image) are installed from wheels in .whl/ when that
-# folder exists; fetch them on a machine with an index, in the repo root:
+# the project's H200 image; neural-tangents and frozendict for the tests)
+# are installed from wheels in .whl/ when that folder exists; fetch them on
+# a machine with an index, in the repo root (all three are pure Python):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl \
+#     ml_collections==1.1.0 neural-tangents==0.6.5 frozendict==2.5.1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -69,5 +73,12 @@ done
 run 180 steps "${torch[@]}" --dtype=bfloat16 --compile
 
 "$PY" -m benchmarks.step_table "$OUT/steps.jsonl" >"$OUT/table.md" 2>>"$OUT/log.txt"
+if ((SECONDS - start + 150 <= BUDGET)); then
+  echo "$(date +%T) pytest on the GPU's JAX" >>"$OUT/log.txt"
+  timeout 150 "$PY" -m pytest -q -p no:cacheprovider -n 4 -m "not slow" \
+    tests/test_nt.py tests/test_attacks_bounded.py tests/test_training.py \
+    >"$OUT/pytest.txt" 2>&1 || echo "$(date +%T) pytest failed or timed out" >>"$OUT/log.txt"
+  tail -n 15 "$OUT/pytest.txt"
+fi
 cat "$OUT/table.md" "$OUT/log.txt"
 echo "done in $((SECONDS - start)) s"
