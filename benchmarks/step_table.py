@@ -4,7 +4,7 @@ r"""A markdown table of PGD-AT step records: awt against its PyTorch peers.
 
 Reads the JSON lines of ``benchmarks/train_step.py`` (``framework: jax``)
 and ``benchmarks/peers/torch_pgd_at.py`` (``framework: torch``) and prints
-one table row per (model, dtype): awt's images/s, its GFLOP/s and that as a
+one table row per (model, dtype) of any record: awt's images/s, its GFLOP/s and that as a
 fraction of its device's matmul rate, each PyTorch configuration's images/s
 (eager or ``torch.compile``, NCHW or channels-last; bfloat16 is autocast
 there), and awt's speed over the fastest of them. ``benchmarks/gpu.sh``
@@ -67,39 +67,41 @@ def _fraction(gflop_per_s, record: dict):
 
 
 def rows(records: list[dict]) -> tuple[list[str], list[list]]:
-  """``(peer labels, rows)``: one row per (model, dtype) that awt ran.
+  """``(peer labels, rows)``: one row per (model, dtype) of any record.
 
   A row is ``[model, dtype, awt img/s, awt GFLOP/s, awt of peak, {label:
-  (img/s or error, GFLOP/s, of peak)}, awt / fastest peer]``; a later
-  record of the same configuration replaces an earlier one.
+  (img/s or error, GFLOP/s, of peak)}, awt / fastest peer]``, None where
+  awt has no record (then no GFLOP/s either: the FLOPs are awt's count);
+  a later record of the same configuration replaces an earlier one.
   """
   steps = [r for r in records if r.get("benchmark") == "train_step"]
-  ours = {(r["model"], r["dtype"]): r for r in steps if r["framework"] == "jax"}
-  peers, labels = {}, []
+  ours, peers, labels = {}, {}, []
   for r in steps:
-    if r["framework"] != "torch":
+    key = (r["model"], r["dtype"])
+    peers.setdefault(key, {})
+    if r["framework"] == "jax":
+      ours[key] = r
       continue
     label = peer_label(r)
-    peers.setdefault((r["model"], r["dtype"]), {})[label] = r
+    peers[key][label] = r
     if label not in labels:
       labels.append(label)
   out = []
-  for (model, dtype), r in ours.items():
+  for (model, dtype), theirs_records in peers.items():
+    r = ours.get((model, dtype), {})
     flops = r.get("flops_per_call")
     gflops = _gflop_per_s(r, flops)
     theirs, fastest = {}, None
-    for label, p in peers.get((model, dtype), {}).items():
+    for label, p in theirs_records.items():
       if "error" in p:
         theirs[label] = (p["error"], None, None)
         continue
       g = _gflop_per_s(p, flops)
       theirs[label] = (p["images_per_s"], g, _fraction(g, p))
       fastest = max(fastest or 0.0, p["images_per_s"])
-    ratio = r["images_per_s"] / fastest if fastest else None
-    out.append(
-      [model, dtype, r["images_per_s"], gflops, _fraction(gflops, r)]
-      + [theirs, ratio]
-    )
+    ips = r.get("images_per_s")
+    ratio = ips / fastest if ips and fastest else None
+    out.append([model, dtype, ips, gflops, _fraction(gflops, r), theirs, ratio])
   return labels, out
 
 

@@ -482,13 +482,14 @@ def test_step_table_rates_each_peer_against_awt_flops(tmp_path):
     _step_record("torch", 400.0, mode="eager", matmul_gflop_per_s=8e4),
     _step_record("torch", 500.0, mode="eager", channels_last=True),
     {**_step_record("torch", 0.0, mode="compile"), "error": "no triton"},
+    {**_step_record("torch", 300.0, mode="eager"), "dtype": "float32"},
   ]
-  del records[-1]["images_per_s"]
+  del records[-2]["images_per_s"]
   path = tmp_path / "steps.jsonl"
   path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
   labels, rows = step_table.rows(step_table.read([str(path)]))
   assert labels == ["eager", "eager+channels_last", "compile"]
-  ((model, dtype, ips, gflops, frac, theirs, ratio),) = rows
+  (model, dtype, ips, gflops, frac, theirs, ratio), fp32 = rows
   # The later awt record counts: 2.56 TFLOP per 128 images at 1000 img/s.
   assert (model, dtype, ips) == ("resnet18", "bfloat16", 1000.0)
   assert gflops == pytest.approx(2e4) and frac == pytest.approx(0.2)
@@ -496,8 +497,12 @@ def test_step_table_rates_each_peer_against_awt_flops(tmp_path):
   assert theirs["eager+channels_last"][2] is None  # no --peak
   assert theirs["compile"] == ("no triton", None, None)
   assert ratio == pytest.approx(2.0)
+  # A dtype awt has no record of keeps its torch numbers, without FLOP/s.
+  assert fp32[:5] == ["resnet18", "float32", None, None, None]
+  assert fp32[5] == {"eager": (300.0, None, None)} and fp32[6] is None
   table = step_table.markdown(labels, rows).splitlines()
-  assert len(table) == 3 and "no triton" in table[2] and "| 2 |" in table[2]
+  assert len(table) == 4 and "no triton" in table[2] and "| 2 |" in table[2]
+  assert table[3].startswith("| resnet18 | float32 | – (–, –) | 300 (–, –) |")
   (tmp_path / "bad.jsonl").write_text("{}\nnot json\n")
   with pytest.raises(ValueError, match="bad.jsonl:2: not JSON"):
     step_table.read([str(tmp_path / "bad.jsonl")])
