@@ -431,7 +431,7 @@ def test_torch_runners_place_the_work_and_name_the_device(torch_common):
   runner.call()
   assert runner.info["device"] == "cpu" and runner.info["channels_last"]
   net, x = torch_common._placed(
-    torch_common.get("lenet5"), torch.rand(2, 1, 28, 28), "cpu", True
+    "lenet5", 2, seed=0, device="cpu", channels_last=True
   )
   assert x.is_contiguous(memory_format=torch.channels_last)
   conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))

@@ -283,13 +283,24 @@ def resolve_device(name: str) -> torch.device:
   )
 
 
-def _placed(net: nn.Module, x: torch.Tensor, device, channels_last: bool):
-  """The network and a batch on ``device``, in channels-last memory order if
-  asked (NHWC strides for the same NCHW shapes: cuDNN's and oneDNN's
-  preferred layout for convolutions, above all under bf16)."""
+def _placed(
+  model_name: str, batch: int, *, seed: int, device: str, channels_last: bool
+) -> tuple[nn.Module, torch.Tensor]:
+  """The network and a random batch [B, C, H, W] in [0, 1] on ``device``.
+
+  ``torch.manual_seed(seed)`` draws the weights, then the batch, on the CPU
+  (every device gets the same ones); both are moved to
+  ``resolve_device(device)``, in channels-last memory order if asked (NHWC
+  strides for the same NCHW shapes: cuDNN's and oneDNN's preferred layout
+  for convolutions, above all under bf16).
+  """
+  dev = resolve_device(device)
+  torch.manual_seed(seed)
+  (h, w, c), _ = _common.TASKS[model_name]
   fmt = torch.channels_last if channels_last else torch.contiguous_format
-  net = net.to(device, memory_format=fmt)
-  return net, x.to(device).contiguous(memory_format=fmt)
+  net = get(model_name, _common.NUM_CLASSES).to(dev, memory_format=fmt)
+  x = torch.rand(batch, c, h, w).to(dev).contiguous(memory_format=fmt)
+  return net, x
 
 
 def _synchronized(call: Callable[[], None], device) -> Callable[[], None]:
@@ -376,15 +387,10 @@ def train_runner(
     ImportError: ``attack="torchattacks"`` without torchattacks.
   """
   _check_attack(attack)
-  dev = resolve_device(device)
-  torch.manual_seed(seed)
-  (h, w, c), eps = _common.TASKS[model_name]
   net, x = _placed(
-    get(model_name, _common.NUM_CLASSES),
-    torch.rand(batch, c, h, w),
-    dev,
-    channels_last,
+    model_name, batch, seed=seed, device=device, channels_last=channels_last
   )
+  dev, eps = x.device, _common.TASKS[model_name][1]
   net.train()
   opt = torch.optim.SGD(
     net.parameters(), lr=_common.LEARNING_RATE, momentum=_common.MOMENTUM
@@ -468,15 +474,10 @@ def pgd_eval_runner(
     ImportError: ``attack="torchattacks"`` without torchattacks.
   """
   _check_attack(attack)
-  dev = resolve_device(device)
-  torch.manual_seed(seed)
-  (h, w, c), eps = _common.TASKS[model_name]
   net, x = _placed(
-    get(model_name, _common.NUM_CLASSES),
-    torch.rand(batch, c, h, w),
-    dev,
-    channels_last,
+    model_name, batch, seed=seed, device=device, channels_last=channels_last
   )
+  dev, eps = x.device, _common.TASKS[model_name][1]
   net.eval()
   fwd = torch.compile(net) if compiled else net
   with torch.no_grad():
