@@ -6,9 +6,9 @@ Reads the JSON lines of ``benchmarks/train_step.py`` (``framework: jax``)
 and ``benchmarks/peers/torch_pgd_at.py`` (``framework: torch``) and prints
 one table row per (model, dtype) of any record: awt's images/s, its
 GFLOP/s and that as a fraction of its device's matmul rate, each PyTorch
-configuration's images/s
-(eager or ``torch.compile``, NCHW or channels-last; bfloat16 is autocast
-there), and awt's speed over the fastest of them. ``benchmarks/gpu.sh``
+configuration's images/s (eager or ``torch.compile``, NCHW or
+channels-last; bfloat16 is autocast there), and awt's speed over the
+fastest of them. ``benchmarks/gpu.sh``
 runs it on the records of the resnet18 GPU rows (issue 17).
 
 GFLOP/s counts the FLOPs of awt's step (``flops_per_call``:
