@@ -3,11 +3,15 @@
 ``benchmarks/profile_step.py`` and ``benchmarks/profile_awt.py`` name every
 event of a ``jax.profiler`` trace after an HLO instruction of the compiled
 program; :func:`parse` reads the program's text (``compiled.as_text()``),
+:func:`trace` collects the events named after its instructions,
 :func:`representative` says which instruction a fusion stands for and
 :func:`classify` gives an event's opcode, role and layer.
 """
 
+import glob
 import re
+import tempfile
+import time
 
 CONTAINERS = ("while", "call", "conditional", "ThunkExecutor", "$")
 _DEF = re.compile(
@@ -50,6 +54,35 @@ def parse(text: str) -> tuple[dict, dict]:
       root = name
     computations[comp] = (members, root)
   return instructions, computations
+
+
+def trace(run, instructions: dict) -> tuple[list[tuple[str, int]], float]:
+  """Runs ``run()`` under ``jax.profiler``; its instructions' events.
+
+  Returns ``(events, wall)``: ``events`` is ``(instruction name,
+  duration in ns)`` for every traced event named after one of
+  ``instructions`` (from :func:`parse`) that is not a container (a loop or
+  call, whose time is its body's and would count twice); ``wall`` is the
+  seconds ``run()`` took. ``run`` should block until its results are ready.
+  """
+  import jax  # noqa: PLC0415
+
+  with tempfile.TemporaryDirectory() as tmp:
+    jax.profiler.start_trace(tmp)
+    start = time.perf_counter()
+    run()
+    wall = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    (path,) = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
+    data = jax.profiler.ProfileData.from_file(path)
+    events = [
+      (ev.name, ev.duration_ns)
+      for plane in data.planes
+      for line in plane.lines
+      for ev in line.events
+      if ev.name in instructions and not ev.name.startswith(CONTAINERS)
+    ]
+  return events, wall
 
 
 def representative(name: str, instructions: dict, computations: dict):

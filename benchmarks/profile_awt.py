@@ -40,11 +40,9 @@ of the trace (the ``--top`` most expensive) and one summary line.
 """
 
 import collections
-import glob
 import json
 import re
 import statistics
-import tempfile
 import time
 
 from absl import flags
@@ -339,28 +337,15 @@ def trace_chunk(ctx, settings, mask, coefs, stacked, steps: int):
   jax.block_until_ready(awt_lib._chunk(*args, **kw))  # compile, warm up
   text = awt_lib._chunk.lower(*args, **kw).compile().as_text()
   instructions, computations = _hlo.parse(text)
-  with tempfile.TemporaryDirectory() as tmp:
-    jax.profiler.start_trace(tmp)
-    start = time.perf_counter()
-    jax.block_until_ready(awt_lib._chunk(*args, **kw))
-    wall = time.perf_counter() - start
-    jax.profiler.stop_trace()
-    (path,) = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
-    data = jax.profiler.ProfileData.from_file(path)
-    ns = collections.Counter()
-    for plane in data.planes:
-      for line in plane.lines:
-        for ev in line.events:
-          name = ev.name
-          if name not in instructions or name.startswith(_hlo.CONTAINERS):
-            continue
-          opcode, shape, inner, *_ = _hlo.representative(
-            name, instructions, computations
-          )
-          if opcode in _hlo.CONTAINERS:
-            continue
-          op_name = instructions[name][2] or inner
-          ns[(part_of(op_name), opcode)] += ev.duration_ns
+  events, wall = _hlo.trace(
+    lambda: jax.block_until_ready(awt_lib._chunk(*args, **kw)), instructions
+  )
+  ns = collections.Counter()
+  for name, duration in events:
+    opcode, _, inner, *_ = _hlo.representative(name, instructions, computations)
+    if opcode in _hlo.CONTAINERS:
+      continue
+    ns[(part_of(instructions[name][2] or inner), opcode)] += duration
   return ns, wall
 
 

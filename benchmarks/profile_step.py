@@ -28,9 +28,7 @@ most expensive categories.
 """
 
 import collections
-import glob
 import json
-import tempfile
 import time
 
 from absl import flags
@@ -49,31 +47,22 @@ flags.DEFINE_integer("threads", 0, "torch threads; 0: os.cpu_count().")
 
 def profile_jax(f) -> tuple[list[dict], float]:
   """Per-op ms of ``f.calls`` steps of awt's step; and the wall seconds."""
-  import jax  # noqa: PLC0415
 
   from benchmarks import _jax  # noqa: PLC0415
 
   runner = _jax.train_runner(f.model, batch=f.batch, steps=f.steps)
   runner.call()
   instructions, computations = _hlo.parse(runner.hlo())
-  with tempfile.TemporaryDirectory() as tmp:
-    jax.profiler.start_trace(tmp)
-    start = time.perf_counter()
+
+  def steps():
     for _ in range(f.calls):
       runner.call()
-    wall = time.perf_counter() - start
-    jax.profiler.stop_trace()
-    (path,) = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
-    data = jax.profiler.ProfileData.from_file(path)
-    ns, count = collections.Counter(), collections.Counter()
-    for plane in data.planes:
-      for line in plane.lines:
-        for ev in line.events:
-          if ev.name in instructions and not ev.name.startswith(
-            _hlo.CONTAINERS
-          ):
-            ns[ev.name] += ev.duration_ns
-            count[ev.name] += 1
+
+  events, wall = _hlo.trace(steps, instructions)
+  ns, count = collections.Counter(), collections.Counter()
+  for name, duration in events:
+    ns[name] += duration
+    count[name] += 1
   ops = []
   for name, total in ns.items():
     op = _hlo.classify(name, instructions, computations, f.batch)

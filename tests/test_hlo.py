@@ -1,4 +1,4 @@
-"""benchmarks/_hlo.py: which instruction a profiled fusion is counted as."""
+"""benchmarks/_hlo.py: which instruction a profiled event is counted as."""
 
 from benchmarks import _hlo
 
@@ -67,3 +67,28 @@ def test_a_fusion_with_a_dot_counts_as_the_dot_and_plain_ops_as_themselves():
   )
   copy = _hlo.classify("copy.7", instructions, computations, 4)
   assert (copy["opcode"], copy["layer"]) == ("copy", "fc1")
+
+
+def test_trace_counts_each_trip_of_a_loop_body_and_not_the_loop():
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  @jax.jit
+  def power(a, n):
+    return jax.lax.fori_loop(0, n, lambda _, y: jnp.tanh(y @ a), a)
+
+  a, trips = jnp.eye(16) / 2, 5  # trips an argument: XLA cannot unroll
+  jax.block_until_ready(power(a, trips))
+  text = power.lower(a, trips).compile().as_text()
+  instructions, computations = _hlo.parse(text)
+  events, wall = _hlo.trace(
+    lambda: jax.block_until_ready(power(a, trips)), instructions
+  )
+  kinds = [
+    _hlo.representative(name, instructions, computations)[0]
+    for name, _ in events
+  ]
+  assert " while(" in text
+  assert not [name for name, _ in events if name.startswith("while")]
+  assert kinds.count("dot") == trips
+  assert wall > 0 and all(ns >= 0 for _, ns in events)
