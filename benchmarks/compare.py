@@ -45,7 +45,9 @@ and one line ``"peer": "fastest"``: per pair, ours over the fastest live
 peer of that pair (``fastest_peers`` names it; the issue's targets count
 against the fastest PyTorch peer). A peer that failed (torch or
 torchattacks missing, torch.compile failing) gives a line with ``"error"``
-and is left out of ``fastest``. The FLOP fields:
+and is left out of ``fastest``. At the end a markdown table of every task
+goes to stderr (``benchmarks.compare_table``, which rebuilds it from saved
+records). The FLOP fields:
 
 * ``flops_per_call``: FLOPs of one call of awt's compiled function by
   ``benchmarks._flops.count`` (its jaxpr, loop bodies times their trip
@@ -74,7 +76,7 @@ import time
 
 from absl import flags
 
-from benchmarks import _common
+from benchmarks import _common, compare_table
 from experiments import _main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -338,9 +340,12 @@ def main(argv):
       raise ValueError(f"unknown peer {peer!r}; known: {', '.join(PEERS)}")
   counts = ("pairs", "batch", "at_steps", "eval_steps", "max_calls")
   _common.check_positive(**{n: getattr(f, n) for n in counts})
+  records = []
   for task in f.tasks:
     for rec in compare_task(task, f):
       print(json.dumps(rec), flush=True)
+      records.append(rec)
+  print(compare_table.markdown(*compare_table.rows(records)), file=sys.stderr)
 
 
 if __name__ == "__main__":

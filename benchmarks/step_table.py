@@ -106,7 +106,9 @@ def rows(records: list[dict]) -> tuple[list[str], list[list]]:
   return labels, out
 
 
-def _num(value, digits: int = 3) -> str:
+def number(value, digits: int = 3) -> str:
+  """A cell: ``digits`` significant digits, whole numbers from 1,000 up, "–"
+  for None; a string (an error) as it is."""
   if value is None:
     return "–"
   if isinstance(value, str):
@@ -120,11 +122,11 @@ def markdown(labels: list[str], table: list[list]) -> str:
   head += [f"torch {label}" for label in labels] + ["awt / fastest torch"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for model, dtype, ips, gflops, frac, theirs, ratio in table:
-    cell = lambda i, g, f: f"{_num(i)} ({_num(g)}, {_num(f, 2)})"
+    cell = lambda i, g, f: f"{number(i)} ({number(g)}, {number(f, 2)})"
     cells = [model, dtype, cell(ips, gflops, frac)]
     for label in labels:
       cells.append(cell(*theirs[label]) if label in theirs else "–")
-    cells.append(_num(ratio))
+    cells.append(number(ratio))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

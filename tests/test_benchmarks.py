@@ -506,3 +506,67 @@ def test_step_table_rates_each_peer_against_awt_flops(tmp_path):
   (tmp_path / "bad.jsonl").write_text("{}\nnot json\n")
   with pytest.raises(ValueError, match="bad.jsonl:2: not JSON"):
     step_table.read([str(tmp_path / "bad.jsonl")])
+
+
+def _compare_record(task, peer, ratios, **extra):
+  """A ``benchmarks.compare`` record with per-pair fields of 2 pairs."""
+  return {
+    "benchmark": "compare",
+    "task": task,
+    "model": "mlp",
+    "peer": peer,
+    "ratio_median": sum(ratios) / 2,
+    "ratio_min": min(ratios),
+    "ratio_max": max(ratios),
+    "ours_images_per_s": [8000.0, 10000.0],
+    "ours_gflop_per_s": [80.0, 100.0],
+    "peer_gflop_per_s": [50.0, 62.5],
+    "matmul_gflop_per_s": 200.0,
+    "peer_matmul_gflop_per_s": 150.0,
+    **extra,
+  }
+
+
+def test_compare_table_reads_each_task_against_the_fastest_peer():
+  from benchmarks import compare_table
+
+  records = [
+    _compare_record("train_step", "torch-eager", [1.0, 2.0]),
+    {
+      "benchmark": "compare",
+      "task": "train_step",
+      "model": "mlp",
+      "peer": "torch-compile",
+      "error": "no triton",
+    },
+    _compare_record(
+      "train_step", "torch-eager", [1.6, 1.6], peer_matmul_gflop_per_s=180.0
+    ),
+    _compare_record("train_step", "fastest", [1.5, 1.7]),
+    {"benchmark": "train_step", "framework": "jax"},  # not compare's: skipped
+    {
+      "benchmark": "compare",
+      "task": "pgd_eval",
+      "model": "mlp",
+      "peer": "fastest",
+      "error": "no peer ran",
+    },
+  ]
+  peers, rows = compare_table.rows(records)
+  assert peers == ["torch-eager", "torch-compile"]
+  step, evaluation = rows
+  # The later eager record replaces the earlier one; a failed peer is named.
+  assert step == [
+    "train_step:mlp",
+    "**1.60** (1.50–1.70)",
+    {"torch-eager": "1.60", "torch-compile": "failed"},
+    "8,000–10,000",
+    "80–100",
+    "50–62.5",
+    "200 / 180",
+  ]
+  assert evaluation[:2] == ["pgd_eval:mlp", "no peer ran"]
+  table = compare_table.markdown(peers, rows).splitlines()
+  assert table[0].startswith("| task | awt / fastest peer | eager | compile |")
+  assert table[2].startswith("| train_step:mlp | **1.60** (1.50–1.70) | 1.60 |")
+  assert table[3] == "| pgd_eval:mlp | no peer ran | – | – | – | – | – | – |"

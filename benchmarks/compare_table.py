@@ -1,0 +1,94 @@
+r"""A markdown table of ``benchmarks.compare`` records: one row per task.
+
+  python -m benchmarks.compare_table RECORDS.jsonl [MORE.jsonl ...]
+
+``benchmarks.compare`` prints it on stderr when it ends; this rebuilds it
+from saved records. A row gives, for one ``KIND:MODEL`` task, the median
+and range over the pairs of awt's images/s over the fastest PyTorch peer's
+(issue 17's measure), the median ratio against each peer, awt's images/s,
+the GFLOP/s of awt and of the fastest peer (awt's FLOP count for both: the
+same network, attack and batch), and the 1024³ float32 matmul rate each
+side's worker measured (XLA / PyTorch, a range over the peers' workers):
+how far each step runs from what the machine's matmul reaches. A peer
+that failed shows as "failed"; a later record of a task's peer replaces
+an earlier one.
+"""
+
+from benchmarks import step_table
+from experiments import _main
+
+
+def _span(values, digits: int = 3) -> str:
+  """``lo–hi`` of numbers, each to ``digits`` significant digits."""
+  lo, hi = min(values), max(values)
+  fmt = step_table.number
+  return fmt(lo, digits) if lo == hi else f"{fmt(lo, digits)}–{fmt(hi, digits)}"
+
+
+def rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+  """``(peer names, rows)`` of the ``benchmark: compare`` records.
+
+  A row is ``[task, vs fastest, {peer: median ratio or "failed"}, awt
+  img/s, awt GFLOP/s, fastest peer's GFLOP/s, matmul XLA / torch]`` as
+  strings, tasks in the order they first appear.
+  """
+  tasks, peers = {}, []
+  for r in records:
+    if r.get("benchmark") != "compare":
+      continue
+    task = f"{r['task']}:{r['model']}"
+    tasks.setdefault(task, {})[r["peer"]] = r
+    if r["peer"] != "fastest" and r["peer"] not in peers:
+      peers.append(r["peer"])
+  out = []
+  for task, by_peer in tasks.items():
+    fastest = by_peer.get("fastest", {})
+    if "ratio_median" not in fastest:
+      out.append([task, "no peer ran", {}, "–", "–", "–", "–"])
+      continue
+    ratios = {
+      p: "failed" if "error" in r else f"{r['ratio_median']:.2f}"
+      for p, r in by_peer.items()
+      if p != "fastest"
+    }
+    torch_peaks = [
+      r["peer_matmul_gflop_per_s"]
+      for p, r in by_peer.items()
+      if p != "fastest" and "error" not in r
+    ]
+    out.append(
+      [
+        task,
+        f"**{fastest['ratio_median']:.2f}** "
+        f"({fastest['ratio_min']:.2f}–{fastest['ratio_max']:.2f})",
+        ratios,
+        _span(fastest["ours_images_per_s"]),
+        _span(fastest["ours_gflop_per_s"]),
+        _span(fastest["peer_gflop_per_s"]),
+        f"{step_table.number(fastest['matmul_gflop_per_s'])} / "
+        f"{_span(torch_peaks)}",
+      ]
+    )
+  return peers, out
+
+
+def markdown(peers: list[str], table: list[list]) -> str:
+  """The rows as a markdown table."""
+  head = ["task", "awt / fastest peer"]
+  head += [p.removeprefix("torch-") for p in peers]
+  head += ["awt img/s", "awt GFLOP/s", "peer GFLOP/s", "matmul XLA / torch"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for task, vs_fastest, ratios, *rest in table:
+    cells = [task, vs_fastest] + [ratios.get(p, "–") for p in peers] + rest
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise ValueError("give the JSON-lines files of benchmarks.compare")
+  print(markdown(*rows(step_table.read(argv[1:]))), flush=True)
+
+
+if __name__ == "__main__":
+  _main.run(main)
