@@ -47,7 +47,6 @@ flags.DEFINE_integer("threads", 0, "torch threads; 0: os.cpu_count().")
 
 def profile_jax(f) -> tuple[list[dict], float]:
   """Per-op ms of ``f.calls`` steps of awt's step; and the wall seconds."""
-
   from benchmarks import _jax  # noqa: PLC0415
 
   runner = _jax.train_runner(f.model, batch=f.batch, steps=f.steps)
