@@ -4,14 +4,14 @@ r"""A markdown table of ``benchmarks.compare`` records: one row per task.
 
 ``benchmarks.compare`` prints it on stderr when it ends; this rebuilds it
 from saved records. A row gives, for one ``KIND:MODEL`` task, the median
-and range over the pairs of awt's images/s over the fastest PyTorch peer's
-(issue 17's measure), the median ratio against each peer, awt's images/s,
-the GFLOP/s of awt and of the fastest peer (awt's FLOP count for both: the
-same network, attack and batch), and the 1024³ float32 matmul rate each
-side's worker measured (XLA / PyTorch, a range over the peers' workers):
-how far each step runs from what the machine's matmul reaches. A peer
-that failed shows as "failed"; a later record of a task's peer replaces
-an earlier one.
+and range over the pairs (one number when the range is one) of awt's
+images/s over the fastest PyTorch peer's (issue 17's measure), the median
+ratio against each peer, awt's images/s, the GFLOP/s of awt and of the
+fastest peer (awt's FLOP count for both: the same network, attack and
+batch), and the 1024³ float32 matmul rate each side's worker measured
+(XLA / PyTorch, a range over the peers' workers): how far each step runs
+from what the machine's matmul reaches. A peer that failed shows as
+"failed"; a later record of a task's peer replaces an earlier one.
 """
 
 from benchmarks import step_table
@@ -19,10 +19,10 @@ from experiments import _main
 
 
 def _span(values, digits: int = 3) -> str:
-  """``lo–hi`` of numbers, each to ``digits`` significant digits."""
-  lo, hi = min(values), max(values)
-  fmt = step_table.number
-  return fmt(lo, digits) if lo == hi else f"{fmt(lo, digits)}–{fmt(hi, digits)}"
+  """``lo–hi`` of numbers, each to ``digits`` significant digits; one
+  number when they print the same."""
+  lo, hi = (step_table.number(v, digits) for v in (min(values), max(values)))
+  return lo if lo == hi else f"{lo}–{hi}"
 
 
 def rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -56,11 +56,12 @@ def rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
       for p, r in by_peer.items()
       if p != "fastest" and "error" not in r
     ]
+    lo, hi = fastest["ratio_min"], fastest["ratio_max"]
+    spread = f" ({lo:.2f}–{hi:.2f})" if f"{lo:.2f}" != f"{hi:.2f}" else ""
     out.append(
       [
         task,
-        f"**{fastest['ratio_median']:.2f}** "
-        f"({fastest['ratio_min']:.2f}–{fastest['ratio_max']:.2f})",
+        f"**{fastest['ratio_median']:.2f}**{spread}",
         ratios,
         _span(fastest["ours_images_per_s"]),
         _span(fastest["ours_gflop_per_s"]),

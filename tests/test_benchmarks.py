@@ -543,18 +543,20 @@ def test_compare_table_reads_each_task_against_the_fastest_peer():
       "train_step", "torch-eager", [1.6, 1.6], peer_matmul_gflop_per_s=180.0
     ),
     _compare_record("train_step", "fastest", [1.5, 1.7]),
+    _compare_record("pgd_eval", "torch-eager", [2.0, 2.0]),
+    _compare_record("pgd_eval", "fastest", [2.0, 2.0]),
     {"benchmark": "train_step", "framework": "jax"},  # not compare's: skipped
     {
       "benchmark": "compare",
       "task": "pgd_eval",
-      "model": "mlp",
+      "model": "lenet5",
       "peer": "fastest",
       "error": "no peer ran",
     },
   ]
   peers, rows = compare_table.rows(records)
   assert peers == ["torch-eager", "torch-compile"]
-  step, evaluation = rows
+  step, one_value, no_peer = rows
   # The later eager record replaces the earlier one; a failed peer is named.
   assert step == [
     "train_step:mlp",
@@ -565,8 +567,13 @@ def test_compare_table_reads_each_task_against_the_fastest_peer():
     "50–62.5",
     "200 / 180",
   ]
-  assert evaluation[:2] == ["pgd_eval:mlp", "no peer ran"]
+  # A range of one value prints once; a task no peer ran says so.
+  assert one_value[1] == "**2.00**"
+  assert one_value[2] == {"torch-eager": "2.00"}
+  assert one_value[3:] == ["8,000–10,000", "80–100", "50–62.5", "200 / 150"]
+  assert no_peer[:2] == ["pgd_eval:lenet5", "no peer ran"]
   table = compare_table.markdown(peers, rows).splitlines()
   assert table[0].startswith("| task | awt / fastest peer | eager | compile |")
   assert table[2].startswith("| train_step:mlp | **1.60** (1.50–1.70) | 1.60 |")
-  assert table[3] == "| pgd_eval:mlp | no peer ran | – | – | – | – | – | – |"
+  assert table[3].startswith("| pgd_eval:mlp | **2.00** | 2.00 | – |")
+  assert table[4] == "| pgd_eval:lenet5 | no peer ran | – | – | – | – | – | – |"
