@@ -316,3 +316,42 @@ def machine() -> dict:
     "num_cpu": os.cpu_count(),
     "python": platform.python_version(),
   }
+
+
+def read_records(paths: list[str]) -> list[dict]:
+  """The records of the JSON-lines files, in order.
+
+  Raises:
+    ValueError: a line that is not a JSON object, named by file and line.
+  """
+  records = []
+  for path in paths:
+    with open(path) as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+          raise ValueError(f"{path}:{number}: not a JSON object")
+        records.append(record)
+  return records
+
+
+def table_number(value, digits: int = 3) -> str:
+  """A cell: ``digits`` significant digits, whole numbers from 1,000 up, "–"
+  for None; a string (an error) as it is."""
+  if value is None:
+    return "–"
+  if isinstance(value, str):
+    return value
+  return f"{value:,.{digits}g}" if value < 1000 else f"{value:,.0f}"
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+  """A markdown table of string cells: the header, its rule, one line a row."""
+  line = lambda cells: "| " + " | ".join(cells) + " |"
+  rule = "|" + "---|" * len(head)
+  return "\n".join([line(head), rule, *map(line, rows)])

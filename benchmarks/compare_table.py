@@ -14,14 +14,14 @@ from what the machine's matmul reaches. A peer that failed shows as
 "failed"; a later record of a task's peer replaces an earlier one.
 """
 
-from benchmarks import step_table
+from benchmarks import _common
 from experiments import _main
 
 
 def _span(values, digits: int = 3) -> str:
   """``lo–hi`` of numbers, each to ``digits`` significant digits; one
   number when they print the same."""
-  lo, hi = (step_table.number(v, digits) for v in (min(values), max(values)))
+  lo, hi = (_common.table_number(v, digits) for v in (min(values), max(values)))
   return lo if lo == hi else f"{lo}–{hi}"
 
 
@@ -66,7 +66,7 @@ def rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
         _span(fastest["ours_images_per_s"]),
         _span(fastest["ours_gflop_per_s"]),
         _span(fastest["peer_gflop_per_s"]),
-        f"{step_table.number(fastest['matmul_gflop_per_s'])} / "
+        f"{_common.table_number(fastest['matmul_gflop_per_s'])} / "
         f"{_span(torch_peaks)}",
       ]
     )
@@ -78,17 +78,19 @@ def markdown(peers: list[str], table: list[list]) -> str:
   head = ["task", "awt / fastest peer"]
   head += [p.removeprefix("torch-") for p in peers]
   head += ["awt img/s", "awt GFLOP/s", "peer GFLOP/s", "matmul XLA / torch"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for task, vs_fastest, ratios, *rest in table:
-    cells = [task, vs_fastest] + [ratios.get(p, "–") for p in peers] + rest
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  return _common.markdown_table(
+    head,
+    [
+      [task, vs_fastest] + [ratios.get(p, "–") for p in peers] + rest
+      for task, vs_fastest, ratios, *rest in table
+    ],
+  )
 
 
 def main(argv):
   if len(argv) < 2:
     raise ValueError("give the JSON-lines files of benchmarks.compare")
-  print(markdown(*rows(step_table.read(argv[1:]))), flush=True)
+  print(markdown(*rows(_common.read_records(argv[1:]))), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ reaches", not a fraction of the data sheet's number. A record with
 as "–".
 """
 
-import json
-
+from benchmarks import _common
 from experiments import _main
 
 
@@ -31,28 +30,6 @@ def peer_label(record: dict) -> str:
   """``eager``, ``compile``, with ``+channels_last`` when it was."""
   label = record.get("mode", "eager")
   return label + ("+channels_last" if record.get("channels_last") else "")
-
-
-def read(paths: list[str]) -> list[dict]:
-  """The records of the JSON-lines files, in order.
-
-  Raises:
-    ValueError: a line that is not a JSON object, named by file and line.
-  """
-  records = []
-  for path in paths:
-    with open(path) as f:
-      for number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-          raise ValueError(f"{path}:{number}: not a JSON object")
-        records.append(record)
-  return records
 
 
 def _gflop_per_s(record: dict, flops_per_call: float | None):
@@ -106,35 +83,26 @@ def rows(records: list[dict]) -> tuple[list[str], list[list]]:
   return labels, out
 
 
-def number(value, digits: int = 3) -> str:
-  """A cell: ``digits`` significant digits, whole numbers from 1,000 up, "–"
-  for None; a string (an error) as it is."""
-  if value is None:
-    return "–"
-  if isinstance(value, str):
-    return value
-  return f"{value:,.{digits}g}" if value < 1000 else f"{value:,.0f}"
-
-
 def markdown(labels: list[str], table: list[list]) -> str:
   """The table as markdown: img/s (GFLOP/s, of peak) per framework."""
   head = ["model", "dtype", "awt img/s (GFLOP/s, of peak)"]
   head += [f"torch {label}" for label in labels] + ["awt / fastest torch"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  num = _common.table_number
+  cell = lambda i, g, f: f"{num(i)} ({num(g)}, {num(f, 2)})"
+  lines = []
   for model, dtype, ips, gflops, frac, theirs, ratio in table:
-    cell = lambda i, g, f: f"{number(i)} ({number(g)}, {number(f, 2)})"
     cells = [model, dtype, cell(ips, gflops, frac)]
     for label in labels:
       cells.append(cell(*theirs[label]) if label in theirs else "–")
-    cells.append(number(ratio))
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    cells.append(num(ratio))
+    lines.append(cells)
+  return _common.markdown_table(head, lines)
 
 
 def main(argv):
   if len(argv) < 2:
     raise ValueError("give the JSON-lines files of train_step / torch_pgd_at")
-  print(markdown(*rows(read(argv[1:]))), flush=True)
+  print(markdown(*rows(_common.read_records(argv[1:]))), flush=True)
 
 
 if __name__ == "__main__":

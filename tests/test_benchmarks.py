@@ -487,7 +487,7 @@ def test_step_table_rates_each_peer_against_awt_flops(tmp_path):
   del records[-2]["images_per_s"]
   path = tmp_path / "steps.jsonl"
   path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
-  labels, rows = step_table.rows(step_table.read([str(path)]))
+  labels, rows = step_table.rows(_common.read_records([str(path)]))
   assert labels == ["eager", "eager+channels_last", "compile"]
   (model, dtype, ips, gflops, frac, theirs, ratio), fp32 = rows
   # The later awt record counts: 2.56 TFLOP per 128 images at 1000 img/s.
@@ -505,7 +505,7 @@ def test_step_table_rates_each_peer_against_awt_flops(tmp_path):
   assert table[3].startswith("| resnet18 | float32 | – (–, –) | 300 (–, –) |")
   (tmp_path / "bad.jsonl").write_text("{}\nnot json\n")
   with pytest.raises(ValueError, match="bad.jsonl:2: not JSON"):
-    step_table.read([str(tmp_path / "bad.jsonl")])
+    _common.read_records([str(tmp_path / "bad.jsonl")])
 
 
 def _compare_record(task, peer, ratios, **extra):
