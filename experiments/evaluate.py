@@ -11,6 +11,11 @@ and the sanity checks (monotone in eps, ~0 at a huge eps, no gradient
 masking, converged PGD). Writes ``robustness.json`` and
 ``plots/robustness_vs_eps.png`` to --workdir and prints a table.
 
+A workdir of several members (``find_ticket``'s ticket and dense
+reference, a study's ``train/<sparsity>`` program) evaluates each member
+in turn, or those named by ``--members``, and writes the same files under
+``members/<name>/``.
+
 eps and norm default to the run's ``config.eval``; the attacks to APGD-CE,
 APGD-T and Square1000 plus the run's ``config.eval.attacks``. Example with
 small budgets:
@@ -61,6 +66,12 @@ flags.DEFINE_integer(
   "batch_size", None, "Examples per compiled call; default config.eval."
 )
 flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.")
+flags.DEFINE_list(
+  "members",
+  None,
+  "Members of a several-member workdir to evaluate (names as in its "
+  "members/ folder); default: every member.",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -146,11 +157,36 @@ def plot_curve(report: dict, path: str, title: str) -> None:
   plt.close(fig)
 
 
+def _targets(workdir: str, members: list[str] | None, selected) -> list:
+  """``[(name, index, outdir)]``: what to evaluate and where to write it.
+
+  A single run is ``[(None, None, workdir)]``; a run of several members
+  (``meta["members"]``) gives each selected member its index on the
+  leading axis and ``workdir/members/<name>``.
+  """
+  if members is None:
+    if selected:
+      raise ValueError(
+        f"--members given, but {workdir} holds a single run (no members)"
+      )
+    return [(None, None, workdir)]
+  unknown = [m for m in selected or () if m not in members]
+  if unknown:
+    raise ValueError(
+      f"--members: no member {unknown[0]!r} in {workdir}; its members: "
+      f"{', '.join(members)}"
+    )
+  chosen = selected or members
+  return [
+    (m, members.index(m), os.path.join(workdir, "members", m)) for m in chosen
+  ]
+
+
 def main(argv):
   del argv
   import jax  # noqa: PLC0415 (after TF/JAX device setup)
 
-  from awt import checkpoints, evaluation  # noqa: PLC0415
+  from awt import checkpoints, evaluation, masks  # noqa: PLC0415
   from awt import config as config_lib  # noqa: PLC0415
   from awt import data as data_lib  # noqa: PLC0415
   from awt import workdir as workdir_lib  # noqa: PLC0415
@@ -168,6 +204,7 @@ def main(argv):
 
   run = checkpoints.restore(f.workdir)
   workdir = workdir_lib.prepare(f.workdir)
+  targets = _targets(workdir, run["meta"].get("members"), f.members)
   config, model = run["config"], run["model"]
   eps = config.eval.eps if f.eps is None else f.eps
   norm = f.norm or config.eval.norm
@@ -180,44 +217,53 @@ def main(argv):
   if f.max_examples:
     n = min(f.max_examples, test.num_examples)
     test = data_lib.Split(test.images[:n], test.labels[:n])
-  title = (
-    f"{config.model.name} / {dataset.info.name} / "
-    f"{config.adversarial.method} / sparsity {config.pruning.sparsity:g}"
-  )
-  _main.log(
-    f"evaluating {title} (step {run['step']}) on {test.num_examples} test "
-    f"examples, {norm} eps={eps:g}"
-  )
 
   def apply_fn(variables, x):
     return model.apply(variables, x, train=False)
 
-  report = evaluation.robustness_report(
-    apply_fn,
-    run["variables"],
-    test,
-    eps=eps,
-    norm=norm,
-    attack_names=tuple(attack_names),
-    ensemble=None if f.ensemble is None else tuple(f.ensemble),
-    minimal_attacks=tuple(f.minimal),
-    eps_sweep=sweep,
-    large=f.large_eps,
-    batch_size=f.batch_size or config.eval.batch_size,
-    key=jax.random.PRNGKey(f.seed),
-    log=_main.log,
-  )
-  report["step"] = run["step"]
-  workdir_lib.write_json(os.path.join(workdir, "robustness.json"), report)
-  plot_curve(
-    report, os.path.join(workdir, "plots", "robustness_vs_eps.png"), title
-  )
-  print(format_report(report, title), flush=True)
-  verdict = "all passed" if report["all_sanity_checks_passed"] else "FAILED"
-  _main.log(
-    f"wrote {workdir}/robustness.json in {report['wall_time_s']:.1f}s; "
-    f"sanity checks {verdict}"
-  )
+  for name, index, out in targets:
+    variables, kind = run["variables"], f"sparsity {config.pruning.sparsity:g}"
+    if index is not None:
+      variables = jax.tree.map(lambda v, i=index: v[i], variables)
+      mask = jax.tree.map(lambda v, i=index: v[i], run["mask"])
+      kind = f"{name}, sparsity {masks.sparsity(mask):.4g}"
+      workdir_lib.prepare(out)
+    title = (
+      f"{config.model.name} / {dataset.info.name} / "
+      f"{config.adversarial.method} / {kind}"
+    )
+    _main.log(
+      f"evaluating {title} (step {run['step']}) on {test.num_examples} test "
+      f"examples, {norm} eps={eps:g}"
+    )
+    report = evaluation.robustness_report(
+      apply_fn,
+      variables,
+      test,
+      eps=eps,
+      norm=norm,
+      attack_names=tuple(attack_names),
+      ensemble=None if f.ensemble is None else tuple(f.ensemble),
+      minimal_attacks=tuple(f.minimal),
+      eps_sweep=sweep,
+      large=f.large_eps,
+      batch_size=f.batch_size or config.eval.batch_size,
+      key=jax.random.PRNGKey(f.seed),
+      log=_main.log,
+    )
+    report["step"] = run["step"]
+    if name is not None:
+      report["member"] = name
+    workdir_lib.write_json(os.path.join(out, "robustness.json"), report)
+    plot_curve(
+      report, os.path.join(out, "plots", "robustness_vs_eps.png"), title
+    )
+    print(format_report(report, title), flush=True)
+    verdict = "all passed" if report["all_sanity_checks_passed"] else "FAILED"
+    _main.log(
+      f"wrote {out}/robustness.json in {report['wall_time_s']:.1f}s; "
+      f"sanity checks {verdict}"
+    )
 
 
 if __name__ == "__main__":

@@ -79,6 +79,16 @@ def test_evaluate_writes_report_and_plot(evaluated_run):
   assert "ex/s" in proc.stderr and "ETA" in proc.stderr
 
 
+@pytest.mark.slow
+def test_members_of_a_single_run_is_one_line(evaluated_run):
+  proc = _binary.run(
+    "experiments.evaluate", f"--workdir={evaluated_run[0]}", "--members=ticket"
+  )
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  last = [x for x in proc.stderr.splitlines() if x.strip()][-1]
+  assert "holds a single run" in last, last
+
+
 @pytest.mark.parametrize(
   "args, expected",
   [

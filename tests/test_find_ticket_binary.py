@@ -5,6 +5,7 @@ read it are slow; an unknown method ending the binary in one line is not.
 """
 
 import json
+import shutil
 
 import _binary  # tests/_binary.py: the one subprocess runner
 import jax
@@ -77,6 +78,36 @@ def test_rerun_reuses_the_ticket(snip_run):
   proc = _run(workdir, "--notrain")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "reusing the snip ticket" in proc.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_reads_each_member(snip_run, tmp_path):
+  """experiments.evaluate on a ticket + dense workdir: one report each."""
+  workdir = tmp_path / "run"
+  shutil.copytree(snip_run[0], workdir)
+  small = ("--attacks=pgd3", "--eps_sweep=0,0.1", "--minimal=")
+  proc = _binary.run(
+    "experiments.evaluate", f"--workdir={workdir}", "--members=nope", *small
+  )
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  last = [x for x in proc.stderr.splitlines() if x.strip()][-1]
+  assert "no member 'nope'" in last and "ticket, dense" in last, last
+  proc = _binary.run("experiments.evaluate", f"--workdir={workdir}", *small)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not (workdir / "robustness.json").exists()
+  for name in ("ticket", "dense"):
+    member = workdir / "members" / name
+    report = json.loads((member / "robustness.json").read_text())
+    trained = json.loads((member / "results.json").read_text())
+    # The member's own weights: its clean test accuracy as training saw it.
+    assert report["member"] == name
+    assert report["num_examples"] == 360
+    assert report["clean_accuracy"] == pytest.approx(
+      trained["clean_accuracy"], abs=1e-6
+    )
+    assert (member / "plots" / "robustness_vs_eps.png").stat().st_size
+  assert "ticket, sparsity 0.9 " in proc.stderr
+  assert "dense, sparsity 0 " in proc.stderr
 
 
 def test_unknown_method_is_one_line(tmp_path):
