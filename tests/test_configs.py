@@ -122,6 +122,30 @@ def test_paper_settings(name, dataset, eps, train_steps, step_size):
     assert set(c.eval.attacks) >= {"pgd40", "pgd100"}
 
 
+# Guo et al.'s study trains its models naturally, in float32 only.
+TRAINING_CONFIGS = [
+  (p, n)
+  for p, n in zip(FILES, NAMES, strict=True)
+  if n != "sparsity_robustness"
+]
+
+
+@pytest.mark.parametrize(
+  "path", [p for p, _ in TRAINING_CONFIGS], ids=[n for _, n in TRAINING_CONFIGS]
+)
+def test_every_training_config_takes_the_bf16_switch(path):
+  """``--config.model.dtype=bfloat16`` (README's accelerator switch) works
+  on every training config: the key is declared, bf16 validates and a
+  dtype that is not one is refused."""
+  c = _load(path).get_config()
+  assert c.model.dtype == "float32"
+  c.model.dtype = "bfloat16"
+  config_lib.validate(c)
+  c.model.dtype = "float8"
+  with pytest.raises(config_lib.ConfigError, match="model.dtype"):
+    config_lib.validate(c)
+
+
 def test_a_bad_value_is_caught():
   module = _load(os.path.join(ROOT, "experiments", "configs", "mnist_mlp.py"))
   c = module.get_config()

@@ -27,7 +27,8 @@ def _common(batch_size: int, num_epochs: int, dataset: str, model: dict):
   # for choosing hyperparameters without looking at the test set.
   c.data.validation = 0
 
-  c.model = ml_collections.ConfigDict(model)
+  # Compute dtype ("bfloat16": mixed precision, float32 master weights).
+  c.model = ml_collections.ConfigDict({"dtype": "float32", **model})
 
   c.adversarial = ml_collections.ConfigDict()
   c.adversarial.method = "pgd_at"  # Madry et al. 2018.
