@@ -320,6 +320,7 @@ def _prepare(config, workdir, members, single) -> _Run:
       f"{len(devices)} local devices"
     )
   dataset = config_lib.load_data(config)
+  _check_resumed_config(workdir, config)
   workdir_lib.write_json(f"{workdir}/config.json", config.to_dict())
   steps_per_epoch = data_lib.steps_per_epoch(
     dataset.train.num_examples, config.batch_size
@@ -338,6 +339,59 @@ def _prepare(config, workdir, members, single) -> _Run:
     steps_per_epoch=steps_per_epoch,
     devices=devices,
   )
+
+
+# What a resumed run may change: how long it trains (the schedule is
+# rebuilt for the new length), how it is evaluated, logged and
+# checkpointed, where its data are read from, how members are stepped.
+RESUMABLE_KEYS = (
+  "num_epochs",
+  "eval",
+  "log_every_steps",
+  "checkpoint_every_epochs",
+  "checkpoint_every_steps",
+  "member_map",
+  "data.data_dir",
+)
+
+
+def _check_resumed_config(workdir: str, config) -> None:
+  """Refuses to resume a workdir's checkpoints under another training config.
+
+  ``config.json`` records the config the checkpoints were trained with; a
+  rerun that changes anything but ``RESUMABLE_KEYS`` would continue them
+  as another run (or, with other shapes, fail to restore) and overwrite
+  that record.
+
+  Raises:
+    ConfigError: one line naming the first differing key.
+  """
+  path = os.path.join(workdir, "config.json")
+  ckpts = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+  if not (os.path.exists(path) and os.path.isdir(ckpts)):
+    return
+  if not any(name.isdigit() for name in os.listdir(ckpts)):
+    return  # killed before its first checkpoint: nothing to continue
+  try:
+    with open(path) as f:
+      there = json.load(f)
+  except (OSError, ValueError):
+    return  # unreadable record: the checkpoint's own check still applies
+  here = workdir_lib.normalized(config.to_dict())
+  for key in RESUMABLE_KEYS:
+    *parents, leaf = key.split(".")
+    for tree in (there, here):
+      for p in parents:
+        tree = tree.get(p, {}) if isinstance(tree, dict) else {}
+      if isinstance(tree, dict):
+        tree.pop(leaf, None)
+  diff = workdir_lib.first_difference(there, here)
+  if diff:
+    key, was, now = diff
+    raise config_lib.ConfigError(
+      f"workdir {workdir!r} holds checkpoints trained with another config "
+      f"({key}: {was!r} there, {now!r} now); use a new --workdir"
+    )
 
 
 def _initial_state(run: _Run):

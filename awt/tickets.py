@@ -173,7 +173,7 @@ def find(
   init = Ticket(mask=masks.ones(params), params=params, batch_stats=batch_stats)
   reads = start or init
   label = _label(config.pruning.method, ablation)
-  ticket = _reload(workdir, reads, label, log)
+  ticket = _reload(workdir, reads, label, _found_with(config), log)
   if ticket is None:
     log(
       f"finding a {label} ticket at sparsity {config.pruning.sparsity} "
@@ -191,6 +191,9 @@ def find(
       pretrain_dir=pretrain_dir,
     )
     ticket = _search(config, ctx, keys.mask, ablation, base)
+    ticket = ticket.replace(
+      info={**ticket.info, "found_with": _found_with(config)}
+    )
     if measure_ntk:
       ticket = _with_ntk_distances(config, s, init, ticket, keys.mask)
     if workdir is not None:
@@ -218,8 +221,39 @@ def _label(method: str, ablation: str) -> str:
   return method if ablation == "none" else f"{method}/{ablation}"
 
 
-def _reload(workdir, like: Ticket, label: str, log) -> Ticket | None:
-  """The ticket saved in ``workdir``, or None (none saved, or no workdir)."""
+# Options that say how a search runs, not which ticket it finds.
+_HOW_OPTIONS = ("awt_checkpoint_every",)
+
+
+def _found_with(config) -> dict:
+  """What makes a ticket: the method and every option it reads (at their
+  checked values), the seed and the data it searched on. Saved with the
+  ticket as ``info["found_with"]``; a saved ticket is reused only for the
+  same."""
+  method = config.pruning.method
+  options = {
+    o.name: pruning.option(config, o.name)
+    for o in pruning.options(method)
+    if o.name not in _HOW_OPTIONS
+  }
+  return workdir_lib.normalized(
+    {
+      "method": method,
+      "options": options,
+      "seed": config.seed,
+      "data": config.data.name,
+      "validation": config.data.get("validation", 0),
+    }
+  )
+
+
+def _reload(workdir, like: Ticket, label: str, wanted: dict, log):
+  """The ticket saved in ``workdir``, or None (none saved, or no workdir).
+
+  Raises:
+    ConfigError: the saved ticket was found with other settings than
+      ``wanted`` (:func:`_found_with`); one line naming the first.
+  """
   if workdir is None:
     return None
   workdir = workdir_lib.prepare(workdir)
@@ -229,6 +263,20 @@ def _reload(workdir, like: Ticket, label: str, log) -> Ticket | None:
   if saved is None:
     return None
   tree, info = saved
+  kept = info.get("found_with")
+  if kept is None:  # saved before found_with: compare what it recorded
+    kept = {"method": info.get("method"), "ablation": info.get("ablation")}
+    wanted = {
+      "method": wanted["method"],
+      "ablation": wanted["options"]["ablation"],
+    }
+  diff = workdir_lib.first_difference(kept, wanted)
+  if diff:
+    key, was, now = diff
+    raise config_lib.ConfigError(
+      f"workdir {workdir!r} holds a ticket found with other settings "
+      f"({key}: {was!r} there, {now!r} now); use a new --workdir"
+    )
   log(f"reusing the {label} ticket saved in {workdir}/ticket")
   return Ticket(**jax.device_get(tree), info=info)
 

@@ -93,6 +93,12 @@ def atomic_write(path: str, *, newline: str | None = None):
     raise
 
 
+def normalized(obj):
+  """``obj`` as JSON would give it back (tuples as lists, numpy as Python),
+  for comparing a config or setting with one read from disk."""
+  return json.loads(json.dumps(_jsonable(obj), sort_keys=True))
+
+
 def write_json(path: str, obj) -> None:
   """Writes ``obj`` as indented JSON, atomically (``atomic_write``)."""
   with atomic_write(path) as f:

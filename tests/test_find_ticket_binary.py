@@ -110,6 +110,33 @@ def test_evaluate_reads_each_member(snip_run, tmp_path):
   assert "dense, sparsity 0 " in proc.stderr
 
 
+@pytest.mark.slow
+def test_a_ticket_found_with_other_settings_is_not_reused(snip_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(snip_run[0], workdir)
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  for override, expected in [
+    ("--config.pruning.method=synflow", "(method: 'snip' there, 'synflow'"),
+    ("--config.pruning.sparsity=0.5", "(options.sparsity: 0.9 there, 0.5 now)"),
+    ("--config.seed=3", "(seed: 0 there, 3 now)"),
+  ]:
+    proc = _binary.run(
+      "experiments.find_ticket",
+      f"--config={SMOKE}",
+      f"--workdir={workdir}",
+      "--config.pruning.method=snip",
+      "--config.pruning.sparsity=0.9",
+      override,
+      "--notrain",
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = [x for x in proc.stderr.splitlines() if x.strip()][-1]
+    assert "holds a ticket found with other settings" in last, last
+    assert expected in last, last
+  after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  assert after == before
+
+
 def test_unknown_method_is_one_line(tmp_path):
   proc = _run(tmp_path / "x", "--config.pruning.method=snipp")
   assert proc.returncode == 1

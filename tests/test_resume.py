@@ -12,6 +12,7 @@ failure tests start from copies of the uninterrupted reference run, which
 is trained once for the module.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -100,7 +101,12 @@ def trained(reference, tmp_path):
 @pytest.mark.slow
 def test_nan_stops_with_the_step_and_keeps_the_checkpoint(trained):
   good = _params(trained)
-  # An absurd learning rate sends the loss to inf/nan within a few steps.
+  # A run that diverges after its last checkpoint: its record says an
+  # absurd learning rate, which sends the loss to inf/nan within a few
+  # steps of the resumed epoch (a resumed run must keep its config).
+  record = json.loads((trained / "config.json").read_text())
+  record["optimizer"]["learning_rate"] = 1e30
+  (trained / "config.json").write_text(json.dumps(record))
   proc = _run(
     trained,
     "--config.num_epochs=3",
@@ -129,6 +135,28 @@ def test_corrupted_checkpoint_is_one_clear_line(trained):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: cannot restore checkpoint step 44"), last
   assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_resuming_under_another_config_is_one_line_and_keeps_the_record(
+  trained,
+):
+  record = (trained / "config.json").read_bytes()
+  good = _params(trained)
+  proc = _run(trained, "--config.optimizer.learning_rate=0.5")
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "another config" in last, last
+  assert "(optimizer.learning_rate: 0.4 there, 0.5 now)" in last, last
+  assert "Traceback" not in proc.stderr
+  assert (trained / "config.json").read_bytes() == record
+  for a, b in zip(good, _params(trained), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # What a resumed run may change: its length and its evaluation.
+  proc = _run(trained, "--config.num_epochs=3", "--config.eval.attacks=()")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "resuming from checkpoint at step 44" in proc.stderr
+  assert checkpoints.latest_step(str(trained)) == 66
 
 
 @pytest.mark.slow

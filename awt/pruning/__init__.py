@@ -59,7 +59,7 @@ from awt.pruning._options import (
   share,
   unregister,
 )
-from awt.pruning._ticket import PruningContext, Ticket
+from awt.pruning._ticket import PruningContext, SearchCheckpoints, Ticket
 from awt.pruning.scores import (
   erk_counts,
   erk_densities,
@@ -197,6 +197,7 @@ __all__ = [
   "OneOf",
   "Option",
   "PruningContext",
+  "SearchCheckpoints",
   "Ticket",
   "check",
   "defaults",

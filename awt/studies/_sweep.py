@@ -96,11 +96,6 @@ def _check_name(name: str) -> None:
     )
 
 
-def _normalized(obj):
-  """``obj`` as JSON would give it back (tuples as lists, numpy as Python)."""
-  return json.loads(json.dumps(workdir_lib._jsonable(obj), sort_keys=True))
-
-
 def check_config(workdir: str, config: Mapping[str, Any]) -> None:
   """Records a sweep's config, or checks a restarted sweep has the same one.
 
@@ -117,7 +112,7 @@ def check_config(workdir: str, config: Mapping[str, Any]) -> None:
   """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG)
-  new = _normalized(config)
+  new = workdir_lib.normalized(config)
   if not os.path.exists(path):
     workdir_lib.write_json(path, new)
     return
