@@ -176,20 +176,49 @@ def parse_flags(argv: list[str]) -> list[str]:
 
   A misspelt ``--config.x.y`` override raises inside ml_collections
   (AttributeError, KeyError, TypeError, ValueError) during parsing, before
-  ``main`` runs; absl would print a traceback.
+  ``main`` runs; absl would print a traceback. A config file's own error
+  (an unknown variant, a syntax error) is named by its last line, and a
+  missing config file by its path.
   """
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
-    msg = str(e).splitlines()[0]
+    lines = [x for x in str(e).splitlines() if x.strip()]
+    msg = lines[0]
+    if "Traceback" in str(e):  # the config file raised: say what it said
+      msg = f"{lines[0].rstrip(':')} {lines[-1].strip()}"
+  except (SyntaxError, NameError, ImportError) as e:  # in a config file
+    msg = f"cannot load a config file: {type(e).__name__}: {e}"
+  except OSError as e:  # an override applied to a config that did not load
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    msg = _missing_config_file(argv) or f"cannot load a config file: {first}"
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     first = str(e).splitlines()[0] if str(e) else ""
     msg = (
       f"cannot apply a command-line flag ({type(e).__name__}: {first}); "
       "check that every --config.<key> names a field of the config"
     )
+  else:
+    msg = _missing_config_file(argv)
+    if msg is None:
+      return rest
   print(f"error: {msg}", file=sys.stderr, flush=True)
   sys.exit(1)
+
+
+def _missing_config_file(argv: list[str]) -> str | None:
+  """The line naming a ``--config`` file in ``argv`` that does not exist,
+  or None (ml_collections defers that error to the config's first use)."""
+  for arg in argv[1:]:
+    name, _, given = arg.lstrip("-").partition("=")
+    flag = flags.FLAGS[name] if name in flags.FLAGS else None
+    # config_flags' file flags (their config_filename is a property).
+    if not isinstance(getattr(type(flag), "config_filename", None), property):
+      continue
+    path = given.split(":")[0]
+    if given and not os.path.isfile(path):
+      return f"--{name}={given}: no such config file {path!r}"
+  return None
 
 
 def run(main) -> None:

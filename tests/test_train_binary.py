@@ -175,3 +175,27 @@ def test_unwritable_workdir(tmp_path):
   assert msg.startswith("workdir") and "not writable" in msg, msg
   assert "\n" not in msg
   assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize(
+  "config, expected",
+  [
+    ("experiments/configs/nope.py", "no such config file 'experiments/"),
+    ("experiments/configs/nope.py:smoke", "no such config file"),
+    (
+      "experiments/configs/digits_mlp.py:smok",
+      "unknown variant 'smok'; known: natural, adam, smoke",
+    ),
+    ("README.md", "cannot load a config file: SyntaxError"),
+  ],
+)
+def test_a_config_file_that_does_not_load_is_one_line(
+  tmp_path, config, expected
+):
+  # An override on a config that did not load fails inside flag parsing.
+  for extra in ((), ("--config.num_epochs=1",)):
+    proc = _run(f"--config={config}", f"--workdir={tmp_path / 'w'}", *extra)
+    assert proc.returncode == 1
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert lines == [lines[-1]] and expected in lines[-1], lines
+  assert not (tmp_path / "w").exists()
