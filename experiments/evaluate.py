@@ -212,6 +212,12 @@ def main(argv):
   if attack_names is None:
     attack_names = ["apgd-ce", "apgd-t", "square1000"]
     attack_names += [a for a in config.eval.attacks if a not in attack_names]
+  outside = [a for a in f.ensemble or () if a not in attack_names]
+  if outside:
+    raise ValueError(
+      f"--ensemble member {outside[0]!r} is not among the attacks "
+      f"({', '.join(attack_names)}); add it to --attacks"
+    )
   dataset = config_lib.load_data(config)
   test = dataset.test
   if f.max_examples:

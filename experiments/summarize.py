@@ -3,34 +3,52 @@ r"""Prints markdown tables of finished workdirs.
   python -m experiments.summarize /tmp/awt/table/*
   python -m experiments.summarize /tmp/awt/decisive_mnist5k
 
-A ticket or training workdir (``results.json``) is one row of a table:
-method, sparsity, clean and robust accuracies, the adversarial-NTK distance
-at init and the cost of finding the ticket. A study workdir
-(``compare_tickets.json``, ``sparsity_robustness.json``) gets its study's
-table again, recomputed from the per-seed rows it saved with the current
-statistics (``awt.studies._sweep``: mean ± sample std over seeds, paired
-t-intervals), so a results table can be regenerated without rerunning the
-study.
+A ticket or training workdir (``results.json``) is one row of a table, a
+workdir of several members (a study's ``train/<pct>``) one row per
+member: method or member, sparsity, clean and robust accuracies, the
+adversarial-NTK distance at init and the cost of finding the ticket. A
+study workdir (``compare_tickets.json``, ``sparsity_robustness.json``)
+gets its study's table again, recomputed from the per-seed rows it saved
+with the current statistics (``awt.studies._sweep``: mean ± sample std
+over seeds, paired t-intervals), so a results table can be regenerated
+without rerunning the study.
 """
 
 import json
 import os
 import sys
 
-from absl import app
+from experiments import _main
+
+# What a row reads from a run's results.
+_KEYS = ("sparsity", "clean_accuracy", "robust_accuracy")
 
 
-def _row(workdir: str) -> str | None:
+def _results(workdir: str) -> list[tuple[str, dict]]:
+  """``[(name, results)]`` of a workdir: one run, or each member of a
+  several-member one (a study's ``train/<pct>``: ``{"members": [...]}``)."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    r = json.load(f)
+    return []
+  r = _load(path)
+  runs = [(m.get("name"), m) for m in r["members"]] if "members" in r else []
+  runs = runs or [(r.get("method", os.path.basename(workdir)), r)]
+  for name, run in runs:
+    missing = [k for k in _KEYS if k not in run]
+    if missing:
+      raise ValueError(
+        f"{path}: {name} has no {missing[0]!r}; not the "
+        "results of an awt training run"
+      )
+  return runs
+
+
+def _row(name: str, r: dict) -> str:
   robust = " / ".join(f"{v:.2%}" for v in r["robust_accuracy"].values())
   cost = r.get("find_cost", {})
   ntk = r.get("ntk_distance_at_init")
   return (
-    f"| {r.get('method', os.path.basename(workdir))} | {r['sparsity']:.2%} "
+    f"| {name} | {r['sparsity']:.2%} "
     f"| {r['clean_accuracy']:.2%} | {robust} "
     f"| {'—' if ntk is None else f'{ntk:.3f}'} "
     f"| {cost.get('wall_time_s', 0):.1f} s, {cost.get('passes', 0)} passes |"
@@ -39,7 +57,10 @@ def _row(workdir: str) -> str | None:
 
 def _load(path: str) -> dict:
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 def compare_tickets_table(workdir: str) -> str:
@@ -84,6 +105,9 @@ STUDIES = {
 def main(argv):
   studies, workdirs = [], []
   for workdir in argv[1:]:
+    if not os.path.isdir(workdir):
+      what = "is a file" if os.path.exists(workdir) else "does not exist"
+      raise ValueError(f"{workdir!r} {what}; give workdirs (directories)")
     found = [f for f in STUDIES if os.path.exists(os.path.join(workdir, f))]
     if found:
       studies.append((workdir, STUDIES[found[0]]))
@@ -91,19 +115,19 @@ def main(argv):
       workdirs.append(workdir)
   for workdir, table in studies:
     print(f"{workdir}:\n\n{table(workdir)}")
-  rows = [r for r in map(_row, workdirs) if r]
-  if not rows:
+  runs = []
+  for w in workdirs:
+    found = _results(w)
+    if not found:
+      _main.log(f"skipped {w}: no results.json (not finished?)")
+    runs += found
+  if not runs:
     if studies:
       return 0
     print("error: no results.json in the given workdirs", file=sys.stderr)
     return 1
-  first = _load(
-    next(
-      os.path.join(w, "results.json")
-      for w in workdirs
-      if os.path.exists(os.path.join(w, "results.json"))
-    )
-  )
+  rows = [_row(name, r) for name, r in runs]
+  first = runs[0][1]
   attacks = " / ".join(first["robust_accuracy"])
   print(
     f"| method | sparsity | clean | {attacks} | adv-NTK distance at init "
@@ -115,4 +139,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _main.run(main)

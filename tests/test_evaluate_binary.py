@@ -80,13 +80,25 @@ def test_evaluate_writes_report_and_plot(evaluated_run):
 
 
 @pytest.mark.slow
-def test_members_of_a_single_run_is_one_line(evaluated_run):
-  proc = _binary.run(
-    "experiments.evaluate", f"--workdir={evaluated_run[0]}", "--members=ticket"
-  )
+@pytest.mark.parametrize(
+  "args, expected",
+  [
+    (("--members=ticket",), "holds a single run"),
+    (
+      ("--attacks=fgsm", "--ensemble=pgd5"),
+      "--ensemble member 'pgd5' is not among the attacks (fgsm); add it",
+    ),
+  ],
+)
+def test_flags_that_do_not_fit_the_run_are_one_line(
+  evaluated_run, args, expected
+):
+  workdir = evaluated_run[0]
+  proc = _binary.run("experiments.evaluate", f"--workdir={workdir}", *args)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   last = [x for x in proc.stderr.splitlines() if x.strip()][-1]
-  assert "holds a single run" in last, last
+  assert expected in last, last
+  assert "evaluating" not in proc.stderr  # refused before any attack ran
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from awt import config as config_lib
 from awt.studies import _sweep, compare_tickets, lr_selection
 
 
@@ -387,3 +388,71 @@ def test_summarize_regenerates_a_study_table_from_its_saved_rows(
   assert f"± {want:.1f} |" in awt[0]  # pgd40: the sample std again
   assert summarize.main(["summarize", str(tmp_path)]) == 0
   assert table in capsys.readouterr().out
+
+
+def test_summarize_gives_each_member_of_a_program_a_row(tmp_path, capsys):
+  from experiments import summarize
+
+  def member(name, sparsity, clean):
+    return {
+      "name": name,
+      "sparsity": sparsity,
+      "clean_accuracy": clean,
+      "robust_accuracy": {"pgd40": clean - 0.2},
+    }
+
+  program = {
+    "members": [
+      member("dense_seed0", 0.0, 0.9),
+      member("snip_seed0", 0.95, 0.8),
+    ]
+  }
+  (tmp_path / "results.json").write_text(json.dumps(program))
+  assert summarize.main(["summarize", str(tmp_path)]) == 0
+  rows = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| ")]
+  assert rows[0].startswith("| method | sparsity | clean | pgd40 |")
+  assert rows[1:] == [
+    "| dense_seed0 | 0.00% | 90.00% | 70.00% | — | 0.0 s, 0 passes |",
+    "| snip_seed0 | 95.00% | 80.00% | 60.00% | — | 0.0 s, 0 passes |",
+  ]
+
+
+@pytest.mark.parametrize(
+  "config, validation, expected",
+  [
+    ("compare_tickets", 0, "would select the rate on the test set"),
+    ("digits_mlp", 200, "no `sweep` block"),
+  ],
+)
+def test_lr_selection_refuses_the_test_set_and_a_run_config(
+  tmp_path, config, validation, expected
+):
+  from experiments.configs import compare_tickets as ct
+  from experiments.configs import digits_mlp
+
+  c = {"compare_tickets": ct, "digits_mlp": digits_mlp}[config]
+  with pytest.raises(config_lib.ConfigError, match=expected):
+    lr_selection.run(
+      c.get_config("smoke"),
+      str(tmp_path / "w"),
+      rates=[0.1],
+      validation=validation,
+    )
+  assert not (tmp_path / "w").exists()
+
+
+def test_summarize_names_what_it_cannot_read(tmp_path):
+  from experiments import summarize
+
+  (tmp_path / "truncated").mkdir()
+  (tmp_path / "truncated" / "results.json").write_text('{"method": "sn')
+  (tmp_path / "foreign").mkdir()
+  (tmp_path / "foreign" / "results.json").write_text('{"method": "snip"}')
+  for path, expected in [
+    (tmp_path / "missing", "missing' does not exist"),
+    (tmp_path / "truncated" / "results.json", "results.json' is a file"),
+    (tmp_path / "truncated", "truncated/results.json is not valid JSON"),
+    (tmp_path / "foreign", "snip has no 'sparsity'"),
+  ]:
+    with pytest.raises(ValueError, match=re.escape(expected)):
+      summarize.main(["summarize", str(path)])

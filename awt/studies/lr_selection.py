@@ -105,11 +105,23 @@ def run(
   """Runs the study at every rate on the validation split; see module doc.
 
   Raises:
-    ConfigError: for no rates, a non-positive rate or a bad grid.
+    ConfigError: for no rates, a non-positive rate, no validation split
+      (0 would select on the test set), a config without a ``sweep`` block
+      or a bad grid.
   """
   if not rates or any(r <= 0 for r in rates):
     raise config_lib.ConfigError(
       f"learning rates {tuple(rates)} must be a non-empty list of numbers > 0"
+    )
+  if validation < 1:
+    raise config_lib.ConfigError(
+      f"validation={validation} must be >= 1 held-out training examples "
+      "(0 would select the rate on the test set)"
+    )
+  if "sweep" not in config:
+    raise config_lib.ConfigError(
+      "the config has no `sweep` block; select_lr runs a study config, e.g. "
+      "experiments/configs/compare_tickets.py"
     )
   workdir = workdir_lib.prepare(workdir)
   results, diverged = {}, {}
