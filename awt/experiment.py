@@ -385,13 +385,13 @@ def _check_resumed_config(workdir: str, config) -> None:
         tree = tree.get(p, {}) if isinstance(tree, dict) else {}
       if isinstance(tree, dict):
         tree.pop(leaf, None)
-  diff = workdir_lib.first_difference(there, here)
-  if diff:
-    key, was, now = diff
-    raise config_lib.ConfigError(
-      f"workdir {workdir!r} holds checkpoints trained with another config "
-      f"({key}: {was!r} there, {now!r} now); use a new --workdir"
-    )
+  workdir_lib.check_same(
+    workdir,
+    "checkpoints trained with another config",
+    there,
+    here,
+    config_lib.ConfigError,
+  )
 
 
 def _initial_state(run: _Run):

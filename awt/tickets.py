@@ -270,13 +270,13 @@ def _reload(workdir, like: Ticket, label: str, wanted: dict, log):
       "method": wanted["method"],
       "ablation": wanted["options"]["ablation"],
     }
-  diff = workdir_lib.first_difference(kept, wanted)
-  if diff:
-    key, was, now = diff
-    raise config_lib.ConfigError(
-      f"workdir {workdir!r} holds a ticket found with other settings "
-      f"({key}: {was!r} there, {now!r} now); use a new --workdir"
-    )
+  workdir_lib.check_same(
+    workdir,
+    "a ticket found with other settings",
+    kept,
+    wanted,
+    config_lib.ConfigError,
+  )
   log(f"reusing the {label} ticket saved in {workdir}/ticket")
   return Ticket(**jax.device_get(tree), info=info)
 

@@ -250,6 +250,22 @@ def first_difference(there, here, name: str = ""):
   return None if there == here else (name, there, here)
 
 
+def check_same(workdir: str, what: str, there, here, error=ValueError):
+  """Refuses ``here`` where ``workdir`` holds ``what`` made with ``there``.
+
+  Raises:
+    error: one line naming the first differing key
+      (:func:`first_difference`) and asking for a new ``--workdir``.
+  """
+  diff = first_difference(there, here)
+  if diff:
+    key, was, now = diff
+    raise error(
+      f"workdir {workdir!r} holds {what} ({key}: {was!r} there, {now!r} "
+      "now); use a new --workdir"
+    )
+
+
 def fmt_duration(seconds: float) -> str:
   """``h:mm:ss`` of a non-negative duration (for progress lines)."""
   seconds = int(round(max(seconds, 0.0)))

@@ -118,13 +118,7 @@ def check_config(workdir: str, config: Mapping[str, Any]) -> None:
     return
   with open(path) as f:
     old = json.load(f)
-  diff = workdir_lib.first_difference(old, new)
-  if diff:
-    key, was, now = diff
-    raise ValueError(
-      f"workdir {workdir!r} holds a sweep with another config ({key}: "
-      f"{was!r} there, {now!r} now); use a new --workdir"
-    )
+  workdir_lib.check_same(workdir, "a sweep with another config", old, new)
 
 
 def check_numbers(
