@@ -166,3 +166,12 @@ def test_bad_input_is_one_line(tmp_path, flag, message):
   proc = _run(tmp_path, flag)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_a_config_without_a_pruning_block_is_one_line():
+  config = digits_mlp.get_config("smoke")
+  del config["pruning"]
+  with pytest.raises(
+    config_lib.ConfigError, match="config is missing 'pruning'"
+  ):
+    ntk_spectra.spectra(config, ["snip"], [0.9], num_points=8)

@@ -211,6 +211,14 @@ def spectra(
       ``num_points`` or a bad config (``ConfigError``), each one line.
   """
   start = time.perf_counter()
+  missing = [
+    k for k in ("data", "model", "adversarial", "pruning") if k not in config
+  ]
+  if missing:
+    raise config_lib.ConfigError(
+      f"config is missing {missing[0]!r}; ntk_spectra takes a run config "
+      "with a pruning block, e.g. experiments/configs/digits_mlp.py"
+    )
   methods, sparsities = tuple(methods), tuple(float(s) for s in sparsities)
   base = _cell_config(config, DENSE, 0.0)
   _check(
