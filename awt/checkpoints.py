@@ -147,6 +147,29 @@ def _check_like(restored: PyTree, template: PyTree, where) -> None:
       )
 
 
+def _check_model(model, info, params, stacked: bool, where) -> None:
+  """Refuses parameters that the config's model would not take (a
+  checkpoint whose recorded config names another model)."""
+  x = jax.ShapeDtypeStruct((1, *info.image_shape), jax.numpy.float32)
+  abstract = jax.eval_shape(
+    lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
+  )["params"]
+  if stacked:  # a train_members checkpoint: one leading member axis
+    params = jax.tree.map(lambda v: v[0], params)
+  trees = [jax.tree.structure(t) for t in (params, abstract)]
+  same = trees[0] == trees[1] and all(
+    a.shape == b.shape
+    for a, b in zip(
+      jax.tree.leaves(params), jax.tree.leaves(abstract), strict=True
+    )
+  )
+  if not same:
+    raise CheckpointError(
+      f"checkpoint in {where} holds parameters that its recorded config's "
+      f"model ({model.__class__.__name__}) does not take"
+    )
+
+
 TICKET_DIR = "ticket"
 
 
@@ -219,6 +242,7 @@ def restore(workdir: str, step: int | None = None) -> dict:
     variables["batch_stats"] = state["batch_stats"]
   mask = state["mask"]
   masks.check_compatible(state["params"], mask)
+  _check_model(model, info, state["params"], "members" in meta, path)
   return {
     "config": config,
     "model": model,

@@ -71,6 +71,23 @@ def test_restore_reloads_the_run(smoke_run):
 
 
 @pytest.mark.slow
+def test_restore_refuses_arrays_its_recorded_model_does_not_take(
+  smoke_run, tmp_path
+):
+  workdir = shutil.copytree(smoke_run[0], tmp_path / "run")
+  meta_file = workdir / "checkpoints" / "44" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  config = json.loads(meta["config"])
+  config["model"] = {"name": "lenet5", "dtype": "float32"}
+  meta["config"] = json.dumps(config)
+  meta_file.write_text(json.dumps(meta))
+  with pytest.raises(
+    checkpoints.CheckpointError, match=r"model \(LeNet5\) does not take"
+  ):
+    checkpoints.restore(str(workdir))
+
+
+@pytest.mark.slow
 def test_rerun_resumes_and_does_not_retrain(smoke_run, tmp_path):
   workdir = str(shutil.copytree(smoke_run[0], tmp_path / "run"))
   before = checkpoints.restore(workdir)
