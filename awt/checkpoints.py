@@ -130,21 +130,30 @@ def _first_words(e: Exception, limit: int = 160) -> str:
   return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _check_like(restored: PyTree, template: PyTree, where) -> None:
-  a = jax.tree.structure(restored)
-  b = jax.tree.structure(template)
-  if a != b:
-    raise CheckpointError(
-      f"checkpoint in {where} does not match this run's model/optimizer"
-    )
+def _mismatch(restored: PyTree, template: PyTree):
+  """None where ``restored`` has ``template``'s structure and shapes, else
+  ``"structure"`` or the first ``(restored shape, template shape)``."""
+  if jax.tree.structure(restored) != jax.tree.structure(template):
+    return "structure"
   for x, y in zip(
     jax.tree.leaves(restored), jax.tree.leaves(template), strict=True
   ):
     if x.shape != y.shape:
-      raise CheckpointError(
-        f"checkpoint in {where} has an array of shape {x.shape} where this "
-        f"run's model has {y.shape}"
-      )
+      return x.shape, y.shape
+  return None
+
+
+def _check_like(restored: PyTree, template: PyTree, where) -> None:
+  diff = _mismatch(restored, template)
+  if diff == "structure":
+    raise CheckpointError(
+      f"checkpoint in {where} does not match this run's model/optimizer"
+    )
+  if diff:
+    raise CheckpointError(
+      f"checkpoint in {where} has an array of shape {diff[0]} where this "
+      f"run's model has {diff[1]}"
+    )
 
 
 def _check_model(model, info, params, stacked: bool, where) -> None:
@@ -156,14 +165,7 @@ def _check_model(model, info, params, stacked: bool, where) -> None:
   )["params"]
   if stacked:  # a train_members checkpoint: one leading member axis
     params = jax.tree.map(lambda v: v[0], params)
-  trees = [jax.tree.structure(t) for t in (params, abstract)]
-  same = trees[0] == trees[1] and all(
-    a.shape == b.shape
-    for a, b in zip(
-      jax.tree.leaves(params), jax.tree.leaves(abstract), strict=True
-    )
-  )
-  if not same:
+  if _mismatch(params, abstract):
     raise CheckpointError(
       f"checkpoint in {where} holds parameters that its recorded config's "
       f"model ({model.__class__.__name__}) does not take"

@@ -367,11 +367,8 @@ def _check_resumed_config(workdir: str, config) -> None:
     ConfigError: one line naming the first differing key.
   """
   path = os.path.join(workdir, "config.json")
-  ckpts = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
-  if not (os.path.exists(path) and os.path.isdir(ckpts)):
-    return
-  if not any(name.isdigit() for name in os.listdir(ckpts)):
-    return  # killed before its first checkpoint: nothing to continue
+  if not os.path.exists(path) or checkpoints.latest_step(workdir) is None:
+    return  # nothing to continue (or killed before its first checkpoint)
   try:
     with open(path) as f:
       there = json.load(f)

@@ -173,7 +173,8 @@ def find(
   init = Ticket(mask=masks.ones(params), params=params, batch_stats=batch_stats)
   reads = start or init
   label = _label(config.pruning.method, ablation)
-  ticket = _reload(workdir, reads, label, _found_with(config), log)
+  found_with = _found_with(config)
+  ticket = _reload(workdir, reads, label, found_with, log)
   if ticket is None:
     log(
       f"finding a {label} ticket at sparsity {config.pruning.sparsity} "
@@ -191,9 +192,7 @@ def find(
       pretrain_dir=pretrain_dir,
     )
     ticket = _search(config, ctx, keys.mask, ablation, base)
-    ticket = ticket.replace(
-      info={**ticket.info, "found_with": _found_with(config)}
-    )
+    ticket = ticket.replace(info={**ticket.info, "found_with": found_with})
     if measure_ntk:
       ticket = _with_ntk_distances(config, s, init, ticket, keys.mask)
     if workdir is not None:

@@ -31,8 +31,10 @@ def _results(workdir: str) -> list[tuple[str, dict]]:
   if not os.path.exists(path):
     return []
   r = _load(path)
-  runs = [(m.get("name"), m) for m in r["members"]] if "members" in r else []
-  runs = runs or [(r.get("method", os.path.basename(workdir)), r)]
+  if "members" in r:
+    runs = [(m.get("name"), m) for m in r["members"]]
+  else:
+    runs = [(r.get("method", os.path.basename(workdir)), r)]
   for name, run in runs:
     missing = [k for k in _KEYS if k not in run]
     if missing:
