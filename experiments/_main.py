@@ -17,6 +17,7 @@ import functools
 import os
 import sys
 import time
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -188,7 +189,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if "Traceback" in str(e):  # the config file raised: say what it said
       msg = f"{lines[0].rstrip(':')} {lines[-1].strip()}"
   except (SyntaxError, NameError, ImportError) as e:  # in a config file
-    msg = f"cannot load a config file: {type(e).__name__}: {e}"
+    msg = f"{_failed_config_file(argv, e)}: {type(e).__name__}: {e}"
   except OSError as e:  # an override applied to a config that did not load
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     msg = _missing_config_file(argv) or f"cannot load a config file: {first}"
@@ -206,19 +207,43 @@ def parse_flags(argv: list[str]) -> list[str]:
   sys.exit(1)
 
 
-def _missing_config_file(argv: list[str]) -> str | None:
-  """The line naming a ``--config`` file in ``argv`` that does not exist,
-  or None (ml_collections defers that error to the config's first use)."""
+def _config_files(argv: list[str]) -> list[tuple[str, str, str]]:
+  """``(flag name, value, file path)`` of each config-file flag in ``argv``."""
+  found = []
   for arg in argv[1:]:
     name, _, given = arg.lstrip("-").partition("=")
     flag = flags.FLAGS[name] if name in flags.FLAGS else None
     # config_flags' file flags (their config_filename is a property).
-    if not isinstance(getattr(type(flag), "config_filename", None), property):
-      continue
-    path = given.split(":")[0]
-    if given and not os.path.isfile(path):
+    if given and isinstance(
+      getattr(type(flag), "config_filename", None), property
+    ):
+      found.append((name, given, given.split(":")[0]))
+  return found
+
+
+def _missing_config_file(argv: list[str]) -> str | None:
+  """The line naming a ``--config`` file in ``argv`` that does not exist,
+  or None (ml_collections defers that error to the config's first use)."""
+  for name, given, path in _config_files(argv):
+    if not os.path.isfile(path):
       return f"--{name}={given}: no such config file {path!r}"
   return None
+
+
+def _failed_config_file(argv: list[str], error: Exception) -> str:
+  """``cannot load config file 'f.py' (line N)``: the config file that raised
+  ``error`` while loading, and its line where the traceback shows one (a
+  SyntaxError's message already holds its own)."""
+  paths = {os.path.abspath(p): p for _, _, p in _config_files(argv)}
+  line = None
+  for frame, lineno in traceback.walk_tb(error.__traceback__):
+    if os.path.abspath(frame.f_code.co_filename) in paths:
+      path, line = paths[os.path.abspath(frame.f_code.co_filename)], lineno
+  if line is not None:
+    return f"cannot load config file {path!r} (line {line})"
+  if len(paths) == 1:
+    return f"cannot load config file {next(iter(paths.values()))!r}"
+  return "cannot load a config file"
 
 
 def run(main) -> None:

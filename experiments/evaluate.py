@@ -196,6 +196,11 @@ def main(argv):
     evaluation.parse_attack(name)
   for name in f.minimal:
     evaluation.parse_minimal_attack(name)
+  if f.ensemble == []:
+    raise ValueError(
+      "--ensemble= names no attack; leave the flag out for AutoAttack's "
+      "members or list at least one"
+    )
   sweep = None if f.eps_sweep is None else _floats(f.eps_sweep, "eps_sweep")
   if f.max_examples < 0:
     raise ValueError(f"--max_examples={f.max_examples} must be >= 0")

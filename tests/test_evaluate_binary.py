@@ -107,6 +107,7 @@ def test_flags_that_do_not_fit_the_run_are_one_line(
     (("--workdir={missing}",), "no checkpoints in"),
     (("--workdir={missing}", "--attacks=pgdx"), "unknown attack 'pgdx'"),
     (("--workdir={missing}", "--eps_sweep=0,abc"), "--eps_sweep must be"),
+    (("--workdir={missing}", "--ensemble="), "--ensemble= names no attack"),
   ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):

@@ -172,6 +172,8 @@ def test_plan_adds_the_checks_attacks():
   plan = evaluation.plan_attacks(("pgd5",), ensemble=("apgd-ce", "fgsm"))
   assert plan["ensemble"] == "apgd-ce+fgsm"
   assert plan["attacks"] == ("pgd5", "apgd-ce", "fgsm", "pgd20r3", "square1000")
+  with pytest.raises(ValueError, match="at least one member"):
+    evaluation.plan_attacks(("pgd5",), ensemble=())
 
 
 # --- Minimal perturbations on a linear model: closed form. ------------------

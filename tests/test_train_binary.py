@@ -203,7 +203,7 @@ def test_unwritable_workdir(tmp_path):
       "experiments/configs/digits_mlp.py:smok",
       "unknown variant 'smok'; known: natural, adam, smoke",
     ),
-    ("README.md", "cannot load a config file: SyntaxError"),
+    ("README.md", "cannot load config file 'README.md': SyntaxError"),
   ],
 )
 def test_a_config_file_that_does_not_load_is_one_line(
@@ -215,4 +215,25 @@ def test_a_config_file_that_does_not_load_is_one_line(
     assert proc.returncode == 1
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert lines == [lines[-1]] and expected in lines[-1], lines
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+  "body, expected",
+  [
+    ("def get_config():\n  return undefined_name\n", "(line 2): NameError"),
+    ("import no_such_module_here\n", "(line 1): ModuleNotFoundError"),
+  ],
+)
+def test_a_config_file_that_raises_is_named_with_its_line(
+  tmp_path, body, expected
+):
+  config = tmp_path / "my_config.py"
+  config.write_text(body)
+  proc = _run(f"--config={config}", f"--workdir={tmp_path / 'w'}")
+  assert proc.returncode == 1
+  lines = [x for x in proc.stderr.splitlines() if x.strip()]
+  assert len(lines) == 1, lines
+  assert lines[0].startswith(f"error: cannot load config file '{config}' ")
+  assert expected in lines[0], lines
   assert not (tmp_path / "w").exists()

@@ -46,7 +46,8 @@ def plan_attacks(
 
   Args:
     attack_names: attack names for ``parse_attack`` (no ensembles).
-    ensemble: ensemble member names, or None for the default.
+    ensemble: ensemble member names (at least one), or None for the
+      default.
 
   Returns:
     ``{"attacks": tuple, "ensemble": "a+b+c", "pgd": name,
@@ -60,6 +61,8 @@ def plan_attacks(
       _first(names, "apgd-t"),
       _first(names, "square1000"),
     )
+  if not ensemble:
+    raise ValueError("an ensemble needs at least one member; got none")
   for n in (*ensemble, pgd, stronger_pgd(pgd)):
     if n not in names:
       names.append(n)
