@@ -26,12 +26,16 @@ Sources:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import importlib.util
 import math
 import os
 import queue
+import re
+import sys
+import tempfile
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
@@ -328,10 +332,46 @@ def _load_mnist5k() -> tuple[Split, Split]:
   return _stratified(images, labels, 0.2)
 
 
+# What TensorFlow's C++ start-up writes straight to file descriptor 2 at INFO
+# severity before its logging is initialized (``TF_CPP_MIN_LOG_LEVEL`` does
+# not reach it: tensorflow/tensorflow#100442): abseil's preamble line and
+# ``I<mmdd> ...`` records such as "oneDNN custom operations are on".
+_NATIVE_INFO = re.compile(
+  r"^(I\d{4} [\d:.]+ +\d+ \S+:\d+\] |WARNING: All log "
+  r"messages before absl::InitializeLog\(\) is called)"
+)
+
+
+@contextlib.contextmanager
+def _without_native_info_logs() -> Iterator[None]:
+  """Drops native INFO records written to stderr inside the block.
+
+  Everything else the block writes to file descriptor 2 (warnings, errors,
+  Python's own output) is written back when it ends, in order, so nothing
+  that could explain a failure is lost.
+  """
+  sys.stderr.flush()
+  with tempfile.TemporaryFile() as captured:
+    saved = os.dup(2)
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors="replace").splitlines():
+        if not _NATIVE_INFO.match(line):
+          print(line, file=sys.stderr)
+
+
 def _import_tfds() -> Any:
-  """Imports TFDS after hiding GPUs/TPUs from TensorFlow."""
+  """Imports TFDS after hiding GPUs/TPUs from TensorFlow, without the INFO
+  lines TensorFlow's C++ start-up writes to stderr."""
   try:
-    import tensorflow as tf
+    with _without_native_info_logs():
+      import tensorflow as tf
   except ImportError as e:
     raise ImportError(
       "loading TFDS datasets needs TensorFlow (pip install tensorflow-cpu); "

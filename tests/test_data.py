@@ -403,3 +403,22 @@ def test_tfds_dataset_loads_through_mock_data(tmp_path):
   batch = next(data.batches(ds.train, 4, seed=0))
   assert batch["image"].shape == (4, 28, 28, 1)
   assert batch["image"].dtype == np.float32
+
+
+def test_native_info_logs_are_dropped_and_the_rest_kept(capfd):
+  # What TensorFlow's C++ start-up writes to fd 2 before its logging is
+  # initialized, next to lines that must survive (a warning, an error).
+  written = [
+    "WARNING: All log messages before absl::InitializeLog() is called are "
+    "written to STDERR",
+    "I0000 00:00:1796320308.457104    9864 port.cc:153] oneDNN custom "
+    "operations are on.",
+    "W0000 00:00:1796320308.457685    9864 cuda.cc:31] kept warning",
+    "I1203 17:52:30.580203 140253425617792 cudart_stub.cc:31] no GPU",
+    "E0000 00:00:1796320308.457685    9864 x.cc:1] kept error",
+    "Information in plain words is kept",
+  ]
+  with data._without_native_info_logs():
+    os.write(2, ("\n".join(written) + "\n").encode())
+  err = capfd.readouterr().err.splitlines()
+  assert err == [written[2], written[4], written[5]]

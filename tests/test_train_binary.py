@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from awt import checkpoints, tickets
+from awt import checkpoints, data, tickets
 from experiments import _main
 from experiments.configs import digits_mlp
 
@@ -237,3 +237,20 @@ def test_a_config_file_that_raises_is_named_with_its_line(
   assert lines[0].startswith(f"error: cannot load config file '{config}' ")
   assert expected in lines[0], lines
   assert not (tmp_path / "w").exists()
+
+
+def test_an_unprepared_tfds_dataset_is_one_line_without_native_info_logs(
+  tmp_path,
+):
+  pytest.importorskip("tensorflow")
+  proc = _run(
+    "--config=experiments/configs/mnist_mlp.py",
+    f"--config.data.data_dir={tmp_path}",
+    f"--workdir={tmp_path / 'w'}",
+  )
+  assert proc.returncode == 1
+  lines = [x for x in proc.stderr.splitlines() if x.strip()]
+  assert lines[-1].startswith("error: dataset 'mnist' is not prepared"), lines
+  # TensorFlow's C++ INFO start-up lines are gone; TFDS's own warning stays.
+  assert not [x for x in lines if data._NATIVE_INFO.match(x)], lines
+  assert "absl::InitializeLog" not in proc.stderr and len(lines) <= 2, lines
