@@ -456,3 +456,12 @@ def test_summarize_names_what_it_cannot_read(tmp_path):
   ]:
     with pytest.raises(ValueError, match=re.escape(expected)):
       summarize.main(["summarize", str(path)])
+
+
+def test_every_passes_one_line_per_period_with_its_prefix():
+  ticks = iter([0.0, 10.0, 59.9, 60.0, 61.0, 119.9, 125.0])  # made, then lines
+  seen = []
+  thin = _sweep.every(seen.append, 60, "cell a: ", clock=lambda: next(ticks))
+  for line in ("1", "2", "3", "4", "5", "6"):
+    thin(line)
+  assert seen == ["cell a: 3", "cell a: 6"]

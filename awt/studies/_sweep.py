@@ -14,7 +14,8 @@ Every study in ``awt.studies`` is built from these pieces (docs/design.md,
   resumes from the checkpoints in its own sub-workdir). ``check_config``
   refuses, in one line naming the first differing key, a workdir written by
   another config. One progress line per cell gives the rate and the ETA.
-  ``check_numbers`` checks a grid axis (seeds, sparsities) before any work.
+  ``check_numbers`` checks a grid axis (seeds, sparsities) before any work;
+  ``every`` thins an inner job's progress lines to one a minute.
 - **Statistics.** Results are rows (flat dicts, one per trained network: a
   seed of one configuration); ``aggregate`` groups them by their
   configuration keys into mean ± *sample* standard deviation (ddof 1) over
@@ -227,6 +228,40 @@ def run_cells(
       f"ETA {workdir_lib.fmt_duration(per_cell * left)} for {left} more"
     )
   return done
+
+
+def every(
+  log: Callable[[str], None],
+  seconds: float,
+  prefix: str = "",
+  *,
+  clock: Callable[[], float] = time.monotonic,
+) -> Callable[[str], None]:
+  """``log`` thinned to at most one line per ``seconds``, each ``prefix``ed.
+
+  A study runs many inner jobs (ticket searches) whose own progress lines
+  would flood its log; through this a long job still shows it is moving,
+  and a job shorter than ``seconds`` adds nothing. A line passes when
+  ``seconds`` have gone by since the last one passed (or since this was
+  made); the others are dropped.
+
+  Examples:
+    >>> t = iter([0.0, 10.0, 70.0, 80.0, 140.0])  # made, then one per line
+    >>> thin = every(print, 60, "cell a: ", clock=lambda: next(t))
+    >>> for line in ("1", "2", "3", "4"):
+    ...   thin(line)
+    cell a: 2
+    cell a: 4
+  """
+  last = [clock()]
+
+  def thinned(line: str) -> None:
+    now = clock()
+    if now - last[0] >= seconds:
+      last[0] = now
+      log(prefix + line)
+
+  return thinned
 
 
 def _is_number(v) -> bool:

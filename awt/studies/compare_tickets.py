@@ -245,7 +245,7 @@ def _find_tickets(config, workdir, arms, sparsities, seeds, log):
       setup=setup,
       base=tickets.get((s, m, "none", seed)),
       pretrain_dir=os.path.join(workdir, "pretrained"),
-      log=lambda _: None,
+      log=_sweep.every(log, 60, f"{name}: "),  # a long search shows it moves
     )
     done = i + 1
     eta = (time.perf_counter() - t0) / done * (len(cells) - done)

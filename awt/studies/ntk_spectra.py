@@ -54,6 +54,7 @@ from awt import attacks, experiment, masks, ntk, pruning, tickets
 from awt import config as config_lib
 from awt import data as data_lib
 from awt.pruning import awt as pruning_awt
+from awt.studies import _sweep
 
 DENSE = "dense"
 TOP_K = 10  # eigenvectors compared with the dense kernel's.
@@ -237,7 +238,10 @@ def spectra(
       label = f"{label}/{ablation}"
     log(f"finding the {label} ticket")
     ticket = tickets.find(
-      cell, setup=probe.setup, measure_ntk=False, log=lambda _: None
+      cell,
+      setup=probe.setup,
+      measure_ntk=False,
+      log=_sweep.every(log, 60, f"{label}: "),
     )
     rows.append(probe.row(label, ticket, sparsity))
   log(

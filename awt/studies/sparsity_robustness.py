@@ -815,7 +815,7 @@ class _Model:
       setup=tickets.Setup(self.dataset, self.eval_model),
       start=start,
       measure_ntk=False,
-      log=lambda _: None,
+      log=_sweep.every(self.log, 60, f"{options['method']} seed {seed}: "),
     )
 
   def _dns_ticket(self, ticket_dir, dense, sparsity, seed) -> masks.Ticket:
