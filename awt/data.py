@@ -348,7 +348,8 @@ def _without_native_info_logs() -> Iterator[None]:
 
   Everything else the block writes to file descriptor 2 (warnings, errors,
   Python's own output) is written back when it ends, in order, so nothing
-  that could explain a failure is lost.
+  that could explain a failed import is lost (only a crash of the process
+  inside the block would lose it).
   """
   sys.stderr.flush()
   with tempfile.TemporaryFile() as captured:
