@@ -235,12 +235,12 @@ def _failed_config_file(argv: list[str], error: Exception) -> str:
   ``error`` while loading, and its line where the traceback shows one (a
   SyntaxError's message already holds its own)."""
   paths = {os.path.abspath(p): p for _, _, p in _config_files(argv)}
-  line = None
+  where = None  # the innermost frame in a config file
   for frame, lineno in traceback.walk_tb(error.__traceback__):
-    if os.path.abspath(frame.f_code.co_filename) in paths:
-      path, line = paths[os.path.abspath(frame.f_code.co_filename)], lineno
-  if line is not None:
-    return f"cannot load config file {path!r} (line {line})"
+    path = paths.get(os.path.abspath(frame.f_code.co_filename))
+    where = f"{path!r} (line {lineno})" if path else where
+  if where is not None:
+    return f"cannot load config file {where}"
   if len(paths) == 1:
     return f"cannot load config file {next(iter(paths.values()))!r}"
   return "cannot load a config file"

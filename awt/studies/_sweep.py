@@ -253,12 +253,13 @@ def every(
     cell a: 2
     cell a: 4
   """
-  last = [clock()]
+  last = clock()
 
   def thinned(line: str) -> None:
+    nonlocal last
     now = clock()
-    if now - last[0] >= seconds:
-      last[0] = now
+    if now - last >= seconds:
+      last = now
       log(prefix + line)
 
   return thinned
