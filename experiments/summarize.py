@@ -32,6 +32,8 @@ def _results(workdir: str) -> list[tuple[str, dict]]:
     return []
   r = _load(path)
   if "members" in r:
+    if not r["members"]:
+      raise ValueError(f"{path} lists no members; nothing to summarize")
     runs = [(m.get("name"), m) for m in r["members"]]
   else:
     runs = [(r.get("method", os.path.basename(workdir)), r)]

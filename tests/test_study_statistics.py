@@ -448,11 +448,14 @@ def test_summarize_names_what_it_cannot_read(tmp_path):
   (tmp_path / "truncated" / "results.json").write_text('{"method": "sn')
   (tmp_path / "foreign").mkdir()
   (tmp_path / "foreign" / "results.json").write_text('{"method": "snip"}')
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "results.json").write_text('{"members": []}')
   for path, expected in [
     (tmp_path / "missing", "missing' does not exist"),
     (tmp_path / "truncated" / "results.json", "results.json' is a file"),
     (tmp_path / "truncated", "truncated/results.json is not valid JSON"),
     (tmp_path / "foreign", "snip has no 'sparsity'"),
+    (tmp_path / "empty", "empty/results.json lists no members"),
   ]:
     with pytest.raises(ValueError, match=re.escape(expected)):
       summarize.main(["summarize", str(path)])
