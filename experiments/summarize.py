@@ -10,8 +10,9 @@ adversarial-NTK distance at init and the cost of finding the ticket. A
 study workdir (``compare_tickets.json``, ``sparsity_robustness.json``)
 gets its study's table again, recomputed from the per-seed rows it saved
 with the current statistics (``awt.studies._sweep``: mean ± sample std
-over seeds, paired t-intervals), so a results table can be regenerated
-without rerunning the study.
+over seeds, paired t-intervals) and, for rows saved before they had one,
+each run's ``stalled`` flag from its loss history, so a results table can
+be regenerated without rerunning the study.
 """
 
 import json
@@ -72,7 +73,20 @@ def compare_tickets_table(workdir: str) -> str:
   from awt.studies import compare_tickets  # noqa: PLC0415 (slow import)
 
   saved = _load(os.path.join(workdir, "compare_tickets.json"))
-  out = compare_tickets.summarize(saved["rows"], saved["attacks"])
+  rows = saved["rows"]
+  config = os.path.join(workdir, "config.json")
+  if os.path.exists(config):  # rows saved before they said which stalled
+    from awt import data  # noqa: PLC0415
+
+    classes = data.info(_load(config)["data"]["name"]).num_classes
+    chance = compare_tickets.chance_loss(classes)
+    rows = [
+      r
+      if "stalled" in r
+      else dict(r, stalled=compare_tickets.stalled(r["history"], chance))
+      for r in rows
+    ]
+  out = compare_tickets.summarize(rows, saved["attacks"])
   out["eval_split"] = saved.get("eval_split", "test")
   return compare_tickets.markdown_table(out)
 

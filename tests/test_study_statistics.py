@@ -139,6 +139,63 @@ def test_rows_say_where_training_started_and_ended():
   assert compare_tickets._at_start(history[1:], "clean_accuracy") is None
 
 
+def test_a_run_that_ends_at_the_constant_classifiers_loss_is_stalled():
+  chance = compare_tickets.chance_loss(10)
+  assert chance == pytest.approx(2.302585)
+
+  def history(final):
+    return [
+      {"epoch": 0, "clean_accuracy": 0.1},
+      {"epoch": 1, "train_loss": 2.35},
+      {"epoch": 2, "train_loss": final},
+    ]
+
+  assert compare_tickets.stalled(history(2.2930), chance) == 1.0  # measured
+  assert compare_tickets.stalled(history(1.31), chance) == 0.0  # late escape
+  assert compare_tickets.stalled(history(2.2), chance) == 0.0
+  assert compare_tickets.stalled(history(2.3)[:1], chance) is None
+  assert compare_tickets.stalled(history(2.3), None) is None
+  rows = []
+  for seed, final in enumerate((0.4, 2.30, 2.29)):
+    r = {
+      "history": history(final),
+      "sparsity": 0.95,
+      "clean_accuracy": 0.1 if final > 2 else 0.8,
+      "robust_accuracy": {"pgd40": 0.5},
+      "layer_densities": {"fc1": 0.1},
+    }
+    rows.append(
+      compare_tickets._row(r, "awt", "none", 0.95, seed, None, chance)
+    )
+    rows.append(dict(rows[-1], method="snip", stalled=None))
+  table = compare_tickets.markdown_table(
+    compare_tickets.summarize(rows, ["pgd40"])
+  )
+  lines = table.splitlines()
+  header = lines.index(next(x for x in lines if x.startswith("| method")))
+  names = lines[header].split(" | ")
+  cells = {  # the main table's rows (the kept-fraction table follows)
+    line.split(" | ")[0]: dict(zip(names, line.split(" | "), strict=True))
+    for line in lines[header + 2 : header + 4]
+  }
+  assert cells["| awt"]["stalled"] == "2 of 3 (seeds 1, 2)"
+  assert cells["| snip"]["stalled"] == "–"  # rows saved without the field
+
+
+def test_the_registered_small_datasets_are_balanced_enough_for_ln_k():
+  # ``chance_loss`` is ln K; the best constant prediction's loss is the
+  # label entropy, which must be within a tenth of the stall margin of it.
+  from awt import data
+
+  for name in ("digits", "mnist5k"):
+    ds = data.load(name)
+    p = np.bincount(ds.train.labels) / len(ds.train.labels)
+    entropy = -np.sum(p * np.log(p))
+    k = ds.info.num_classes
+    gap = compare_tickets.chance_loss(k) - entropy
+    assert 0 <= gap < compare_tickets.STALL_MARGIN / 10 * np.log(k), name
+
+
 def test_tickets_pair_with_the_dense_nets_of_their_own_program():
   # Two programs (0.9 and 0.95), each training its own dense nets; the
   # 0.95 program's dense nets ran elsewhere and score 0.02 lower.
@@ -388,6 +445,13 @@ def test_summarize_regenerates_a_study_table_from_its_saved_rows(
   assert f"± {want:.1f} |" in awt[0]  # pgd40: the sample std again
   assert summarize.main(["summarize", str(tmp_path)]) == 0
   assert table in capsys.readouterr().out
+  # With the study's config.json, rows saved without ``stalled`` get it
+  # from their loss history (here 1/9 at the end: none stalled).
+  (tmp_path / "config.json").write_text(
+    json.dumps({"data": {"name": "digits"}})
+  )
+  table = summarize.compare_tickets_table(str(tmp_path))
+  assert table.count("| 0 of 2 |") == 3  # dense, snip, awt
 
 
 def test_summarize_gives_each_member_of_a_program_a_row(tmp_path, capsys):

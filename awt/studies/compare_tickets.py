@@ -25,7 +25,9 @@ dense net and against SNIP with a 95% Student-t interval
 ensemble of ``eval.attacks`` (AutoAttack's rule: the strongest evaluation
 is what a robustness claim rests on), PGD-40 beside it. Each arm's
 ``train_loss_drop_last_quarter`` says whether its training loss had
-flattened. With ``data.validation`` set, everything is measured on the
+flattened, and ``stalled`` which seeds never left the constant classifier
+(a mean over seeds that mixes stalled and trained runs describes neither).
+With ``data.validation`` set, everything is measured on the
 held-out training examples instead of the test set (for choosing a
 learning rate, ``experiments/select_lr.py``).
 
@@ -42,6 +44,7 @@ the ablations apply to: ``"awt"`` does not cover ``"awt:awt_epochs=5"``).
 """
 
 import functools
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +53,7 @@ import numpy as np
 from absl import logging
 
 from awt import config as config_lib
+from awt import data as data_lib
 from awt import experiment, plots, pruning
 from awt import tickets as tickets_lib
 from awt import workdir as workdir_lib
@@ -213,9 +217,12 @@ def run(
     (m, a) for m in methods for a in ablations if a == "none" or m in ablated
   ]
   tickets = _find_tickets(config, workdir, arms, sparsities, seeds, log)
+  chance = chance_loss(data_lib.info(config.data.name).num_classes)
   rows = []
   for s in sparsities:
-    rows += _train_sparsity(config, workdir, s, arms, seeds, tickets, log)
+    rows += _train_sparsity(
+      config, workdir, s, arms, seeds, tickets, chance, log
+    )
   out = summarize(rows, list(config.eval.attacks))
   out["eval_eps"] = config.eval.eps
   out["eval_split"] = config_lib.load_data(config).held_out
@@ -258,7 +265,7 @@ def _find_tickets(config, workdir, arms, sparsities, seeds, log):
   return tickets
 
 
-def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
+def _train_sparsity(config, workdir, s, arms, seeds, tickets, chance, log):
   """Phase 2 at sparsity ``s``: dense + every ticket in one program."""
   described = {}  # member name -> (method, ablation, ticket info or None)
   members = []
@@ -292,7 +299,9 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
   rows = []
   for mem in members:
     method, ablation, info = described[mem.name]
-    rows.append(_row(results[mem.name], method, ablation, s, mem.seed, info))
+    rows.append(
+      _row(results[mem.name], method, ablation, s, mem.seed, info, chance)
+    )
   return rows
 
 
@@ -364,7 +373,9 @@ def _load_finished(train_dir: str, names: list[str]) -> dict | None:
   return results if set(names) <= set(results) else None
 
 
-def _row(r, method, ablation, sparsity, seed, find) -> dict:
+def _row(r, method, ablation, sparsity, seed, find, chance=None) -> dict:
+  """A trained member's row; ``chance``: ``chance_loss`` of its data (None:
+  no ``stalled`` field)."""
   history = r["history"]
   row = {
     "method": method,
@@ -396,6 +407,7 @@ def _row(r, method, ablation, sparsity, seed, find) -> dict:
     "function_distance_clean_final": _final(history, "function_distance_clean"),
     "train_loss_final": _final(history, "train_loss"),
     "train_loss_drop_last_quarter": loss_drop(history, 0.75),
+    "stalled": stalled(history, chance),
     "layer_densities": r["layer_densities"],
     "history": history,
   }
@@ -433,6 +445,39 @@ def loss_drop(history: list[dict], at: float) -> float | None:
   last = max(losses)
   mid = min(losses, key=lambda e: abs(e - at * last))
   return float((losses[mid] - losses[last]) / losses[mid])
+
+
+# How close to the constant classifier's loss a run's last epoch must be
+# to count as stalled: stalled LeNet-5 tickets end at 2.29-2.30 against
+# ln 10 = 2.303, the ones that train at 1.31 or below (docs/results/awt.md,
+# "What a stall is").
+STALL_MARGIN = 0.01
+
+
+def chance_loss(num_classes: int) -> float:
+  """Cross-entropy of the uniform prediction, ``ln K``: what a network whose
+  output does not depend on its input reaches at best on balanced classes
+  (the registered datasets nearly are: the label entropy of digits' training
+  split is 2.30248 nats, mnist5k's stratified one exactly ln 10 = 2.30259,
+  full MNIST's 2.30116)."""
+  return math.log(num_classes)
+
+
+def stalled(history: list[dict], chance: float | None) -> float | None:
+  """1.0 when training never left the constant classifier, else 0.0.
+
+  A stall is a run whose last-epoch training loss is still within
+  ``STALL_MARGIN`` of ``chance`` (``chance_loss``): its logits barely depend
+  on the input, because one layer's ReLUs went silent and pass no gradient
+  back. Such runs make a mean over seeds bimodal (35 ± 41%: three seeds at
+  chance, two trained), so the table counts them. A float, so that
+  ``_sweep.aggregate``'s mean over seeds is the stalled fraction; None
+  without a training loss or a ``chance``.
+  """
+  losses = {r["epoch"]: r["train_loss"] for r in history if "train_loss" in r}
+  if chance is None or not losses:
+    return None
+  return float(losses[max(losses)] >= (1.0 - STALL_MARGIN) * chance)
 
 
 def headline(attacks: Sequence[str]) -> str | None:
@@ -635,13 +680,30 @@ def _fmt_diff(entry, ref, key):
   return _sweep.fmt_interval(d, lambda v: f"{100 * v:+.1f}")
 
 
+def _fmt_stalled(entry) -> str:
+  """``"2 of 5 (seeds 0, 2)"``, ``"0 of 5"``; "–" for rows saved without
+  the field."""
+  flags = (entry.get("stalled") or {}).get("values")
+  if not flags:
+    return "–"
+  which = [
+    str(seed)
+    for seed, f in zip(entry["seeds"], flags, strict=True)
+    if f is not None and f > 0
+  ]
+  counted = sum(f is not None for f in flags)
+  seeds = f" (seed{'s' * (len(which) > 1)} {', '.join(which)})" if which else ""
+  return f"{len(which)} of {counted}{seeds}"
+
+
 def markdown_table(out: dict) -> str:
   """The summary as a Markdown table; its header says what ± means.
 
   Accuracies in %, ``_sweep.statistic_note``: mean ± sample standard
   deviation (ddof 1) over the seeds; Δ columns:
   mean paired (same-seed) difference of the headline accuracy against
-  dense and SNIP, with its 95% t-interval in brackets.
+  dense and SNIP, with its 95% t-interval in brackets; ``stalled``: how many
+  seeds stalled at the constant classifier, and which.
   """
   attacks, main = out["attacks"], out["headline"]
   order = [main] + [a for a in attacks if a != main] if main else []
@@ -655,6 +717,7 @@ def markdown_table(out: dict) -> str:
       "fn. dist. final",
       "final loss",
       "loss drop, last ¼",
+      "stalled",
       "find s",
       "seeds",
     ]
@@ -684,6 +747,7 @@ def markdown_table(out: dict) -> str:
       _fmt(e, "function_distance_adv_final", 1.0, 2),
       _fmt(e, "train_loss_final", 1.0, 3),
       _fmt(e, "train_loss_drop_last_quarter", 100.0, 1) + " %",
+      _fmt_stalled(e),
       _fmt(e, "find_wall_time_s", 1.0, 1),
       str(len(e["seeds"])),
     ]
