@@ -217,12 +217,9 @@ def run(
     (m, a) for m in methods for a in ablations if a == "none" or m in ablated
   ]
   tickets = _find_tickets(config, workdir, arms, sparsities, seeds, log)
-  chance = chance_loss(data_lib.info(config.data.name).num_classes)
   rows = []
   for s in sparsities:
-    rows += _train_sparsity(
-      config, workdir, s, arms, seeds, tickets, chance, log
-    )
+    rows += _train_sparsity(config, workdir, s, arms, seeds, tickets, log)
   out = summarize(rows, list(config.eval.attacks))
   out["eval_eps"] = config.eval.eps
   out["eval_split"] = config_lib.load_data(config).held_out
@@ -265,7 +262,7 @@ def _find_tickets(config, workdir, arms, sparsities, seeds, log):
   return tickets
 
 
-def _train_sparsity(config, workdir, s, arms, seeds, tickets, chance, log):
+def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
   """Phase 2 at sparsity ``s``: dense + every ticket in one program."""
   described = {}  # member name -> (method, ablation, ticket info or None)
   members = []
@@ -296,6 +293,7 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, chance, log):
     results = {r.name: r.results for r in out}
   else:
     log(f"sparsity {s}: training finished earlier, loaded {train_dir}")
+  chance = chance_loss(data_lib.info(config.data.name).num_classes)
   rows = []
   for mem in members:
     method, ablation, info = described[mem.name]
@@ -474,10 +472,10 @@ def stalled(history: list[dict], chance: float | None) -> float | None:
   ``_sweep.aggregate``'s mean over seeds is the stalled fraction; None
   without a training loss or a ``chance``.
   """
-  losses = {r["epoch"]: r["train_loss"] for r in history if "train_loss" in r}
-  if chance is None or not losses:
+  final = _final(history, "train_loss")
+  if chance is None or final is None:
     return None
-  return float(losses[max(losses)] >= (1.0 - STALL_MARGIN) * chance)
+  return float(final >= (1.0 - STALL_MARGIN) * chance)
 
 
 def headline(attacks: Sequence[str]) -> str | None:
