@@ -89,6 +89,35 @@ def test_summary_pairs_by_seed_against_dense_and_snip():
   assert "| awt | 0.9 |" in table and "-8.5 [" in table
 
 
+def test_an_ablated_ticket_pairs_with_the_ticket_it_was_made_from():
+  rows = _rows()
+  unablated = compare_tickets.markdown_table(
+    compare_tickets.summarize(rows, ["pgd40+apgd-t", "pgd40"])
+  )
+  assert "vs unablated" not in unablated  # no ablations, no column
+  for seed, a in ((0, 0.76), (1, 0.79)):  # awt: 0.70 and 0.77
+    base = next(r for r in rows if r["method"] == "awt" and r["seed"] == seed)
+    rows.append(
+      dict(base, ablation="init_weights", **{"robust/pgd40+apgd-t": a})
+    )
+  out = compare_tickets.summarize(rows, ["pgd40+apgd-t", "pgd40"])
+  by = {(e["method"], e["ablation"]): e for e in out["summary"]}
+  d = by["awt", "init_weights"]["vs_unablated"]["robust/pgd40+apgd-t"]
+  assert sorted(d["values"]) == pytest.approx([0.02, 0.06])
+  assert d["mean"] == pytest.approx(0.04)
+  assert d["lo"] == pytest.approx(0.04 - stats.t.ppf(0.975, 1) * 0.02)
+  assert not [e for e in out["summary"] if e["ablation"] == "none"
+              and "vs_unablated" in e]  # fmt: skip
+  lines = compare_tickets.markdown_table(out).splitlines()
+  header = next(line for line in lines if line.startswith("| method"))
+  row = next(line for line in lines if line.startswith("| awt/init_weights"))
+  cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+  assert cells["Δ pgd40+apgd-t vs unablated"].startswith("+4.0 [")
+  awt = next(line for line in lines if line.startswith("| awt |"))
+  cells = dict(zip(header.split(" | "), awt.split(" | "), strict=True))
+  assert cells["Δ pgd40+apgd-t vs unablated"] == "–"
+
+
 def test_table_gives_each_tickets_kept_fraction_per_layer():
   rows = _rows()
   for r in rows:

@@ -21,7 +21,8 @@ Two phases, both resumable (a restarted study skips finished work):
 Statistics: every accuracy is reported as mean ± *sample* standard
 deviation over seeds, and as the paired (same-seed) difference against the
 dense net and against SNIP with a 95% Student-t interval
-(``_sweep.paired_difference``); the headline accuracy is the first attack
+(``_sweep.paired_difference``), an ablated ticket also against the ticket
+it was made from; the headline accuracy is the first attack
 ensemble of ``eval.attacks`` (AutoAttack's rule: the strongest evaluation
 is what a robustness claim rests on), PGD-40 beside it. Each arm's
 ``train_loss_drop_last_quarter`` says whether its training loss had
@@ -415,6 +416,9 @@ def _row(r, method, ablation, sparsity, seed, find, chance=None) -> dict:
 EARLY = 0.25  # "early in training": the first quarter of the epochs.
 GROUP = ("method", "ablation", "target_sparsity")
 REFERENCES = (DENSE, "snip")  # paired differences against these methods
+# An ablated ticket is also paired with the ticket it was made from (the
+# same method, ablation "none"): ``vs_unablated``.
+UNABLATED = "unablated"
 # Prefix of the summary's per-layer kept fractions: "kept/<layer path>".
 KEPT = "kept/"
 
@@ -501,7 +505,11 @@ def summarize(rows: list[dict], attacks: Sequence[str]) -> dict:
   Every accuracy gets ``vs_<reference>``: ``_sweep.paired_difference`` of
   the group's per-seed values minus the reference's at the same seed (SNIP
   at the same sparsity; the dense nets trained in the same program as the
-  group, where rows say so with ``trained_at``), a 95% t-interval.
+  group, where rows say so with ``trained_at``), a 95% t-interval. An
+  ablated ticket also gets ``vs_unablated``: against the ticket it was
+  made from (same method and sparsity, ablation ``"none"``), the statistic
+  of a sanity check (Frankle et al., ICLR 2021, Sec. 5: does the ablation
+  change how the ticket trains?).
 
   Returns:
     ``{"rows", "summary", "attacks", "headline"}``.
@@ -543,17 +551,12 @@ def summarize(rows: list[dict], attacks: Sequence[str]) -> dict:
         )
       else:
         other = by_key.get((ref, "none", g["target_sparsity"]))
-      if other is None:
-        continue
-      diffs = {}
-      for m in metrics:
-        if m not in g or m not in other:
-          continue
-        mine = dict(zip(g["seeds"], g[m]["values"], strict=True))
-        theirs = dict(zip(other["seeds"], other[m]["values"], strict=True))
-        if mine.keys() & theirs.keys():
-          diffs[m] = _sweep.paired_by_seed(mine, theirs)
-      g[f"vs_{ref}"] = diffs
+      if other is not None:
+        g[f"vs_{ref}"] = _paired_metrics(g, other, metrics)
+    if g["ablation"] != "none":
+      base = by_key.get((g["method"], "none", g["target_sparsity"]))
+      if base is not None:
+        g[f"vs_{UNABLATED}"] = _paired_metrics(g, base, metrics)
   return {
     "rows": rows,
     "summary": summary,
@@ -561,6 +564,20 @@ def summarize(rows: list[dict], attacks: Sequence[str]) -> dict:
     "headline": headline(attacks),
     "correlations": kernel_correlations(rows, headline(attacks)),
   }
+
+
+def _paired_metrics(g: dict, other: dict, metrics: Sequence[str]) -> dict:
+  """``{metric: _sweep.paired_by_seed}`` of group ``g`` minus ``other`` over
+  their shared seeds, for the metrics both have."""
+  diffs = {}
+  for m in metrics:
+    if m not in g or m not in other:
+      continue
+    mine = dict(zip(g["seeds"], g[m]["values"], strict=True))
+    theirs = dict(zip(other["seeds"], other[m]["values"], strict=True))
+    if mine.keys() & theirs.keys():
+      diffs[m] = _sweep.paired_by_seed(mine, theirs)
+  return diffs
 
 
 # Up to this many tickets the p-value is exact (all n! pairings, 40,320 at
@@ -700,15 +717,19 @@ def markdown_table(out: dict) -> str:
   Accuracies in %, ``_sweep.statistic_note``: mean ± sample standard
   deviation (ddof 1) over the seeds; Δ columns:
   mean paired (same-seed) difference of the headline accuracy against
-  dense and SNIP, with its 95% t-interval in brackets; ``stalled``: how many
-  seeds stalled at the constant classifier, and which.
+  dense and SNIP (and, when the study has ablations, against the ticket an
+  ablation was made from), with its 95% t-interval in brackets;
+  ``stalled``: how many seeds stalled at the constant classifier, and
+  which.
   """
   attacks, main = out["attacks"], out["headline"]
+  ablated = any(e["ablation"] != "none" for e in out["summary"])
   order = [main] + [a for a in attacks if a != main] if main else []
   head = (
     ["method", "sparsity", "clean %", "clean % at start"]
     + [f"{a} %" for a in order]
     + [f"Δ {main} vs dense", f"Δ {main} vs SNIP"] * bool(main)
+    + [f"Δ {main} vs unablated"] * bool(main and ablated)
     + [
       "NTK dist. at init (J diag(m) Jᵀ / all weights)",
       "fn. dist. early",
@@ -738,6 +759,7 @@ def markdown_table(out: dict) -> str:
       _fmt(e, "clean_accuracy_at_start"),
       *(_fmt(e, f"robust/{a}") for a in order),
       *([_fmt_diff(e, DENSE, key), _fmt_diff(e, "snip", key)] * bool(main)),
+      *([_fmt_diff(e, UNABLATED, key)] * bool(main and ablated)),
       _fmt(e, "ntk_distance_at_init", 1.0, 2)
       + " / "
       + _fmt(e, "ntk_distance_at_init_all_weights", 1.0, 2),
