@@ -11,7 +11,8 @@ study workdir (``compare_tickets.json``, ``sparsity_robustness.json``)
 gets its study's table again, recomputed from the per-seed rows it saved
 with the current statistics (``awt.studies._sweep``: mean ± sample std
 over seeds, paired t-intervals) and, for rows saved before they had one,
-each run's ``stalled`` flag from its loss history, so a results table can
+each run's ``stalled`` flag and ``epochs_at_chance`` from its loss
+history, so a results table can
 be regenerated without rerunning the study.
 """
 
@@ -75,15 +76,22 @@ def compare_tickets_table(workdir: str) -> str:
   saved = _load(os.path.join(workdir, "compare_tickets.json"))
   rows = saved["rows"]
   config = os.path.join(workdir, "config.json")
-  if os.path.exists(config):  # rows saved before they said which stalled
+  if os.path.exists(config):  # rows saved before these fields existed
     from awt import data  # noqa: PLC0415
 
     classes = data.info(_load(config)["data"]["name"]).num_classes
     chance = compare_tickets.chance_loss(classes)
+    backfill = {
+      "stalled": compare_tickets.stalled,
+      "epochs_at_chance": compare_tickets.epochs_at_chance,
+    }
     rows = [
-      r
-      if "stalled" in r
-      else dict(r, stalled=compare_tickets.stalled(r["history"], chance))
+      dict(
+        r,
+        **{
+          k: f(r["history"], chance) for k, f in backfill.items() if k not in r
+        },
+      )
       for r in rows
     ]
   out = compare_tickets.summarize(rows, saved["attacks"])

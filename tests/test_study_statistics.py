@@ -211,6 +211,50 @@ def test_a_run_that_ends_at_the_constant_classifiers_loss_is_stalled():
   assert cells["| snip"]["stalled"] == "–"  # rows saved without the field
 
 
+def test_epochs_at_chance_counts_the_epochs_before_the_loss_leaves_ln_k():
+  chance = compare_tickets.chance_loss(10)  # leaving: below 0.95 ln 10 = 2.187
+
+  def history(*losses):
+    return [{"epoch": 0, "clean_accuracy": 0.1}] + [
+      {"epoch": e, "train_loss": loss} for e, loss in enumerate(losses, 1)
+    ]
+
+  count = compare_tickets.epochs_at_chance
+  # Measured epoch losses (LeNet-5, mnist5k, 95%): permuted searched
+  # values (seed 0), a dense net (seed 4), a stall (seed 1).
+  assert count(history(2.36, 2.31, 2.01, 1.26), chance) == 2.0
+  assert count(history(1.94, 0.66), chance) == 0.0
+  assert count(history(2.53, 2.35, 2.32, 2.31), chance) == 4.0
+  assert count(history(2.35, 2.20, 2.19), chance) == 3.0  # above 2.187
+  assert count(history(2.35, 2.18, 2.40), chance) == 1.0  # the first fall
+  assert count(history(), chance) is None
+  assert count(history(2.3), None) is None
+  r = {
+    "sparsity": 0.95,
+    "clean_accuracy": 0.1,
+    "robust_accuracy": {"pgd40": 0.1},
+    "layer_densities": {"fc1": 0.1},
+  }
+  rows = [
+    compare_tickets._row(
+      dict(r, history=history(*losses)), "awt", "none", 0.95, seed, None, chance
+    )
+    for seed, losses in enumerate([(2.4, 2.3, 2.0), (2.4, 2.3, 2.3)])
+  ]
+  rows += [dict(row, method="snip", epochs_at_chance=None) for row in rows]
+  table = compare_tickets.markdown_table(
+    compare_tickets.summarize(rows, ["pgd40"])
+  )
+  lines = table.splitlines()
+  header = lines.index(next(x for x in lines if x.startswith("| method")))
+  column = lines[header].split(" | ").index("epochs at chance, per seed")
+  cells = {  # the main table's rows (the kept-fraction table follows)
+    line.split(" | ")[0]: line.split(" | ")[column]
+    for line in lines[header + 2 : header + 4]
+  }
+  assert cells == {"| awt": "2, 3", "| snip": "–"}
+
+
 def test_the_registered_small_datasets_are_balanced_enough_for_ln_k():
   # ``chance_loss`` is ln K; the best constant prediction's loss is the
   # label entropy, which must be within a tenth of the stall margin of it.
@@ -480,7 +524,7 @@ def test_summarize_regenerates_a_study_table_from_its_saved_rows(
     json.dumps({"data": {"name": "digits"}})
   )
   table = summarize.compare_tickets_table(str(tmp_path))
-  assert table.count("| 0 of 2 |") == 3  # dense, snip, awt
+  assert table.count("| 0 of 2 | 0, 0 |") == 3  # dense, snip, awt
 
 
 def test_summarize_gives_each_member_of_a_program_a_row(tmp_path, capsys):

@@ -26,8 +26,9 @@ it was made from; the headline accuracy is the first attack
 ensemble of ``eval.attacks`` (AutoAttack's rule: the strongest evaluation
 is what a robustness claim rests on), PGD-40 beside it. Each arm's
 ``train_loss_drop_last_quarter`` says whether its training loss had
-flattened, and ``stalled`` which seeds never left the constant classifier
-(a mean over seeds that mixes stalled and trained runs describes neither).
+flattened, ``stalled`` which seeds never left the constant classifier
+(a mean over seeds that mixes stalled and trained runs describes neither)
+and ``epochs_at_chance`` how long each seed took to leave it.
 With ``data.validation`` set, everything is measured on the
 held-out training examples instead of the test set (for choosing a
 learning rate, ``experiments/select_lr.py``).
@@ -407,6 +408,7 @@ def _row(r, method, ablation, sparsity, seed, find, chance=None) -> dict:
     "train_loss_final": _final(history, "train_loss"),
     "train_loss_drop_last_quarter": loss_drop(history, 0.75),
     "stalled": stalled(history, chance),
+    "epochs_at_chance": epochs_at_chance(history, chance),
     "layer_densities": r["layer_densities"],
     "history": history,
   }
@@ -480,6 +482,34 @@ def stalled(history: list[dict], chance: float | None) -> float | None:
   if chance is None or final is None:
     return None
   return float(final >= (1.0 - STALL_MARGIN) * chance)
+
+
+# A run has left the constant classifier once an epoch's training loss is
+# below this fraction of ln K (2.19 nats for 10 classes): every LeNet-5
+# ticket that went on to train crossed it within one or two epochs of
+# leaving 2.29-2.31, the stalled ones never reached it (docs/results/awt.md,
+# "What a stall is").
+ESCAPE_FRACTION = 0.95
+
+
+def epochs_at_chance(history: list[dict], chance: float | None) -> float | None:
+  """How many epochs training spent at the constant classifier's loss.
+
+  The number of leading epochs whose training loss is at or above
+  ``ESCAPE_FRACTION * chance``: 0 when the first epoch already falls below
+  it, the number of epochs when the run never leaves (a stall, or a run
+  that ends between the two thresholds). Tickets that start as
+  anti-classifiers spend their first epochs there while the PGD budget
+  ramps up (``adversarial.eps_warmup_epochs``); how long tells arms apart
+  that all end up training (e.g. 1-3 epochs for permuted searched values
+  against 3-7 for the original initialization). A float, for
+  ``_sweep.aggregate``; None without a training loss or a ``chance``.
+  """
+  losses = [r["train_loss"] for r in history if r.get("train_loss") is not None]
+  if chance is None or not losses:
+    return None
+  below = [loss < ESCAPE_FRACTION * chance for loss in losses]
+  return float(below.index(True) if any(below) else len(losses))
 
 
 def headline(attacks: Sequence[str]) -> str | None:
@@ -711,6 +741,15 @@ def _fmt_stalled(entry) -> str:
   return f"{len(which)} of {counted}{seeds}"
 
 
+def _fmt_per_seed(entry, key) -> str:
+  """Each seed's value, in seed order (``"2, 3, 30"``); "–" for rows saved
+  without the field. For bimodal counts a mean ± std would hide."""
+  values = (entry.get(key) or {}).get("values")
+  if not values or all(v is None for v in values):
+    return "–"
+  return ", ".join("–" if v is None else f"{v:g}" for v in values)
+
+
 def markdown_table(out: dict) -> str:
   """The summary as a Markdown table; its header says what ± means.
 
@@ -720,7 +759,8 @@ def markdown_table(out: dict) -> str:
   dense and SNIP (and, when the study has ablations, against the ticket an
   ablation was made from), with its 95% t-interval in brackets;
   ``stalled``: how many seeds stalled at the constant classifier, and
-  which.
+  which; ``epochs at chance``: how many epochs each seed spent there
+  (``epochs_at_chance``).
   """
   attacks, main = out["attacks"], out["headline"]
   ablated = any(e["ablation"] != "none" for e in out["summary"])
@@ -737,6 +777,7 @@ def markdown_table(out: dict) -> str:
       "final loss",
       "loss drop, last ¼",
       "stalled",
+      "epochs at chance, per seed",
       "find s",
       "seeds",
     ]
@@ -768,6 +809,7 @@ def markdown_table(out: dict) -> str:
       _fmt(e, "train_loss_final", 1.0, 3),
       _fmt(e, "train_loss_drop_last_quarter", 100.0, 1) + " %",
       _fmt_stalled(e),
+      _fmt_per_seed(e, "epochs_at_chance"),
       _fmt(e, "find_wall_time_s", 1.0, 1),
       str(len(e["seeds"])),
     ]
