@@ -2,8 +2,9 @@
 # The GPU rows of benchmarks/README.md (issue 17) in one run: ResNet-18's
 # PGD-10 adversarial-training step at batch 128, float32 and bfloat16,
 # through awt (benchmarks/train_step.py) and through PyTorch eager, eager
-# with channels-last, and torch.compile (benchmarks/peers/torch_pgd_at.py;
-# bfloat16 is autocast there), each with its device's matmul rate in the
+# with channels-last, torch.compile with CUDA graphs (mode reduce-overhead)
+# and plain torch.compile (benchmarks/peers/torch_pgd_at.py; bfloat16 is
+# autocast there), each with its device's matmul rate in the
 # compute dtype (--peak), then the table (benchmarks/step_table.py); last,
 # if the budget allows, the tests of awt._nt, the bounded attacks and the
 # training step on the GPU's JAX (pytest, $OUT/pytest.txt).
@@ -66,6 +67,9 @@ for dtype in bfloat16 float32; do
   run 200 steps benchmarks.train_step "${common[@]}" --dtype=$dtype
   run 90 steps "${torch[@]}" --dtype=$dtype
   run 90 steps "${torch[@]}" --dtype=$dtype --channels_last
+done
+for dtype in bfloat16 float32; do
+  run 180 steps "${torch[@]}" --dtype=$dtype --channels_last --compile_mode=reduce-overhead
 done
 for dtype in bfloat16 float32; do
   run 180 steps "${torch[@]}" --dtype=$dtype --channels_last --compile

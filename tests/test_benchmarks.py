@@ -372,6 +372,28 @@ def test_torch_runners_run_either_attack(torch_common, torchattacks_pgd, kind):
     build("mlp", batch=4, steps=1, attack="foolbox")
 
 
+def test_torch_train_runner_names_its_compile_mode(torch_common):
+  """A mode other than torch.compile's default is named in ``info``; an
+  unknown one ends before any work."""
+  with pytest.raises(ValueError, match="unknown compile mode 'fast'; known: "):
+    torch_common.train_runner(
+      "mlp", batch=4, steps=1, compiled=True, compile_mode="fast"
+    )
+  eager = torch_common.train_runner("mlp", batch=4, steps=1)
+  assert eager.info["mode"] == "eager"
+
+
+@pytest.mark.slow
+def test_torch_train_runner_compiles_in_a_cuda_graph_mode(torch_common):
+  """``reduce-overhead`` (CUDA graphs on a GPU; plain inductor on a CPU)
+  compiles and runs the step, and says so in ``info``."""
+  runner = torch_common.train_runner(
+    "mlp", batch=4, steps=1, compiled=True, compile_mode="reduce-overhead"
+  )
+  assert torch_common.warm_up(runner.call, compiled=True) > 0
+  assert runner.info["mode"] == "compile:reduce-overhead"
+
+
 @pytest.mark.slow
 def test_compare_prints_a_ratio_per_peer_and_against_the_fastest(
   torchattacks_pgd,

@@ -254,6 +254,14 @@ def _check_attack(attack: str) -> None:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+# torch.compile's modes; "reduce-overhead" and "max-autotune" replay CUDA
+# graphs on a GPU (one launch per captured graph instead of per kernel).
+COMPILE_MODES = (
+  "default",
+  "reduce-overhead",
+  "max-autotune",
+  "max-autotune-no-cudagraphs",
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -357,6 +365,7 @@ def train_runner(
   seed: int = 0,
   device: str = "cpu",
   channels_last: bool = False,
+  compile_mode: str = "default",
 ) -> Runner:
   """Builds the PyTorch PGD-k training step on random data; a Runner.
 
@@ -377,16 +386,27 @@ def train_runner(
     device: one of ``DEVICES`` (:func:`resolve_device`).
     channels_last: keep the network's weights and the batch in
       channels-last memory order.
+    compile_mode: one of ``COMPILE_MODES``, torch.compile's ``mode`` when
+      ``compiled``. With CUDA graphs ("reduce-overhead", "max-autotune") each
+      step starts with ``torch.compiler.cudagraph_mark_step_begin``, the
+      documented marker of a training iteration.
 
   Returns:
     The Runner, ``compile_s`` 0: :func:`warm_up` measures torch.compile's
     lazy compilation on the first calls. A call ends when the GPU has
-    finished it. ``info`` has ``attack``, ``device`` and ``channels_last``.
+    finished it. ``info`` has ``mode`` ("eager", "compile" or
+    "compile:<compile_mode>"), ``attack``, ``device`` and ``channels_last``.
 
   Raises:
     ImportError: ``attack="torchattacks"`` without torchattacks.
+    ValueError: an unknown ``compile_mode``.
   """
   _check_attack(attack)
+  if compile_mode not in COMPILE_MODES:
+    raise ValueError(
+      f"unknown compile mode {compile_mode!r}; "
+      f"known: {', '.join(COMPILE_MODES)}"
+    )
   net, x = _placed(
     model_name, batch, seed=seed, device=device, channels_last=channels_last
   )
@@ -395,7 +415,9 @@ def train_runner(
   opt = torch.optim.SGD(
     net.parameters(), lr=_common.LEARNING_RATE, momentum=_common.MOMENTUM
   )
-  fwd = torch.compile(net) if compiled else net
+  mode = None if compile_mode == "default" else compile_mode
+  fwd = torch.compile(net, mode=mode) if compiled else net
+  graphs = compiled and compile_mode in ("reduce-overhead", "max-autotune")
   y = torch.randint(0, _common.NUM_CLASSES, (batch,)).to(dev)
   autocast = torch.bfloat16 if dtype == "bfloat16" else None
   step_size = _common.STEP_SIZE_FACTOR * eps / steps
@@ -413,6 +435,8 @@ def train_runner(
     adversary = lambda: pgd_linf(fwd, x, y, **budget, autocast_dtype=autocast)
 
   def call():
+    if graphs:
+      torch.compiler.cudagraph_mark_step_begin()
     x_adv = adversary()
     opt.zero_grad(set_to_none=True)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(autocast)):
@@ -425,13 +449,18 @@ def train_runner(
     call=_synchronized(call, dev),
     images_per_call=batch,
     compile_s=0.0,
-    info=_info(net, compiled, attack, dev, channels_last),
+    info=_info(net, compiled, attack, dev, channels_last, compile_mode),
   )
 
 
-def _info(net, compiled, attack, device, channels_last) -> dict:
+def _info(
+  net, compiled, attack, device, channels_last, compile_mode="default"
+) -> dict:
+  mode = "eager"
+  if compiled:
+    mode = "compile" if compile_mode == "default" else f"compile:{compile_mode}"
   return {
-    "mode": "compile" if compiled else "eager",
+    "mode": mode,
     "attack": attack,
     "params": sum(p.numel() for p in net.parameters()),
     "device": device.type,
