@@ -14,13 +14,32 @@ over seeds, paired t-intervals) and, for rows saved before they had one,
 each run's ``stalled`` flag and ``epochs_at_chance`` from its loss
 history, so a results table can
 be regenerated without rerunning the study.
+
+  python -m experiments.summarize --pool /tmp/awt/s95 /tmp/awt/s95_seeds5to9
+
+``--pool`` makes one table of several ``compare_tickets`` workdirs that
+ran the same protocol on different seeds (more seeds added later, or
+seeds run on two machines): the same recorded ``config.json`` (the study
+config without its sweep), the same attacks and evaluation split, and no
+(arm, seed) in two of them; anything else ends in one line naming the
+difference. Paired differences pair each seed with the dense net of its
+own program, as in one workdir.
 """
 
 import json
 import os
 import sys
 
+from absl import flags
+
 from experiments import _main
+
+flags.DEFINE_bool(
+  "pool",
+  False,
+  "One table over the seeds of several compare_tickets workdirs of one "
+  "protocol (same config.json, no arm's seed twice).",
+)
 
 # What a row reads from a run's results.
 _KEYS = ("sparsity", "clean_accuracy", "robust_accuracy")
@@ -69,8 +88,11 @@ def _load(path: str) -> dict:
       raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
-def compare_tickets_table(workdir: str) -> str:
-  """``table.md`` of a ``compare_tickets`` workdir, from its saved rows."""
+def _compare_rows(workdir: str) -> tuple[dict, list[dict]]:
+  """``(saved, rows)`` of a ``compare_tickets`` workdir: its
+  ``compare_tickets.json`` and its per-seed rows, those saved before
+  ``stalled`` and ``epochs_at_chance`` existed given them from their loss
+  history when the workdir's ``config.json`` names the dataset."""
   from awt.studies import compare_tickets  # noqa: PLC0415 (slow import)
 
   saved = _load(os.path.join(workdir, "compare_tickets.json"))
@@ -94,9 +116,75 @@ def compare_tickets_table(workdir: str) -> str:
       )
       for r in rows
     ]
+  return saved, rows
+
+
+def _table(saved: dict, rows: list[dict]) -> str:
+  from awt.studies import compare_tickets  # noqa: PLC0415
+
   out = compare_tickets.summarize(rows, saved["attacks"])
   out["eval_split"] = saved.get("eval_split", "test")
   return compare_tickets.markdown_table(out)
+
+
+def compare_tickets_table(workdir: str) -> str:
+  """``table.md`` of a ``compare_tickets`` workdir, from its saved rows."""
+  return _table(*_compare_rows(workdir))
+
+
+def _arm_seed(row: dict) -> tuple:
+  """What names one trained run of a study: its arm and seed."""
+  return tuple(
+    row.get(k)
+    for k in ("method", "ablation", "target_sparsity", "trained_at", "seed")
+  )
+
+
+def pooled_compare_tickets_table(workdirs: list[str]) -> str:
+  """One ``table.md`` over the rows of several ``compare_tickets``
+  workdirs of one protocol (``--pool``).
+
+  Raises:
+    ValueError: one line: fewer than two workdirs, one that is not a
+      ``compare_tickets`` workdir or has no ``config.json``, a config,
+      attack list or evaluation split that differs from the first
+      workdir's (naming the first differing key), or an arm's seed in two
+      workdirs.
+  """
+  from awt import workdir as workdir_lib  # noqa: PLC0415
+
+  if len(workdirs) < 2:
+    raise ValueError("--pool wants two or more compare_tickets workdirs")
+  first, pooled, seen = None, [], {}
+  for w in workdirs:
+    for name in ("compare_tickets.json", "config.json"):
+      if not os.path.exists(os.path.join(w, name)):
+        raise ValueError(f"--pool: {w} has no {name}")
+    saved, rows = _compare_rows(w)
+    config = _load(os.path.join(w, "config.json"))
+    recorded = dict(
+      config=config,
+      attacks=saved["attacks"],
+      eval_split=saved.get("eval_split", "test"),
+    )
+    if first is None:
+      first, first_saved, first_recorded = w, saved, recorded
+    diff = workdir_lib.first_difference(first_recorded, recorded)
+    if diff:
+      key, was, now = diff
+      raise ValueError(
+        f"--pool: {w} ran another protocol than {first} ({key}: {was!r} "
+        f"there, {now!r} here)"
+      )
+    for r in rows:
+      other = seen.setdefault(_arm_seed(r), w)
+      if other != w:
+        raise ValueError(
+          f"--pool: seed {r['seed']} of {r['method']} (ablation "
+          f"{r.get('ablation')}) is in both {other} and {w}"
+        )
+    pooled += rows
+  return _table(first_saved, pooled)
 
 
 def sparsity_robustness_table(workdir: str) -> str:
@@ -129,11 +217,17 @@ STUDIES = {
 
 
 def main(argv):
-  studies, workdirs = [], []
   for workdir in argv[1:]:
     if not os.path.isdir(workdir):
       what = "is a file" if os.path.exists(workdir) else "does not exist"
       raise ValueError(f"{workdir!r} {what}; give workdirs (directories)")
+  if flags.FLAGS["pool"].value:
+    workdirs = argv[1:]
+    print(f"pooled {', '.join(workdirs)}:\n")
+    print(pooled_compare_tickets_table(workdirs))
+    return 0
+  studies, workdirs = [], []
+  for workdir in argv[1:]:
     found = [f for f in STUDIES if os.path.exists(os.path.join(workdir, f))]
     if found:
       studies.append((workdir, STUDIES[found[0]]))

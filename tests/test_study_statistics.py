@@ -527,6 +527,55 @@ def test_summarize_regenerates_a_study_table_from_its_saved_rows(
   assert table.count("| 0 of 2 | 0, 0 |") == 3  # dense, snip, awt
 
 
+def _study_workdir(path, rows, config):
+  out = compare_tickets.summarize(rows, ["pgd40+apgd-t", "pgd40"])
+  rest = {k: v for k, v in out.items() if k not in ("rows", "summary")}
+  path.mkdir()
+  _sweep.write_table_json(
+    str(path / "compare_tickets.json"), out["rows"], out["summary"], **rest
+  )
+  (path / "config.json").write_text(json.dumps(config))
+  return str(path)
+
+
+def test_summarize_pools_the_seeds_of_one_protocol(
+  tmp_path, capsys, monkeypatch
+):
+  """Seeds run in two workdirs give the table of one workdir with all of
+  them; another protocol, a seed in both, or one workdir is refused."""
+  from absl import flags
+
+  from experiments import summarize
+
+  config = {"data": {"name": "digits"}, "num_epochs": 3}
+  rows = _rows()
+  by_seed = [[r for r in rows if r["seed"] == s] for s in (0, 1)]
+  one = _study_workdir(tmp_path / "all", rows, config)
+  a = _study_workdir(tmp_path / "seed0", by_seed[0], config)
+  b = _study_workdir(tmp_path / "seed1", by_seed[1], config)
+  pooled = summarize.pooled_compare_tickets_table([a, b])
+  assert pooled == summarize.compare_tickets_table(one)
+  assert "| 0 of 2 |" in pooled  # two seeds per arm, not one
+  monkeypatch.setattr(flags.FLAGS["pool"], "value", True)
+  assert summarize.main(["summarize", a, b]) == 0
+  assert pooled in capsys.readouterr().out
+  other = _study_workdir(
+    tmp_path / "other", by_seed[1], {**config, "num_epochs": 4}
+  )
+  for workdirs, expected in [
+    (
+      [a, other],
+      f"{other} ran another protocol than {a} (config.num_epochs: "
+      "3 there, 4 here)",
+    ),
+    ([a, one], f"seed 0 of awt (ablation none) is in both {a} and {one}"),
+    ([a], "--pool wants two or more compare_tickets workdirs"),
+    ([a, str(tmp_path)], f"--pool: {tmp_path} has no compare_tickets.json"),
+  ]:
+    with pytest.raises(ValueError, match=re.escape(expected)):
+      summarize.main(["summarize", *workdirs])
+
+
 def test_summarize_gives_each_member_of_a_program_a_row(tmp_path, capsys):
   from experiments import summarize
 
