@@ -88,20 +88,22 @@ def _load(path: str) -> dict:
       raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
-def _compare_rows(workdir: str) -> tuple[dict, list[dict]]:
-  """``(saved, rows)`` of a ``compare_tickets`` workdir: its
-  ``compare_tickets.json`` and its per-seed rows, those saved before
-  ``stalled`` and ``epochs_at_chance`` existed given them from their loss
-  history when the workdir's ``config.json`` names the dataset."""
+def _compare_rows(workdir: str) -> tuple[dict, list[dict], dict | None]:
+  """``(saved, rows, config)`` of a ``compare_tickets`` workdir: its
+  ``compare_tickets.json``, its per-seed rows and its recorded
+  ``config.json`` (None if it has none); rows saved before ``stalled``
+  and ``epochs_at_chance`` existed get them from their loss history when
+  the config names the dataset."""
   from awt.studies import compare_tickets  # noqa: PLC0415 (slow import)
 
   saved = _load(os.path.join(workdir, "compare_tickets.json"))
   rows = saved["rows"]
-  config = os.path.join(workdir, "config.json")
-  if os.path.exists(config):  # rows saved before these fields existed
+  path = os.path.join(workdir, "config.json")
+  config = _load(path) if os.path.exists(path) else None
+  if config is not None:  # rows saved before these fields existed
     from awt import data  # noqa: PLC0415
 
-    classes = data.info(_load(config)["data"]["name"]).num_classes
+    classes = data.info(config["data"]["name"]).num_classes
     chance = compare_tickets.chance_loss(classes)
     backfill = {
       "stalled": compare_tickets.stalled,
@@ -116,7 +118,7 @@ def _compare_rows(workdir: str) -> tuple[dict, list[dict]]:
       )
       for r in rows
     ]
-  return saved, rows
+  return saved, rows, config
 
 
 def _table(saved: dict, rows: list[dict]) -> str:
@@ -129,7 +131,8 @@ def _table(saved: dict, rows: list[dict]) -> str:
 
 def compare_tickets_table(workdir: str) -> str:
   """``table.md`` of a ``compare_tickets`` workdir, from its saved rows."""
-  return _table(*_compare_rows(workdir))
+  saved, rows, _ = _compare_rows(workdir)
+  return _table(saved, rows)
 
 
 def _arm_seed(row: dict) -> tuple:
@@ -157,11 +160,11 @@ def pooled_compare_tickets_table(workdirs: list[str]) -> str:
     raise ValueError("--pool wants two or more compare_tickets workdirs")
   first, pooled, seen = None, [], {}
   for w in workdirs:
-    for name in ("compare_tickets.json", "config.json"):
-      if not os.path.exists(os.path.join(w, name)):
-        raise ValueError(f"--pool: {w} has no {name}")
-    saved, rows = _compare_rows(w)
-    config = _load(os.path.join(w, "config.json"))
+    if not os.path.exists(os.path.join(w, "compare_tickets.json")):
+      raise ValueError(f"--pool: {w} has no compare_tickets.json")
+    saved, rows, config = _compare_rows(w)
+    if config is None:
+      raise ValueError(f"--pool: {w} has no config.json")
     recorded = dict(
       config=config,
       attacks=saved["attacks"],

@@ -254,14 +254,10 @@ def _check_attack(attack: str) -> None:
 
 
 DEVICES = ("auto", "cpu", "cuda")
-# torch.compile's modes; "reduce-overhead" and "max-autotune" replay CUDA
-# graphs on a GPU (one launch per captured graph instead of per kernel).
-COMPILE_MODES = (
-  "default",
-  "reduce-overhead",
-  "max-autotune",
-  "max-autotune-no-cudagraphs",
-)
+# torch.compile's modes; those in CUDA_GRAPH_MODES replay CUDA graphs on a
+# GPU (one launch per captured graph instead of per kernel).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+COMPILE_MODES = ("default", *CUDA_GRAPH_MODES, "max-autotune-no-cudagraphs")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -387,8 +383,8 @@ def train_runner(
     channels_last: keep the network's weights and the batch in
       channels-last memory order.
     compile_mode: one of ``COMPILE_MODES``, torch.compile's ``mode`` when
-      ``compiled``. With CUDA graphs ("reduce-overhead", "max-autotune") each
-      step starts with ``torch.compiler.cudagraph_mark_step_begin``, the
+      ``compiled``. With CUDA graphs (``CUDA_GRAPH_MODES``) each step
+      starts with ``torch.compiler.cudagraph_mark_step_begin``, the
       documented marker of a training iteration.
 
   Returns:
@@ -417,7 +413,7 @@ def train_runner(
   )
   mode = None if compile_mode == "default" else compile_mode
   fwd = torch.compile(net, mode=mode) if compiled else net
-  graphs = compiled and compile_mode in ("reduce-overhead", "max-autotune")
+  graphs = compiled and compile_mode in CUDA_GRAPH_MODES
   y = torch.randint(0, _common.NUM_CLASSES, (batch,)).to(dev)
   autocast = torch.bfloat16 if dtype == "bfloat16" else None
   step_size = _common.STEP_SIZE_FACTOR * eps / steps
