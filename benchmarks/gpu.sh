@@ -11,6 +11,7 @@
 #
 #   bash benchmarks/gpu.sh      # JSON lines and the table under $OUT
 #   MODEL=mlp BATCH=8 DEVICE=cpu REPEATS=2 bash benchmarks/gpu.sh  # smoke run
+#   PEERS="eager_cl graphs_cl" TESTS=0 bash benchmarks/gpu.sh  # a shorter rerun
 #
 # Sized for a lent GPU with minutes to spare: each command has a time limit,
 # none starts whose limit would end after BUDGET seconds (default 540), and
@@ -31,6 +32,11 @@ REPEATS=${REPEATS:-20}
 MODEL=${MODEL:-resnet18}
 BATCH=${BATCH:-128}
 DEVICE=${DEVICE:-cuda}
+# The PyTorch configurations to run, in this order (a rerun may want fewer):
+# eager, eager + channels-last, CUDA graphs (reduce-overhead) + channels-last,
+# torch.compile + channels-last, torch.compile.
+PEERS=${PEERS:-eager eager_cl graphs_cl compile_cl compile}
+TESTS=${TESTS:-1}  # 0 skips the GPU pytest run at the end
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -63,21 +69,23 @@ run() {  # run LIMIT NAME MODULE ARGS...: one command's JSON line, if in budget.
 
 common=(--model="$MODEL" --batch="$BATCH" --steps=10 --repeats="$REPEATS" --peak)
 torch=(benchmarks.peers.torch_pgd_at "${common[@]}" --device="$DEVICE" --cudnn_benchmark)
+wants() { [[ " $PEERS " == *" $1 "* ]]; }  # wants NAME: is NAME in PEERS?
 for dtype in bfloat16 float32; do
   run 200 steps benchmarks.train_step "${common[@]}" --dtype=$dtype
-  run 90 steps "${torch[@]}" --dtype=$dtype
-  run 90 steps "${torch[@]}" --dtype=$dtype --channels_last
+  wants eager && run 90 steps "${torch[@]}" --dtype=$dtype
+  wants eager_cl && run 90 steps "${torch[@]}" --dtype=$dtype --channels_last
 done
 for dtype in bfloat16 float32; do
-  run 180 steps "${torch[@]}" --dtype=$dtype --channels_last --compile_mode=reduce-overhead
+  wants graphs_cl && run 180 steps "${torch[@]}" --dtype=$dtype --channels_last \
+    --compile_mode=reduce-overhead
 done
 for dtype in bfloat16 float32; do
-  run 180 steps "${torch[@]}" --dtype=$dtype --channels_last --compile
+  wants compile_cl && run 180 steps "${torch[@]}" --dtype=$dtype --channels_last --compile
 done
-run 180 steps "${torch[@]}" --dtype=bfloat16 --compile
+wants compile && run 180 steps "${torch[@]}" --dtype=bfloat16 --compile
 
 "$PY" -m benchmarks.step_table "$OUT/steps.jsonl" >"$OUT/table.md" 2>>"$OUT/log.txt"
-if ((SECONDS - start + 150 <= BUDGET)); then
+if ((TESTS)) && ((SECONDS - start + 150 <= BUDGET)); then
   echo "$(date +%T) pytest on the GPU's JAX" >>"$OUT/log.txt"
   # Four processes share one GPU: no preallocation. Float32 products at full
   # precision, as on a CPU (a GPU's default may be TF32), so that the tests'
