@@ -37,6 +37,12 @@ DEVICE=${DEVICE:-cuda}
 # torch.compile + channels-last, torch.compile.
 PEERS=${PEERS:-eager eager_cl graphs_cl compile_cl compile}
 TESTS=${TESTS:-1}  # 0 skips the GPU pytest run at the end
+for peer in $PEERS; do
+  case $peer in
+    eager | eager_cl | graphs_cl | compile_cl | compile) ;;
+    *) echo "gpu.sh: unknown PEERS entry '$peer' (eager eager_cl graphs_cl compile_cl compile)" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
