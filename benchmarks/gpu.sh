@@ -35,13 +35,12 @@ DEVICE=${DEVICE:-cuda}
 # The PyTorch configurations to run, in this order (a rerun may want fewer):
 # eager, eager + channels-last, CUDA graphs (reduce-overhead) + channels-last,
 # torch.compile + channels-last, torch.compile.
-PEERS=${PEERS:-eager eager_cl graphs_cl compile_cl compile}
+ALL_PEERS="eager eager_cl graphs_cl compile_cl compile"
+PEERS=${PEERS:-$ALL_PEERS}
 TESTS=${TESTS:-1}  # 0 skips the GPU pytest run at the end
 for peer in $PEERS; do
-  case $peer in
-    eager | eager_cl | graphs_cl | compile_cl | compile) ;;
-    *) echo "gpu.sh: unknown PEERS entry '$peer' (eager eager_cl graphs_cl compile_cl compile)" >&2; exit 2 ;;
-  esac
+  [[ " $ALL_PEERS " == *" $peer "* ]] ||
+    { echo "gpu.sh: unknown PEERS entry '$peer' ($ALL_PEERS)" >&2; exit 2; }
 done
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
