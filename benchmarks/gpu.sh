@@ -38,8 +38,9 @@ DEVICE=${DEVICE:-cuda}
 ALL_PEERS="eager eager_cl graphs_cl compile_cl compile"
 PEERS=${PEERS:-$ALL_PEERS}
 TESTS=${TESTS:-1}  # 0 skips the GPU pytest run at the end
+in_list() { [[ " $1 " == *" $2 "* ]]; }  # in_list "A B C" B: is B a word of the list?
 for peer in $PEERS; do
-  [[ " $ALL_PEERS " == *" $peer "* ]] ||
+  in_list "$ALL_PEERS" "$peer" ||
     { echo "gpu.sh: unknown PEERS entry '$peer' ($ALL_PEERS)" >&2; exit 2; }
 done
 mkdir -p "$OUT"
@@ -74,7 +75,7 @@ run() {  # run LIMIT NAME MODULE ARGS...: one command's JSON line, if in budget.
 
 common=(--model="$MODEL" --batch="$BATCH" --steps=10 --repeats="$REPEATS" --peak)
 torch=(benchmarks.peers.torch_pgd_at "${common[@]}" --device="$DEVICE" --cudnn_benchmark)
-wants() { [[ " $PEERS " == *" $1 "* ]]; }  # wants NAME: is NAME in PEERS?
+wants() { in_list "$PEERS" "$1"; }  # wants NAME: is NAME in PEERS?
 for dtype in bfloat16 float32; do
   run 200 steps benchmarks.train_step "${common[@]}" --dtype=$dtype
   wants eager && run 90 steps "${torch[@]}" --dtype=$dtype
