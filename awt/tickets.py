@@ -45,6 +45,7 @@ __all__ = [
   "find",
   "find_and_train",
   "load",
+  "restore",
   "train",
 ]
 
@@ -256,12 +257,10 @@ def _reload(workdir, like: Ticket, label: str, wanted: dict, log):
   if workdir is None:
     return None
   workdir = workdir_lib.prepare(workdir)
-  template = {"params": like.params, "batch_stats": like.batch_stats}
-  template["mask"] = like.params
-  saved = checkpoints.restore_ticket(workdir, template)
+  saved = _restore(workdir, like)
   if saved is None:
     return None
-  tree, info = saved
+  info = saved.info
   kept = info.get("found_with")
   if kept is None:  # saved before found_with: compare what it recorded
     kept = {"method": info.get("method"), "ablation": info.get("ablation")}
@@ -277,7 +276,42 @@ def _reload(workdir, like: Ticket, label: str, wanted: dict, log):
     config_lib.ConfigError,
   )
   log(f"reusing the {label} ticket saved in {workdir}/ticket")
+  return saved
+
+
+def _restore(workdir: str, like: Ticket) -> Ticket | None:
+  """The ticket saved in ``workdir``, shaped like ``like``; None if none."""
+  template = {"params": like.params, "batch_stats": like.batch_stats}
+  template["mask"] = like.params
+  saved = checkpoints.restore_ticket(workdir, template)
+  if saved is None:
+    return None
+  tree, info = saved
   return Ticket(**jax.device_get(tree), info=info)
+
+
+def restore(workdir: str, config) -> Ticket:
+  """The ticket :func:`find` saved in ``workdir``, to look at or train again.
+
+  Args:
+    workdir: where it was saved: a ``find_ticket``/``train`` workdir, or a
+      study's cell (``<study workdir>/cells/<label>``).
+    config: a config of the same model and data (a study's
+      ``config.json`` will do): it shapes the template the arrays are
+      restored into; its seed and pruning settings do not matter.
+
+  Returns:
+    The saved :class:`Ticket`: ``params`` already masked, ``info`` as in
+    ``ticket.json`` (method, sparsity, layer densities, NTK distances, ...).
+
+  Raises:
+    CheckpointError: no ticket saved in ``workdir``, or one of another
+      model's shapes; one line.
+  """
+  saved = _restore(workdir, dense(config))
+  if saved is None:
+    raise checkpoints.CheckpointError(f"no ticket saved in {workdir!r}")
+  return saved
 
 
 def _search(config, ctx, mask_key, ablation: str, base) -> Ticket:
