@@ -291,11 +291,11 @@ def _restore(workdir: str, like: Ticket) -> Ticket | None:
 
 
 def restore(workdir: str, config) -> Ticket:
-  """The ticket :func:`find` saved in ``workdir``, to look at or train again.
+  """The ticket :func:`find` saved in ``workdir``, as it was before training.
 
   Args:
-    workdir: where it was saved: a ``find_ticket``/``train`` workdir, or a
-      study's cell (``<study workdir>/cells/<label>``).
+    workdir: where it was saved: a ``find_ticket`` workdir or a study's
+      cell (``<study workdir>/cells/<label>``).
     config: a config of the same model and data (a study's
       ``config.json`` will do): it shapes the template the arrays are
       restored into; its seed and pruning settings do not matter.
