@@ -55,8 +55,9 @@ def layer_outputs(
 
   Args:
     model: an ``awt.models`` classifier.
-    variables: ``{"params", ["batch_stats"]}``; a ticket's params with its
-      mask applied (``masks.apply``), or the network is the dense one.
+    variables: ``{"params", ["batch_stats"]}``; for a ticket, params with
+      its mask applied (``masks.apply``; a ``Ticket``'s and a restored
+      run's params already are), else the network probed is the dense one.
     x: [B, H, W, C] float32 in [0, 1].
 
   Returns:
