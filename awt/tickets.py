@@ -280,7 +280,8 @@ def _reload(workdir, like: Ticket, label: str, wanted: dict, log):
 
 
 def _restore(workdir: str, like: Ticket) -> Ticket | None:
-  """The ticket saved in ``workdir``, shaped like ``like``; None if none."""
+  """The ticket saved in ``workdir``, shaped like ``like`` (arrays or
+  ``jax.ShapeDtypeStruct``s); None if none."""
   template = {"params": like.params, "batch_stats": like.batch_stats}
   template["mask"] = like.params
   saved = checkpoints.restore_ticket(workdir, template)
@@ -308,7 +309,8 @@ def restore(workdir: str, config) -> Ticket:
     CheckpointError: no ticket saved in ``workdir``, or one of another
       model's shapes; one line.
   """
-  saved = _restore(workdir, dense(config))
+  like = jax.eval_shape(lambda: dense(config))  # shapes only, no init
+  saved = _restore(workdir, like)
   if saved is None:
     raise checkpoints.CheckpointError(f"no ticket saved in {workdir!r}")
   return saved
