@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 from flax import jax_utils
 
-from awt import attacks, checkpoints, evaluation, masks, training
+from awt import attacks, checkpoints, curves, evaluation, masks, training
 from awt import config as config_lib
 from awt import data as data_lib
 from awt import workdir as workdir_lib
@@ -181,7 +181,8 @@ def train_and_evaluate(
   Returns:
     The ``results.json`` dict: ``clean_accuracy``, ``robust_accuracy``
     (attack name -> accuracy), ``sparsity``, ``wall_time_s``, ``history``
-    (per-epoch train loss and clean test accuracy), ...
+    (per-epoch train loss and clean test accuracy), ``epochs_at_chance``
+    and ``stalled`` (``awt.curves``), ...
 
   Raises:
     ConfigError, WorkdirError, DatasetNotPreparedError, CheckpointError,
@@ -564,8 +565,10 @@ def _fit(run: _Run, state, ckpt: _Checkpoints, writer, log):
   ckpt_every_epochs = int(config.get("checkpoint_every_epochs", 1))
   progress = _Progress(run, step, how, log)
   epochs = _EpochEval(run)
-  if step == 0 and not _read_histories(writer.path, run)[0]:
+  histories = _read_histories(writer.path, run)
+  if step == 0 and not histories[0]:
     writer.write(0, epochs.record(state, 0, None))
+  watch = _ChanceWatch(run, histories, log)
   epoch_losses = []
   while step < run.total_steps:
     for stacked in _epoch_chunks(run, step, chunk):
@@ -581,6 +584,7 @@ def _fit(run: _Run, state, ckpt: _Checkpoints, writer, log):
     epoch_losses = []
     epoch = step // run.steps_per_epoch
     writer.write(step, epochs.record(host, epoch, epoch_loss))
+    watch.update(epoch, epoch_loss)
     if ckpt_every_epochs and epoch % ckpt_every_epochs == 0:
       ckpt.save(rstate)
   return rstate
@@ -639,6 +643,61 @@ class _Progress:
     return m
 
 
+class _ChanceWatch:
+  """Names, every epoch, the members still at the constant classifier's loss.
+
+  Once the attack budget is full (after ``adversarial.eps_warmup_epochs``,
+  else after the first epoch), a member whose epoch training loss has
+  never fallen below ``curves.ESCAPE_FRACTION * ln K`` gets a log line: its
+  output does not depend on its input yet, and if that lasts it is a
+  stall (``curves.stalled``). A study's mean would otherwise hide it
+  until its table is written.
+  """
+
+  def __init__(self, run: _Run, histories: list[list[dict]], log):
+    self.run, self.log = run, log
+    self.num_classes = run.dataset.info.num_classes
+    self.chance = curves.chance_loss(self.num_classes)
+    self.losses = [
+      [r for r in h if r.get("train_loss") is not None] for h in histories
+    ]
+    ramp = training.eps_warmup_steps(
+      run.config.adversarial, run.steps_per_epoch
+    )
+    self.full_budget = max(1, -(-ramp // run.steps_per_epoch))
+
+  def update(self, epoch: int, epoch_loss) -> None:
+    """Adds ``epoch``'s losses ``[M]`` and logs the members still at chance."""
+    run = self.run
+    for i, loss in enumerate(epoch_loss):
+      self.losses[i].append({"epoch": epoch, "train_loss": float(loss)})
+    if epoch < self.full_budget:
+      return
+    stuck = [
+      m.name
+      for m, h in zip(run.members, self.losses, strict=True)
+      if curves.still_at_chance(h, self.chance)
+    ]
+    if not stuck:
+      return
+    who = (
+      "the training loss is"
+      if run.single
+      else f"{len(stuck)} of {len(run.members)} members' training losses are"
+    )
+    since = (
+      f", full attack budget since epoch {self.full_budget}"
+      if self.full_budget > 1
+      else ""
+    )
+    names = "" if run.single else ": " + ", ".join(stuck)
+    self.log(
+      f"epoch {epoch}: {who} still at the constant classifier's "
+      f"(every epoch >= {curves.ESCAPE_FRACTION:g} ln {self.num_classes} = "
+      f"{curves.ESCAPE_FRACTION * self.chance:.3f}{since}){names}"
+    )
+
+
 class _EpochEval:
   """Clean test accuracy and function distances of every member per epoch."""
 
@@ -678,6 +737,7 @@ def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
   """Every member's robust evaluation (``config.eval``) and results dict."""
   config = run.config
   out, compiled = [], {}  # one compilation per attack, shared by members
+  chance = curves.chance_loss(run.dataset.info.num_classes)
   for i, m in enumerate(run.members):
     s = _unstack(final, i)
     log(
@@ -717,6 +777,8 @@ def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
       "train_time_s": train_time,
       "wall_time_s": time.perf_counter() - start,
       "num_devices": len(run.devices),
+      "epochs_at_chance": curves.epochs_at_chance(histories[i], chance),
+      "stalled": curves.stalled(histories[i], chance),
       "history": histories[i],
     }
     if not run.single:
@@ -728,6 +790,13 @@ def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
       f"{'' if run.single else m.name + ': '}done in "
       f"{results['wall_time_s']:.1f}s: clean {results['clean_accuracy']:.4f}"
       + (f", robust at eps {config.eval.eps}: {robust}" if robust else "")
+      + (
+        "; stalled: its training loss ended within "
+        f"{curves.STALL_MARGIN:.0%} of ln {run.dataset.info.num_classes}, "
+        "the constant classifier's"
+        if results["stalled"]
+        else ""
+      )
     )
     out.append(MemberResult(m.name, results, s.params, s.batch_stats, s.mask))
   return out

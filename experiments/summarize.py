@@ -94,20 +94,18 @@ def _compare_rows(workdir: str) -> tuple[dict, list[dict], dict | None]:
   ``config.json`` (None if it has none); rows saved before ``stalled``
   and ``epochs_at_chance`` existed get them from their loss history when
   the config names the dataset."""
-  from awt.studies import compare_tickets  # noqa: PLC0415 (slow import)
-
   saved = _load(os.path.join(workdir, "compare_tickets.json"))
   rows = saved["rows"]
   path = os.path.join(workdir, "config.json")
   config = _load(path) if os.path.exists(path) else None
   if config is not None:  # rows saved before these fields existed
-    from awt import data  # noqa: PLC0415
+    from awt import curves, data  # noqa: PLC0415
 
     classes = data.info(config["data"]["name"]).num_classes
-    chance = compare_tickets.chance_loss(classes)
+    chance = curves.chance_loss(classes)
     backfill = {
-      "stalled": compare_tickets.stalled,
-      "epochs_at_chance": compare_tickets.epochs_at_chance,
+      "stalled": curves.stalled,
+      "epochs_at_chance": curves.epochs_at_chance,
     }
     rows = [
       dict(

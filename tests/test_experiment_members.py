@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from awt import config as config_lib
-from awt import experiment
+from awt import curves, experiment, masks, tickets
 from awt.config import ConfigError
 from experiments.configs import digits_mlp
 
@@ -123,6 +123,49 @@ def test_a_looped_member_does_not_depend_on_the_others(tmp_path):
   assert not np.array_equal(
     jax.tree.leaves(first[1].params)[0], jax.tree.leaves(second[1].params)[0]
   )
+
+
+def test_a_member_that_never_leaves_chance_is_named_and_marked_stalled(
+  tmp_path,
+):
+  """A member whose output layer is pruned whole outputs its bias alone,
+  the same for every image: its training loss stays at ln 10 (the label
+  entropy of digits' training split, 2.3025). Training names it at every
+  epoch once the budget is full and its results say ``stalled``; the
+  dense member beside it learns and is not named."""
+  config = _config(
+    num_epochs=3,
+    **{"optimizer.warmup_steps": 0, "adversarial.eps_warmup_epochs": 2},
+  )
+  dense = tickets.dense(config)
+  mask = {**dense.mask, "head": {**dense.mask["head"]}}
+  mask["head"]["kernel"] = np.zeros_like(mask["head"]["kernel"])
+  headless = dense.replace(mask=mask, params=masks.apply(dense.params, mask))
+  members = [
+    experiment.Member("dense", 0, dense),
+    experiment.Member("headless", 0, headless),
+  ]
+  lines = []
+  out = experiment.train_members(
+    config, str(tmp_path), members, log=lines.append
+  )
+  named = [line for line in lines if "still at the constant classifier" in line]
+  bound = f"{curves.ESCAPE_FRACTION * np.log(10):.3f}"
+  assert [line.split(":")[0] for line in named] == ["epoch 2", "epoch 3"]
+  for line in named:
+    assert line.endswith(
+      "1 of 2 members' training losses are still at the constant "
+      f"classifier's (every epoch >= 0.95 ln 10 = {bound}, full attack "
+      "budget since epoch 2): headless"
+    ), line
+  dense_result, headless_result = (r.results for r in out)
+  assert headless_result["stalled"] == 1.0
+  assert headless_result["epochs_at_chance"] == 3.0
+  assert dense_result["stalled"] == 0.0
+  assert dense_result["epochs_at_chance"] < 2.0  # left within the ramp
+  assert any("headless: done" in x and "; stalled: " in x for x in lines)
+  saved = json.loads((tmp_path / "members/headless/results.json").read_text())
+  assert saved["stalled"] == 1.0
 
 
 def test_member_map_auto_loops_over_conv_nets_on_the_cpu():

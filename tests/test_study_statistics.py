@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from awt import config as config_lib
+from awt import curves
 from awt.studies import _sweep, compare_tickets, lr_selection
 
 
@@ -60,9 +61,7 @@ def _rows():
         "clean_accuracy": a + 0.1,
         "robust/pgd40+apgd-t": a,
         "robust/pgd40": a + 0.01,
-        "train_loss_drop_last_quarter": compare_tickets.loss_drop(
-          history, 0.75
-        ),
+        "train_loss_drop_last_quarter": curves.loss_drop(history, 0.75),
         "layer_densities": {"fc1": 0.1},
         "history": history,
       }
@@ -169,7 +168,7 @@ def test_rows_say_where_training_started_and_ended():
 
 
 def test_a_run_that_ends_at_the_constant_classifiers_loss_is_stalled():
-  chance = compare_tickets.chance_loss(10)
+  chance = curves.chance_loss(10)
   assert chance == pytest.approx(2.302585)
 
   def history(final):
@@ -179,11 +178,11 @@ def test_a_run_that_ends_at_the_constant_classifiers_loss_is_stalled():
       {"epoch": 2, "train_loss": final},
     ]
 
-  assert compare_tickets.stalled(history(2.2930), chance) == 1.0  # measured
-  assert compare_tickets.stalled(history(1.31), chance) == 0.0  # late escape
-  assert compare_tickets.stalled(history(2.2), chance) == 0.0
-  assert compare_tickets.stalled(history(2.3)[:1], chance) is None
-  assert compare_tickets.stalled(history(2.3), None) is None
+  assert curves.stalled(history(2.2930), chance) == 1.0  # measured
+  assert curves.stalled(history(1.31), chance) == 0.0  # late escape
+  assert curves.stalled(history(2.2), chance) == 0.0
+  assert curves.stalled(history(2.3)[:1], chance) is None
+  assert curves.stalled(history(2.3), None) is None
   rows = []
   for seed, final in enumerate((0.4, 2.30, 2.29)):
     r = {
@@ -212,14 +211,14 @@ def test_a_run_that_ends_at_the_constant_classifiers_loss_is_stalled():
 
 
 def test_epochs_at_chance_counts_the_epochs_before_the_loss_leaves_ln_k():
-  chance = compare_tickets.chance_loss(10)  # leaving: below 0.95 ln 10 = 2.187
+  chance = curves.chance_loss(10)  # leaving: below 0.95 ln 10 = 2.187
 
   def history(*losses):
     return [{"epoch": 0, "clean_accuracy": 0.1}] + [
       {"epoch": e, "train_loss": loss} for e, loss in enumerate(losses, 1)
     ]
 
-  count = compare_tickets.epochs_at_chance
+  count = curves.epochs_at_chance
   # Measured epoch losses (LeNet-5, mnist5k, 95%): permuted searched
   # values (seed 0), a dense net (seed 4), a stall (seed 1).
   assert count(history(2.36, 2.31, 2.01, 1.26), chance) == 2.0
@@ -229,6 +228,10 @@ def test_epochs_at_chance_counts_the_epochs_before_the_loss_leaves_ln_k():
   assert count(history(2.35, 2.18, 2.40), chance) == 1.0  # the first fall
   assert count(history(), chance) is None
   assert count(history(2.3), None) is None
+  # What training logs while it runs: still at chance after every epoch.
+  assert curves.still_at_chance(history(2.53, 2.35, 2.32), chance)
+  assert not curves.still_at_chance(history(2.36, 2.31, 2.01, 2.31), chance)
+  assert not curves.still_at_chance(history(), chance)
   r = {
     "sparsity": 0.95,
     "clean_accuracy": 0.1,
@@ -265,8 +268,8 @@ def test_the_registered_small_datasets_are_balanced_enough_for_ln_k():
     p = np.bincount(ds.train.labels) / len(ds.train.labels)
     entropy = -np.sum(p * np.log(p))
     k = ds.info.num_classes
-    gap = compare_tickets.chance_loss(k) - entropy
-    assert 0 <= gap < compare_tickets.STALL_MARGIN / 10 * np.log(k), name
+    gap = curves.chance_loss(k) - entropy
+    assert 0 <= gap < curves.STALL_MARGIN / 10 * np.log(k), name
 
 
 def test_tickets_pair_with_the_dense_nets_of_their_own_program():
@@ -295,11 +298,9 @@ def test_tickets_pair_with_the_dense_nets_of_their_own_program():
 def test_loss_drop_is_zero_on_a_flat_curve_and_large_on_a_falling_one():
   flat = [{"epoch": e, "train_loss": 0.3} for e in range(1, 21)]
   falling = [{"epoch": e, "train_loss": 2.0 - 0.09 * e} for e in range(1, 21)]
-  assert compare_tickets.loss_drop(flat, 0.75) == 0.0
-  assert compare_tickets.loss_drop(falling, 0.75) == pytest.approx(
-    (0.65 - 0.2) / 0.65
-  )
-  assert compare_tickets.loss_drop(flat[:1], 0.75) is None
+  assert curves.loss_drop(flat, 0.75) == 0.0
+  assert curves.loss_drop(falling, 0.75) == pytest.approx((0.65 - 0.2) / 0.65)
+  assert curves.loss_drop(flat[:1], 0.75) is None
 
 
 def test_lr_choice_maximizes_the_worst_arm():

@@ -46,7 +46,6 @@ the ablations apply to: ``"awt"`` does not cover ``"awt:awt_epochs=5"``).
 """
 
 import functools
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -55,8 +54,8 @@ import numpy as np
 from absl import logging
 
 from awt import config as config_lib
+from awt import curves, experiment, plots, pruning
 from awt import data as data_lib
-from awt import experiment, plots, pruning
 from awt import tickets as tickets_lib
 from awt import workdir as workdir_lib
 from awt.pruning import ablations as ablations_lib
@@ -144,11 +143,6 @@ def arm_name(entry: dict) -> str:
 
 def _sparsity_name(s: float) -> str:
   return f"{round(100 * s, 4):g}"
-
-
-def _final(history: list[dict], key: str):
-  vals = [r[key] for r in history if r.get(key) is not None]
-  return vals[-1] if vals else None
 
 
 def _at_start(history: list[dict], key: str):
@@ -295,7 +289,7 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
     results = {r.name: r.results for r in out}
   else:
     log(f"sparsity {s}: training finished earlier, loaded {train_dir}")
-  chance = chance_loss(data_lib.info(config.data.name).num_classes)
+  chance = curves.chance_loss(data_lib.info(config.data.name).num_classes)
   rows = []
   for mem in members:
     method, ablation, info = described[mem.name]
@@ -400,15 +394,19 @@ def _row(r, method, ablation, sparsity, seed, find, chance=None) -> dict:
     "function_distance_adv_early": _mean_over_epochs(
       history, "function_distance_adv", 0.0, EARLY
     ),
-    "function_distance_adv_final": _final(history, "function_distance_adv"),
+    "function_distance_adv_final": curves.final(
+      history, "function_distance_adv"
+    ),
     "function_distance_adv_mean": _mean_over_epochs(
       history, "function_distance_adv", 0.0, 1.0
     ),
-    "function_distance_clean_final": _final(history, "function_distance_clean"),
-    "train_loss_final": _final(history, "train_loss"),
-    "train_loss_drop_last_quarter": loss_drop(history, 0.75),
-    "stalled": stalled(history, chance),
-    "epochs_at_chance": epochs_at_chance(history, chance),
+    "function_distance_clean_final": curves.final(
+      history, "function_distance_clean"
+    ),
+    "train_loss_final": curves.final(history, "train_loss"),
+    "train_loss_drop_last_quarter": curves.loss_drop(history, 0.75),
+    "stalled": curves.stalled(history, chance),
+    "epochs_at_chance": curves.epochs_at_chance(history, chance),
     "layer_densities": r["layer_densities"],
     "history": history,
   }
@@ -434,82 +432,6 @@ def _mean_over_epochs(history, key, lo, hi):
     if r.get(key) is not None and lo * last < r["epoch"] <= max(1, hi * last)
   ]
   return float(np.mean(vals)) if vals else None
-
-
-def loss_drop(history: list[dict], at: float) -> float | None:
-  """Relative fall of the epoch training loss after fraction ``at``.
-
-  ``(L(at E) - L(E)) / L(at E)`` from the per-epoch ``train_loss``: about 0
-  when the loss curve has flattened by ``at E``, large while it still falls
-  (the "trained long enough" check of every arm).
-  """
-  losses = {r["epoch"]: r["train_loss"] for r in history if "train_loss" in r}
-  if len(losses) < 2:
-    return None
-  last = max(losses)
-  mid = min(losses, key=lambda e: abs(e - at * last))
-  return float((losses[mid] - losses[last]) / losses[mid])
-
-
-# How close to the constant classifier's loss a run's last epoch must be
-# to count as stalled: stalled LeNet-5 tickets end at 2.29-2.30 against
-# ln 10 = 2.303, the ones that train at 1.31 or below (docs/results/awt.md,
-# "What a stall is").
-STALL_MARGIN = 0.01
-
-
-def chance_loss(num_classes: int) -> float:
-  """Cross-entropy of the uniform prediction, ``ln K``: what a network whose
-  output does not depend on its input reaches at best on balanced classes
-  (the bundled ones are: the label entropy of digits' training split is
-  2.30248 nats, mnist5k's stratified one exactly ln 10 = 2.30259; a TFDS
-  dataset with skewed classes would stall slightly below ``ln K``)."""
-  return math.log(num_classes)
-
-
-def stalled(history: list[dict], chance: float | None) -> float | None:
-  """1.0 when training never left the constant classifier, else 0.0.
-
-  A stall is a run whose last-epoch training loss is still within
-  ``STALL_MARGIN`` of ``chance`` (``chance_loss``): its logits barely depend
-  on the input, because one layer's ReLUs went silent and pass no gradient
-  back. Such runs make a mean over seeds bimodal (35 ± 41%: three seeds at
-  chance, two trained), so the table counts them. A float, so that
-  ``_sweep.aggregate``'s mean over seeds is the stalled fraction; None
-  without a training loss or a ``chance``.
-  """
-  final = _final(history, "train_loss")
-  if chance is None or final is None:
-    return None
-  return float(final >= (1.0 - STALL_MARGIN) * chance)
-
-
-# A run has left the constant classifier once an epoch's training loss is
-# below this fraction of ln K (2.19 nats for 10 classes): every LeNet-5
-# ticket that went on to train crossed it within one or two epochs of
-# leaving 2.29-2.31, the stalled ones never reached it (docs/results/awt.md,
-# "What a stall is").
-ESCAPE_FRACTION = 0.95
-
-
-def epochs_at_chance(history: list[dict], chance: float | None) -> float | None:
-  """How many epochs training spent at the constant classifier's loss.
-
-  The number of leading epochs whose training loss is at or above
-  ``ESCAPE_FRACTION * chance``: 0 when the first epoch already falls below
-  it, the number of epochs when the run never leaves (a stall, or a run
-  that ends between the two thresholds). Tickets that start as
-  anti-classifiers spend their first epochs there while the PGD budget
-  ramps up (``adversarial.eps_warmup_epochs``); how long tells arms apart
-  that all end up training (e.g. 1-3 epochs for permuted searched values
-  against 3-7 for the original initialization). A float, for
-  ``_sweep.aggregate``; None without a training loss or a ``chance``.
-  """
-  losses = [r["train_loss"] for r in history if r.get("train_loss") is not None]
-  if chance is None or not losses:
-    return None
-  below = [loss < ESCAPE_FRACTION * chance for loss in losses]
-  return float(below.index(True) if any(below) else len(losses))
 
 
 def headline(attacks: Sequence[str]) -> str | None:
