@@ -4,15 +4,27 @@
 and ``awt._nt`` keeps neural-tangents' TensorFlow-only module out.
 """
 
-from awt import attacks, checkpoints, data, evaluation, masks, models, training
+from awt import (
+  attacks,
+  checkpoints,
+  curves,
+  data,
+  evaluation,
+  masks,
+  models,
+  probes,
+  training,
+)
 
 __all__ = [
   "attacks",
   "checkpoints",
+  "curves",
   "data",
   "evaluation",
   "masks",
   "models",
+  "probes",
   "training",
 ]
 __version__ = "0.1.0"
