@@ -6,7 +6,9 @@ r"""Prints markdown tables of finished workdirs.
 A ticket or training workdir (``results.json``) is one row of a table, a
 workdir of several members (a study's ``train/<pct>``) one row per
 member: method or member, sparsity, clean and robust accuracies, the
-adversarial-NTK distance at init and the cost of finding the ticket. A
+adversarial-NTK distance at init, the cost of finding the ticket and the
+epochs training spent at the constant classifier's loss (``awt.curves``;
+"(stalled)" when it never left). A
 study workdir (``compare_tickets.json``, ``sparsity_robustness.json``)
 gets its study's table again, recomputed from the per-seed rows it saved
 with the current statistics (``awt.studies._sweep``: mean ± sample std
@@ -76,8 +78,18 @@ def _row(name: str, r: dict) -> str:
     f"| {name} | {r['sparsity']:.2%} "
     f"| {r['clean_accuracy']:.2%} | {robust} "
     f"| {'—' if ntk is None else f'{ntk:.3f}'} "
-    f"| {cost.get('wall_time_s', 0):.1f} s, {cost.get('passes', 0)} passes |"
+    f"| {cost.get('wall_time_s', 0):.1f} s, {cost.get('passes', 0)} passes "
+    f"| {_at_chance(r)} |"
   )
+
+
+def _at_chance(r: dict) -> str:
+  """Epochs the run trained at ln K, and whether it ended there
+  (``awt.curves``; "—" for results written before they were recorded)."""
+  n = r.get("epochs_at_chance")
+  if n is None:
+    return "—"
+  return f"{n:.0f}" + (" (stalled)" if r.get("stalled") else "")
 
 
 def _load(path: str) -> dict:
@@ -252,9 +264,9 @@ def main(argv):
   attacks = " / ".join(first["robust_accuracy"])
   print(
     f"| method | sparsity | clean | {attacks} | adv-NTK distance at init "
-    "| cost to find |"
+    "| cost to find | epochs at chance |"
   )
-  print("|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|")
   print("\n".join(rows))
   return 0
 

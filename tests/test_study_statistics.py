@@ -592,15 +592,21 @@ def test_summarize_gives_each_member_of_a_program_a_row(tmp_path, capsys):
     "members": [
       member("dense_seed0", 0.0, 0.9),
       member("snip_seed0", 0.95, 0.8),
+      dict(member("awt_seed0", 0.95, 0.3), epochs_at_chance=30.0, stalled=1.0),
+      dict(member("awt_seed1", 0.95, 0.7), epochs_at_chance=6.0, stalled=0.0),
     ]
   }
   (tmp_path / "results.json").write_text(json.dumps(program))
   assert summarize.main(["summarize", str(tmp_path)]) == 0
   rows = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| ")]
   assert rows[0].startswith("| method | sparsity | clean | pgd40 |")
-  assert rows[1:] == [
-    "| dense_seed0 | 0.00% | 90.00% | 70.00% | — | 0.0 s, 0 passes |",
-    "| snip_seed0 | 95.00% | 80.00% | 60.00% | — | 0.0 s, 0 passes |",
+  assert rows[0].endswith("| cost to find | epochs at chance |")
+  assert rows[1:] == [  # the first two saved before epochs_at_chance existed
+    "| dense_seed0 | 0.00% | 90.00% | 70.00% | — | 0.0 s, 0 passes | — |",
+    "| snip_seed0 | 95.00% | 80.00% | 60.00% | — | 0.0 s, 0 passes | — |",
+    "| awt_seed0 | 95.00% | 30.00% | 10.00% | — | 0.0 s, 0 passes "
+    "| 30 (stalled) |",
+    "| awt_seed1 | 95.00% | 70.00% | 50.00% | — | 0.0 s, 0 passes | 6 |",
   ]
 
 
