@@ -55,6 +55,21 @@ def chance_loss(num_classes: int) -> float:
   return math.log(num_classes)
 
 
+# Objectives whose training loss adds a term to the cross-entropy: TRADES'
+# is CE + beta KL (Zhang et al. 2019, Eq. 5), at or above ln K while the
+# network already learns, so ln K does not mark a constant classifier.
+NOT_CROSS_ENTROPY = ("trades",)
+
+
+def objective_chance(objective: str, num_classes: int) -> float | None:
+  """``chance_loss(num_classes)`` where ``adversarial.method``'s training
+  loss is the cross-entropy (``none``, ``pgd_at``, ``fast_at``); None
+  otherwise, which turns ``stalled`` and ``epochs_at_chance`` off."""
+  if objective in NOT_CROSS_ENTROPY:
+    return None
+  return chance_loss(num_classes)
+
+
 def stalled(history: list[dict], chance: float | None) -> float | None:
   """1.0 when training never left the constant classifier, else 0.0.
 
@@ -100,12 +115,12 @@ def epochs_at_chance(history: list[dict], chance: float | None) -> float | None:
   return float(below.index(True) if any(below) else len(losses))
 
 
-def still_at_chance(history: list[dict], chance: float) -> bool:
+def still_at_chance(history: list[dict], chance: float | None) -> bool:
   """True while every epoch so far trained at the constant classifier's loss.
 
   ``epochs_at_chance`` equal to the number of epochs with a training loss:
   the run has not yet fallen below ``ESCAPE_FRACTION * chance``. False
-  before the first epoch.
+  before the first epoch and without a ``chance``.
   """
   n = sum(r.get("train_loss") is not None for r in history)
-  return n > 0 and epochs_at_chance(history, chance) == n
+  return chance is not None and n > 0 and epochs_at_chance(history, chance) == n

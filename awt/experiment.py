@@ -651,13 +651,16 @@ class _ChanceWatch:
   never fallen below ``curves.ESCAPE_FRACTION * ln K`` gets a log line: its
   output does not depend on its input yet, and if that lasts it is a
   stall (``curves.stalled``). A study's mean would otherwise hide it
-  until its table is written.
+  until its table is written. Off under TRADES, whose loss is not the
+  cross-entropy alone (``curves.objective_chance``).
   """
 
   def __init__(self, run: _Run, histories: list[list[dict]], log):
     self.run, self.log = run, log
     self.num_classes = run.dataset.info.num_classes
-    self.chance = curves.chance_loss(self.num_classes)
+    self.chance = curves.objective_chance(
+      run.config.adversarial.method, self.num_classes
+    )
     self.losses = [
       [r for r in h if r.get("train_loss") is not None] for h in histories
     ]
@@ -671,7 +674,7 @@ class _ChanceWatch:
     run = self.run
     for i, loss in enumerate(epoch_loss):
       self.losses[i].append({"epoch": epoch, "train_loss": float(loss)})
-    if epoch < self.full_budget:
+    if epoch < self.full_budget or self.chance is None:
       return
     stuck = [
       m.name
@@ -737,7 +740,9 @@ def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
   """Every member's robust evaluation (``config.eval``) and results dict."""
   config = run.config
   out, compiled = [], {}  # one compilation per attack, shared by members
-  chance = curves.chance_loss(run.dataset.info.num_classes)
+  chance = curves.objective_chance(
+    config.adversarial.method, run.dataset.info.num_classes
+  )
   for i, m in enumerate(run.members):
     s = _unstack(final, i)
     log(

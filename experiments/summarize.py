@@ -114,7 +114,8 @@ def _compare_rows(workdir: str) -> tuple[dict, list[dict], dict | None]:
     from awt import curves, data  # noqa: PLC0415
 
     classes = data.info(config["data"]["name"]).num_classes
-    chance = curves.chance_loss(classes)
+    objective = config.get("adversarial", {}).get("method", "none")
+    chance = curves.objective_chance(objective, classes)
     backfill = {
       "stalled": curves.stalled,
       "epochs_at_chance": curves.epochs_at_chance,

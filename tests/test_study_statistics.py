@@ -228,6 +228,10 @@ def test_epochs_at_chance_counts_the_epochs_before_the_loss_leaves_ln_k():
   assert count(history(2.35, 2.18, 2.40), chance) == 1.0  # the first fall
   assert count(history(), chance) is None
   assert count(history(2.3), None) is None
+  # TRADES' loss adds beta KL to the cross-entropy: ln K marks nothing.
+  assert curves.objective_chance("pgd_at", 10) == chance
+  assert curves.objective_chance("trades", 10) is None
+  assert not curves.still_at_chance(history(2.53, 2.35), None)
   # What training logs while it runs: still at chance after every epoch.
   assert curves.still_at_chance(history(2.53, 2.35, 2.32), chance)
   assert not curves.still_at_chance(history(2.36, 2.31, 2.01, 2.31), chance)

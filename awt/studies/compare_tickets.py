@@ -289,7 +289,9 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
     results = {r.name: r.results for r in out}
   else:
     log(f"sparsity {s}: training finished earlier, loaded {train_dir}")
-  chance = curves.chance_loss(data_lib.info(config.data.name).num_classes)
+  chance = curves.objective_chance(
+    config.adversarial.method, data_lib.info(config.data.name).num_classes
+  )
   rows = []
   for mem in members:
     method, ablation, info = described[mem.name]
