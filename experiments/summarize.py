@@ -8,7 +8,7 @@ workdir of several members (a study's ``train/<pct>``) one row per
 member: method or member, sparsity, clean and robust accuracies, the
 adversarial-NTK distance at init, the cost of finding the ticket and the
 epochs training spent at the constant classifier's loss (``awt.curves``;
-"(stalled)" when it never left). A
+"(stalled)" when the last epoch still ended there). A
 study workdir (``compare_tickets.json``, ``sparsity_robustness.json``)
 gets its study's table again, recomputed from the per-seed rows it saved
 with the current statistics (``awt.studies._sweep``: mean ± sample std
