@@ -285,6 +285,14 @@ class _Run:
     return self.steps_per_epoch * self.config.num_epochs
 
   @property
+  def chance(self) -> float | None:
+    """ln K under a cross-entropy objective, None under TRADES
+    (``curves.objective_chance``)."""
+    return curves.objective_chance(
+      self.config.adversarial.method, self.dataset.info.num_classes
+    )
+
+  @property
   def shared_data(self) -> bool:
     """All members see the same batches (one data stream, not vmapped)."""
     return len({m.seed for m in self.members}) == 1
@@ -657,13 +665,7 @@ class _ChanceWatch:
 
   def __init__(self, run: _Run, histories: list[list[dict]], log):
     self.run, self.log = run, log
-    self.num_classes = run.dataset.info.num_classes
-    self.chance = curves.objective_chance(
-      run.config.adversarial.method, self.num_classes
-    )
-    self.losses = [
-      [r for r in h if r.get("train_loss") is not None] for h in histories
-    ]
+    self.histories = [list(h) for h in histories]  # epoch 0 has no train_loss
     ramp = training.eps_warmup_steps(
       run.config.adversarial, run.steps_per_epoch
     )
@@ -671,15 +673,15 @@ class _ChanceWatch:
 
   def update(self, epoch: int, epoch_loss) -> None:
     """Adds ``epoch``'s losses ``[M]`` and logs the members still at chance."""
-    run = self.run
+    run, chance = self.run, self.run.chance
     for i, loss in enumerate(epoch_loss):
-      self.losses[i].append({"epoch": epoch, "train_loss": float(loss)})
-    if epoch < self.full_budget or self.chance is None:
+      self.histories[i].append({"epoch": epoch, "train_loss": float(loss)})
+    if epoch < self.full_budget or chance is None:
       return
     stuck = [
       m.name
-      for m, h in zip(run.members, self.losses, strict=True)
-      if curves.still_at_chance(h, self.chance)
+      for m, h in zip(run.members, self.histories, strict=True)
+      if curves.still_at_chance(h, chance)
     ]
     if not stuck:
       return
@@ -696,8 +698,9 @@ class _ChanceWatch:
     names = "" if run.single else ": " + ", ".join(stuck)
     self.log(
       f"epoch {epoch}: {who} still at the constant classifier's "
-      f"(every epoch >= {curves.ESCAPE_FRACTION:g} ln {self.num_classes} = "
-      f"{curves.ESCAPE_FRACTION * self.chance:.3f}{since}){names}"
+      f"(every epoch >= {curves.ESCAPE_FRACTION:g} ln "
+      f"{run.dataset.info.num_classes} = "
+      f"{curves.ESCAPE_FRACTION * chance:.3f}{since}){names}"
     )
 
 
@@ -740,9 +743,6 @@ def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
   """Every member's robust evaluation (``config.eval``) and results dict."""
   config = run.config
   out, compiled = [], {}  # one compilation per attack, shared by members
-  chance = curves.objective_chance(
-    config.adversarial.method, run.dataset.info.num_classes
-  )
   for i, m in enumerate(run.members):
     s = _unstack(final, i)
     log(
@@ -782,8 +782,8 @@ def _evaluate_members(run, final, eval_keys, histories, train_time, start, log):
       "train_time_s": train_time,
       "wall_time_s": time.perf_counter() - start,
       "num_devices": len(run.devices),
-      "epochs_at_chance": curves.epochs_at_chance(histories[i], chance),
-      "stalled": curves.stalled(histories[i], chance),
+      "epochs_at_chance": curves.epochs_at_chance(histories[i], run.chance),
+      "stalled": curves.stalled(histories[i], run.chance),
       "history": histories[i],
     }
     if not run.single:
