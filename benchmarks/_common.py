@@ -301,21 +301,30 @@ def load_average() -> float:
 
 
 def machine() -> dict:
-  """CPU model, core count and Python version, for the JSON records."""
+  """CPU model, core count and Python version, for the JSON records.
+
+  ``cpu`` is the model name; ``cpu_id`` adds the family and model numbers
+  (``"family 6 model 167"``), which tell apart CPUs that a virtual machine
+  names alike (two different Xeons are both "Intel(R) Xeon(R) Processor").
+  """
   model = platform.processor() or platform.machine()
+  fields = {}
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
-          model = line.split(":", 1)[1].strip()
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "cpu family", "model"):
+          fields.setdefault(key, value.strip())
+        if len(fields) == 3:
           break
   except OSError:
     pass
-  return {
-    "cpu": model,
-    "num_cpu": os.cpu_count(),
-    "python": platform.python_version(),
-  }
+  out = {"cpu": fields.get("model name", model)}
+  if "cpu family" in fields and "model" in fields:
+    out["cpu_id"] = f"family {fields['cpu family']} model {fields['model']}"
+  out.update(num_cpu=os.cpu_count(), python=platform.python_version())
+  return out
 
 
 def read_records(paths: list[str]) -> list[dict]:

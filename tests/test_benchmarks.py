@@ -599,3 +599,115 @@ def test_compare_table_reads_each_task_against_the_fastest_peer():
   assert table[2].startswith("| train_step:mlp | **1.60** (1.50–1.70) | 1.60 |")
   assert table[3].startswith("| pgd_eval:mlp | **2.00** | 2.00 | – |")
   assert table[4] == "| pgd_eval:lenet5 | no peer ran | – | – | – | – | – | – |"
+
+
+def test_machine_names_the_cpu_family_and_model(monkeypatch):
+  import io
+
+  cpuinfo = (
+    "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n"
+    "model\t\t: 167\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+    "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 99\n"
+  )
+  monkeypatch.setattr(
+    _common, "open", lambda path: io.StringIO(cpuinfo), raising=False
+  )
+  m = _common.machine()
+  # The first processor's fields; "model name" is not taken for "model".
+  assert m["cpu"] == "Intel(R) Xeon(R) Processor"
+  assert m["cpu_id"] == "family 6 model 167"
+  monkeypatch.setattr(
+    _common, "open", lambda path: io.StringIO(""), raising=False
+  )
+  assert "cpu_id" not in _common.machine()
+
+
+@pytest.mark.parametrize("n", [1, 5, 6, 7, 15, 30, 37, 100])
+def test_median_interval_is_the_widest_exact_order_statistic_interval(n):
+  from scipy import stats
+
+  from benchmarks import compare_pool
+
+  ranks = compare_pool.median_interval(n)
+  # Coverage of [x_(k), x_(n+1-k)] for a continuous distribution's median,
+  # from scipy's binomial: 1 - 2 P(B <= k - 1), B ~ Binomial(n, 1/2).
+  cover = lambda k: 1 - 2 * stats.binom.cdf(k - 1, n, 0.5)
+  if ranks is None:
+    assert cover(1) < 0.95
+    return
+  k, upper = ranks
+  assert upper == n + 1 - k and 1 <= k <= upper
+  assert cover(k) >= 0.95 and (k + 1 > upper - 1 or cover(k + 1) < 0.95)
+
+
+def test_median_interval_covers_the_median_as_often_as_it_claims():
+  from benchmarks import compare_pool
+
+  # 20,000 samples of 15 uniforms (median 0.5): the empirical coverage of
+  # the (4, 12) interval is its exact 0.965 within sampling error (sd 0.0013).
+  n = 15
+  k, upper = compare_pool.median_interval(n)
+  x = np.sort(np.random.default_rng(0).uniform(size=(20_000, n)), axis=1)
+  hit = (x[:, k - 1] <= 0.5) & (0.5 <= x[:, upper - 1])
+  assert (k, upper) == (4, 12) and abs(hit.mean() - 0.9648) < 0.006
+
+
+def test_compare_pool_pools_each_tasks_pairs_over_runs():
+  from benchmarks import compare_pool
+
+  machine = {
+    "cpu": "Intel(R) Xeon(R) Processor",
+    "cpu_id": "family 6 model 167",
+  }
+  run = lambda task, ratios: {
+    "benchmark": "compare",
+    "task": task,
+    "model": "mlp",
+    "peer": "fastest",
+    "ratios": ratios,
+    "ratio_median": float(np.median(ratios)),
+    **machine,
+  }
+  first = [1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8]
+  second = [1.40, 1.42, 1.44, 1.46, 1.48, 1.52, 1.54]
+  records = [
+    run("train_step", first),
+    _compare_record("train_step", "torch-eager", [1.0, 2.0]),  # not pooled
+    run("pgd_eval", [0.9, 1.1, 1.2]),
+    run("train_step", second),
+  ]
+  cpu, rows = compare_pool.pool(records)
+  assert cpu == "Intel(R) Xeon(R) Processor (family 6 model 167)"
+  step, evaluation = rows
+  # 14 pairs: median (1.46 + 1.48) / 2; the 95% interval is ranks 3 and
+  # 12 of the sorted pairs (1.40 and 1.60).
+  assert step == [
+    "train_step:mlp",
+    "2",
+    "14",
+    "**1.47** [1.40, 1.60]",
+    "1.46–1.50",
+    "14 of 14",
+    "6 of 14",
+  ]
+  # Three pairs are too few for a 95% interval; one run prints one median.
+  assert evaluation == [
+    "pgd_eval:mlp",
+    "1",
+    "3",
+    "**1.10**",
+    "1.10",
+    "2 of 3",
+    "0 of 3",
+  ]
+  table = compare_pool.markdown(rows).splitlines()
+  assert table[0] == (
+    "| task | runs | pairs | median [95% CI] | runs' medians | ≥ 1.0 | ≥ 1.5 |"
+  )
+  other = {**run("train_step", first), "cpu_id": "family 25 model 17"}
+  with pytest.raises(ValueError, match="records of 2 CPUs"):
+    compare_pool.pool(records + [other])
+  with pytest.raises(ValueError, match="no benchmarks.compare record"):
+    compare_pool.pool(
+      [_compare_record("train_step", "torch-eager", [1.0, 2.0])]
+    )
