@@ -4,7 +4,7 @@ r"""Pool the pairs of several ``benchmarks.compare`` runs on one machine.
 
 One run of ``benchmarks.compare`` gives a task's ratio (awt's images/s
 over the fastest PyTorch peer's) as the median of a few alternated pairs,
-and on the 2-core machines that median moves by 0.1–0.3 from run to run
+and on the 2-core machines that median moves by up to 0.4 from run to run
 (benchmarks/README.md). Whether a task holds a line such as issue 17's
 1.5× is then a question about all the pairs measured on that CPU, not
 about one run. This prints, per task, one row over every
