@@ -573,11 +573,12 @@ def _fit(run: _Run, state, ckpt: _Checkpoints, writer, log):
   ckpt_every_epochs = int(config.get("checkpoint_every_epochs", 1))
   progress = _Progress(run, step, how, log)
   epochs = _EpochEval(run)
-  histories = _read_histories(writer.path, run)
+  records = workdir_lib.read_jsonl(writer.path)
+  histories = _histories(records, run)
   if step == 0 and not histories[0]:
     writer.write(0, epochs.record(state, 0, None))
   watch = _ChanceWatch(run, histories, log)
-  epoch_losses = []
+  epoch_losses = _epoch_losses_so_far(records, run, step)
   while step < run.total_steps:
     for stacked in _epoch_chunks(run, step, chunk):
       rstate, metrics = p_run(rstate, stacked)
@@ -587,7 +588,6 @@ def _fit(run: _Run, state, ckpt: _Checkpoints, writer, log):
       if ckpt_every and step // ckpt_every > prev // ckpt_every:
         ckpt.save(rstate)
     host = jax.device_get(jax.tree.map(lambda x: x[0], rstate))
-    # Mean over the steps of this epoch run since the last (re)start.
     epoch_loss = np.mean(np.concatenate(epoch_losses), axis=0)
     epoch_losses = []
     epoch = step // run.steps_per_epoch
@@ -596,6 +596,31 @@ def _fit(run: _Run, state, ckpt: _Checkpoints, writer, log):
     if ckpt_every_epochs and epoch % ckpt_every_epochs == 0:
       ckpt.save(rstate)
   return rstate
+
+
+def _epoch_losses_so_far(
+  records: list[dict], run: _Run, step: int
+) -> list[np.ndarray]:
+  """The training losses ``[S, M]`` of the epoch ``step`` is in, up to
+  ``step``, rebuilt from the chunk records of ``metrics.jsonl``.
+
+  A run resumed in the middle of an epoch would otherwise average that
+  epoch's loss over the steps since the restart only, and the epoch loss
+  feeds the stall watch, ``curves`` and the results. Each chunk record
+  holds its steps' mean loss per member (``train/<prefix>loss``), so each
+  is repeated over its steps: the same mean, up to rounding. Empty at an
+  epoch boundary, or where the records do not cover the epoch up to
+  ``step`` (then the mean is over the steps since the restart).
+  """
+  start = step - step % run.steps_per_epoch
+  keys = [f"train/{run.prefix(i)}loss" for i in range(len(run.members))]
+  losses, last = [], start
+  for record in records:
+    if start < record["step"] <= step and all(k in record for k in keys):
+      n = record["step"] - last
+      losses.append(np.tile([[record[k] for k in keys]], (n, 1)))
+      last = record["step"]
+  return losses if last == step else []
 
 
 def _check_finite(run: _Run, metrics, step: int) -> np.ndarray:
@@ -892,10 +917,15 @@ def _zip_members(streams):
 
 
 def _read_histories(path, run: _Run) -> list[list[dict]]:
-  """Per-member epoch rows in ``metrics.jsonl``: ``epoch``, the ``eval/``
-  values of that epoch and ``train_loss`` (none at epoch 0)."""
+  """Per-member epoch rows in ``metrics.jsonl`` (``_histories``)."""
+  return _histories(workdir_lib.read_jsonl(path), run)
+
+
+def _histories(records: list[dict], run: _Run) -> list[list[dict]]:
+  """Per-member epoch rows of ``records``: ``epoch``, the ``eval/`` values
+  of that epoch and ``train_loss`` (none at epoch 0)."""
   histories = [[] for _ in run.members]
-  for record in workdir_lib.read_jsonl(path):
+  for record in records:
     for i in range(len(run.members)):
       prefix = run.prefix(i)
       row = {

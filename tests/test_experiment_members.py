@@ -1,6 +1,7 @@
 """``train_members``: S runs in one program equal S separate runs."""
 
 import json
+import types
 
 import jax
 import numpy as np
@@ -264,3 +265,36 @@ def test_a_restarted_run_reads_the_evaluations_it_kept(tmp_path, monkeypatch):
   config.eval.eps = config.eval.eps / 2
   rerun(config)
   assert len(calls) == 4
+
+
+def test_a_mid_epoch_resume_averages_the_epoch_over_all_its_steps():
+  """The chunk records before a mid-epoch restart rebuild the epoch's
+  per-step losses: their mean is the mean over every step of the epoch."""
+  rng = np.random.default_rng(0)
+  run = types.SimpleNamespace(  # the three fields the rebuild reads
+    members=("a", "b"),
+    steps_per_epoch=10,
+    prefix=lambda i: f"members/{'ab'[i]}/",
+  )
+  per_step = rng.uniform(0.5, 2.5, size=(30, 2))  # steps 1..30, 2 members
+  records, last = [], 0
+  for end in (4, 8, 10, 13, 17, 20, 25, 27):  # chunks never cross epochs
+    chunk = per_step[last:end]
+    records.append(
+      {
+        "step": end,
+        "train/loss": float(chunk.mean()),
+        "train/members/a/loss": float(chunk[:, 0].mean()),
+        "train/members/b/loss": float(chunk[:, 1].mean()),
+      }
+    )
+    if end % 10 == 0:  # the epoch record, which has no chunk loss
+      records.append({"step": end, "train/members/a/epoch_loss": 9.0})
+    last = end
+  got = experiment._epoch_losses_so_far(records, run, 27)
+  rest = per_step[27:30]  # what the resumed run adds before the epoch ends
+  mean = np.mean(np.concatenate([*got, rest]), axis=0)
+  np.testing.assert_allclose(mean, per_step[20:30].mean(axis=0), rtol=1e-12)
+  assert experiment._epoch_losses_so_far(records, run, 20) == []
+  # Records that stop short of the restart step: nothing to rebuild from.
+  assert experiment._epoch_losses_so_far(records[:-1], run, 27) == []

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from awt import checkpoints
+from awt import workdir as workdir_lib
 
 # One xdist worker runs this module, so its trained fixture is built once.
 pytestmark = pytest.mark.xdist_group("resume")
@@ -90,6 +91,17 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
   assert f"resuming from checkpoint at step {step}" in proc.stderr
   for a, b in zip(_params(reference), _params(killed), strict=True):
     np.testing.assert_array_equal(a, b)
+  # The interrupted epoch's loss is its mean over all 22 steps, as in the
+  # uninterrupted run, not over the steps after the restart.
+  assert _epoch_losses(killed) == pytest.approx(_epoch_losses(reference))
+
+
+def _epoch_losses(workdir):
+  return [
+    r["train/epoch_loss"]
+    for r in workdir_lib.read_jsonl(str(workdir / "metrics.jsonl"))
+    if "train/epoch_loss" in r
+  ]
 
 
 @pytest.fixture
