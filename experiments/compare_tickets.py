@@ -12,6 +12,15 @@ writes WORKDIR/compare_tickets.{json,csv}, table.md (mean ± sample std over
 seeds, paired differences against dense and SNIP) and plots/. Started
 again with the same workdir, it skips finished tickets and trainings and
 resumes an interrupted one from its checkpoint.
+
+The same tickets under other SGD noise (batches and attacks of seed + k,
+networks of seed; ``awt.studies.compare_tickets``, "Training"):
+
+  mkdir -p /tmp/awt/compare_tickets_k1000
+  cp -r /tmp/awt/compare_tickets/cells /tmp/awt/compare_tickets_k1000/
+  python -m experiments.compare_tickets \
+    --config=experiments/configs/compare_tickets.py \
+    --config.train_seed_offset=1000 --workdir=/tmp/awt/compare_tickets_k1000
 """
 
 from absl import flags

@@ -158,3 +158,71 @@ def test_an_override_equal_to_the_config_is_refused_and_options_have_none(
   assert same not in s.methods
   with pytest.raises(config_lib.ConfigError, match="are the same ticket"):
     compare_tickets.validate(config, ["awt", same], [0.95], [0], ["none"])
+
+
+@pytest.mark.slow
+def test_train_seed_offset_retrains_the_same_tickets_under_other_noise(
+  tmp_path,
+):
+  """With ``train_seed_offset`` k and the cells of an earlier workdir, the
+  study trains the same tickets (not searched again) with seed s + k's
+  batches and attacks: its dense member equals ``train_members`` of seed
+  s's dense net under seed s + k, and differs from the run under s."""
+  import shutil
+
+  import numpy as np
+
+  from awt import config as config_lib
+  from awt import experiment, tickets
+  from awt.studies import compare_tickets
+  from experiments.configs import compare_tickets as configs
+
+  config = config_lib.replaced(
+    configs.get_config("smoke"), {"eval.attacks": ("fgsm",)}
+  )
+  grid = dict(methods=["snip"], sparsities=[0.9], seeds=[1], ablations=["none"])
+  first = compare_tickets.run(config, str(tmp_path / "k0"), **grid)
+  shutil.copytree(tmp_path / "k0" / "cells", tmp_path / "k5" / "cells")
+  again = compare_tickets.run(
+    config_lib.replaced(config, {"train_seed_offset": 5}),
+    str(tmp_path / "k5"),
+    **grid,
+  )
+  rows = {(r["method"], r["train_seed"]): r for r in first["rows"]}
+  rows.update({(r["method"], r["train_seed"]): r for r in again["rows"]})
+  assert set(rows) == {("dense", 1), ("snip", 1), ("dense", 6), ("snip", 6)}
+  assert {r["seed"] for r in rows.values()} == {1}
+  assert (
+    rows["snip", 6]["layer_densities"] == rows["snip", 1]["layer_densities"]
+  )
+  # Reused, not searched again: the saved ticket's own search time.
+  assert (
+    rows["snip", 6]["find_wall_time_s"] == rows["snip", 1]["find_wall_time_s"]
+  )
+
+  def losses(row):
+    return [h["train_loss"] for h in row["history"] if "train_loss" in h]
+
+  dense = tickets.dense(config_lib.replaced(config, {"seed": 1}))
+  (alone,) = experiment.train_members(
+    config, str(tmp_path / "alone"), [experiment.Member("d", 6, dense)]
+  )
+  want = [
+    h["train_loss"] for h in alone.results["history"] if "train_loss" in h
+  ]
+  np.testing.assert_allclose(losses(rows["dense", 6]), want, rtol=1e-5)
+  assert losses(rows["dense", 6]) != pytest.approx(losses(rows["dense", 1]))
+  saved = json.loads((tmp_path / "k5" / "config.json").read_text())
+  assert saved["train_seed_offset"] == 5
+  assert "train_seed_offset" not in json.loads(
+    (tmp_path / "k0" / "config.json").read_text()
+  )
+  for bad in (-1, True):
+    with pytest.raises(config_lib.ConfigError, match="train_seed_offset"):
+      compare_tickets.validate(
+        config_lib.replaced(config, {"train_seed_offset": bad}),
+        ["snip"],
+        [0.9],
+        [0],
+        ["none"],
+      )

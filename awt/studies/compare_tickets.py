@@ -17,6 +17,16 @@ Two phases, both resumable (a restarted study skips finished work):
    says how), each ticket with the dense run of its seed as reference, so
    they see the same batches and attack randomness. A finished
    ``WORKDIR/train/<sparsity>/results.json`` is loaded instead of rerun.
+   ``train_seed_offset`` (default 0) gives every member of seed ``s`` the
+   data order and attack randomness of seed ``s + train_seed_offset``,
+   its starting network still that of ``s``: the same tickets trained
+   under other SGD noise, the test of Frankle et al. (ICML 2020, "Linear
+   Mode Connectivity and the Lottery Ticket Hypothesis", Sec. 3) of
+   whether an outcome belongs to the network or to its training run.
+   Copy an earlier workdir's ``cells/`` into a new workdir to retrain
+   its tickets without searching again (a saved ticket's settings do not
+   include the offset; the workdir's ``config.json`` records it when it
+   is not 0). Rows keep ``seed`` and add ``train_seed``.
 
 Statistics: every accuracy is reported as mean ± *sample* standard
 deviation over seeds, and as the paired (same-seed) difference against the
@@ -203,9 +213,7 @@ def run(
   workdir = workdir_lib.prepare(workdir)
   # Cells are named by their grid point, so a workdir may grow its grid
   # (``sweep``) but never change what a cell computes.
-  _sweep.check_config(
-    workdir, {k: v for k, v in config.to_dict().items() if k != "sweep"}
-  )
+  _sweep.check_config(workdir, recorded_config(config))
   # "none" first: the other ablations start from its ticket.
   ablations = ["none"] + [a for a in ablations if a != "none"]
   ablated = set(methods if ablated_methods is None else ablated_methods)
@@ -262,13 +270,16 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
   """Phase 2 at sparsity ``s``: dense + every ticket in one program."""
   described = {}  # member name -> (method, ablation, ticket info or None)
   members = []
+  offset = train_seed_offset(config)
   for seed in seeds:
     name = f"{DENSE}_seed{seed}"
     dense_config = _cell_config(
       config, seed=seed, method=DENSE, sparsity=0.0, ablation="none"
     )
     members.append(
-      experiment.Member(name, int(seed), tickets_lib.dense(dense_config))
+      experiment.Member(
+        name, int(seed) + offset, tickets_lib.dense(dense_config)
+      )
     )
     described[name] = (DENSE, "none", None)
   for m, a in arms:
@@ -277,7 +288,7 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
       ticket = tickets[(s, m, a, seed)]
       members.append(
         experiment.Member(
-          name, int(seed), ticket, reference=f"{DENSE}_seed{seed}"
+          name, int(seed) + offset, ticket, reference=f"{DENSE}_seed{seed}"
         )
       )
       described[name] = (m, a, ticket.info)
@@ -295,10 +306,27 @@ def _train_sparsity(config, workdir, s, arms, seeds, tickets, log):
   rows = []
   for mem in members:
     method, ablation, info = described[mem.name]
-    rows.append(
-      _row(results[mem.name], method, ablation, s, mem.seed, info, chance)
+    row = _row(
+      results[mem.name], method, ablation, s, mem.seed - offset, info, chance
     )
+    rows.append({**row, "train_seed": mem.seed})
   return rows
+
+
+def recorded_config(config) -> dict:
+  """What ``config.json`` holds: the config without ``sweep`` (a workdir
+  may grow its grid), and without ``train_seed_offset`` when it is 0, so
+  workdirs from before the offset existed still match."""
+  out = {k: v for k, v in config.to_dict().items() if k != "sweep"}
+  if not out.get("train_seed_offset", 0):
+    out.pop("train_seed_offset", None)
+  return out
+
+
+def train_seed_offset(config) -> int:
+  """``config.train_seed_offset`` (0 where the config has none): what the
+  training seed adds to each seed (module docstring, "Training")."""
+  return int(config.get("train_seed_offset", 0))
 
 
 def validate(
@@ -338,6 +366,11 @@ def validate(
   check = functools.partial(_sweep.check_numbers, error=config_lib.ConfigError)
   check(sparsities, "sweep.sparsities", lo=0.0, hi=1.0, lo_open=True)
   check(seeds, "sweep.seeds", integer=True)
+  offset = config.get("train_seed_offset", 0)
+  if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+    raise config_lib.ConfigError(
+      f"train_seed_offset={offset!r} must be an integer >= 0"
+    )
   seen = {}
   for m in methods or [DENSE]:
     cell = _cell_config(
