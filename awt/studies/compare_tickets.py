@@ -20,9 +20,10 @@ Two phases, both resumable (a restarted study skips finished work):
    ``train_seed_offset`` (default 0) gives every member of seed ``s`` the
    data order and attack randomness of seed ``s + train_seed_offset``,
    its starting network still that of ``s``: the same tickets trained
-   under other SGD noise, the test of Frankle et al. (ICML 2020, "Linear
-   Mode Connectivity and the Lottery Ticket Hypothesis", Sec. 3) of
-   whether an outcome belongs to the network or to its training run.
+   under other SGD noise, as in the instability analysis of Frankle et
+   al. (ICML 2020, "Linear Mode Connectivity and the Lottery Ticket
+   Hypothesis", Fig. 1): does an outcome belong to the network or to its
+   training run?
    Copy an earlier workdir's ``cells/`` into a new workdir to retrain
    its tickets without searching again (a saved ticket's settings do not
    include the offset; the workdir's ``config.json`` records it when it
