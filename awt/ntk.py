@@ -105,8 +105,9 @@ def _count_flops(jaxpr) -> tuple[float, float]:
   """(dense, conv) FLOPs of the dot_general / conv ops of a jaxpr.
 
   Sub-jaxprs (jit, custom_jvp, cond branches, loop bodies) are counted once.
-  A dot_general costs 2 * |out| * prod(contracted lhs dims); a convolution
-  2 * |out| * |kernel| / out_features (the multiply-adds per output).
+  A dot_general (or awt_gemm) costs 2 * |out| * prod(contracted lhs dims);
+  a convolution 2 * |out| * |kernel| / out_features (the multiply-adds per
+  output).
   """
   dense = conv = 0.0
   for eqn in jaxpr.eqns:
@@ -116,6 +117,10 @@ def _count_flops(jaxpr) -> tuple[float, float]:
       lhs = eqn.invars[0].aval.shape
       size = math.prod(eqn.outvars[0].aval.shape)
       dense += 2.0 * size * math.prod(lhs[d] for d in contract)
+    elif name == "awt_gemm":  # awt.models._cpu_gemm's op(a) @ op(b)
+      a = eqn.invars[0].aval.shape
+      k = a[-2] if eqn.params["transpose_a"] else a[-1]
+      dense += 2.0 * math.prod(eqn.outvars[0].aval.shape) * k
     elif name == "conv_general_dilated":
       rhs = eqn.invars[1].aval.shape
       out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from awt.models import _cpu_conv
+from awt.models import _cpu_conv, _cpu_gemm
 
 Dtype = Any
 
@@ -47,6 +47,12 @@ class Classifier(nn.Module):
       up to float rounding) or "auto" ("cpu" exactly when
       ``jax.default_backend()`` is the CPU, at trace time); ignored by
       models without convolutions.
+    dense_impl: how Dense layers' float32 matrix products run: "xla"
+      (``lax.dot_general``), "mkl" (MKL's sgemm through
+      ``awt.models._cpu_gemm``: same parameters, same numbers up to float
+      rounding; fails on a machine where it cannot load) or "auto" ("mkl"
+      exactly when ``jax.default_backend()`` is the CPU and it loads, at
+      trace time).
   """
 
   num_classes: int
@@ -55,6 +61,7 @@ class Classifier(nn.Module):
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
+  dense_impl: str = "auto"
 
   def normalize(self, x: jax.Array) -> jax.Array:
     """Maps pixels to the network's input space, ``(x - mean) / std``.
@@ -132,20 +139,41 @@ def max_pool2(x: jax.Array, impl: str = "auto") -> jax.Array:
   return _cpu_conv.max_pool(x, 2, impl)
 
 
-def head(h: jax.Array, num_classes: int, dtype: Dtype, **dense_kw) -> jax.Array:
+def dense(features: int, *, impl: str = "auto", **dense_kw) -> nn.Dense:
+  """An ``nn.Dense`` whose matrix product runs as ``impl`` says.
+
+  Args:
+    features: output units.
+    impl: ``Classifier.dense_impl``: "xla", "mkl" or "auto".
+    **dense_kw: further ``nn.Dense`` fields (``dtype``, ``kernel_init``,
+      ``name``, ...).
+
+  Returns:
+    An ``nn.Dense``: the same parameters (names, shapes, initializers) for
+    every ``impl``.
+  """
+  if _cpu_gemm.resolve(impl) == "mkl":
+    dense_kw["dot_general"] = _cpu_gemm.dot_general
+  return nn.Dense(features, **dense_kw)
+
+
+def head(
+  h: jax.Array, num_classes: int, dtype: Dtype, impl: str = "auto", **dense_kw
+) -> jax.Array:
   """The classifier layer, a Dense named ``head``, with float32 logits.
 
   Args:
     h: [B, D] features.
     num_classes: K.
     dtype: compute dtype.
+    impl: ``Classifier.dense_impl``.
     **dense_kw: further ``nn.Dense`` fields (e.g. ``kernel_init``).
 
   Returns:
     [B, K] float32 logits.
   """
-  logits = nn.Dense(num_classes, dtype=dtype, name="head", **dense_kw)(h)
-  return logits.astype(jnp.float32)
+  layer = dense(num_classes, impl=impl, dtype=dtype, name="head", **dense_kw)
+  return layer(h).astype(jnp.float32)
 
 
 def he_conv(

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from awt.models import _cpu_conv
+from awt.models import _cpu_conv, _cpu_gemm
 from awt.models._common import Classifier
 from awt.models.convnets import ConvNet, LeNet5
 from awt.models.mlp import MLP, Linear
@@ -84,15 +84,18 @@ def get(
       ``axis_name`` (pmap axis of the BatchNorm statistics; ignored without
       BatchNorm), ``dtype`` (compute dtype) and ``conv_impl`` ("auto",
       "xla" or "cpu": how convolutions and max poolings are lowered, see
-      ``Classifier``; ignored without convolutions); mlp ``widths``, vgg16
-      ``width_multiplier``, resnet18 ``width``, wrn28 ``width`` (the k).
+      ``Classifier``; ignored without convolutions) and ``dense_impl``
+      ("auto", "xla" or "mkl": how Dense layers' products run); mlp
+      ``widths``, vgg16 ``width_multiplier``, resnet18 ``width``, wrn28
+      ``width`` (the k).
 
   Returns:
     An unbound ``flax.linen.Module``.
 
   Raises:
     ValueError: for an unknown name, an unknown option, an unknown
-      ``conv_impl`` or a non-positive std.
+      ``conv_impl`` or ``dense_impl``, or a non-positive std.
+    _cpu_gemm.Unavailable: for ``dense_impl="mkl"`` where MKL cannot load.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -114,6 +117,7 @@ def get(
   if not std or min(std) <= 0:
     raise ValueError(f"std must be positive, got {std}")
   _cpu_conv.resolve(kw.get("conv_impl", "auto"))
+  _cpu_gemm.resolve(kw.get("dense_impl", "auto"))
   kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
   return cls(num_classes=num_classes, mean=mean, std=std, **fixed, **kw)
 

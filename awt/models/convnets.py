@@ -5,6 +5,7 @@ import jax
 
 from awt.models._common import (
   Classifier,
+  dense,
   flatten,
   glorot_normal,
   head,
@@ -49,9 +50,10 @@ class LeNet5(Classifier):
     padding = "VALID" if min(h.shape[1:3]) >= 5 else "SAME"
     h = conv(16, (5, 5), padding=padding, name="conv2", **kw)(h)
     h = flatten(max_pool2(nn.relu(h), self.conv_impl))
-    h = nn.relu(nn.Dense(120, dtype=self.dtype, name="fc1")(h))
-    h = nn.relu(nn.Dense(84, dtype=self.dtype, name="fc2")(h))
-    return head(h, self.num_classes, self.dtype)
+    fc = {"dtype": self.dtype, "impl": self.dense_impl}
+    h = nn.relu(dense(120, name="fc1", **fc)(h))
+    h = nn.relu(dense(84, name="fc2", **fc)(h))
+    return head(h, self.num_classes, self.dtype, self.dense_impl)
 
 
 class ConvNet(Classifier):
@@ -106,8 +108,18 @@ class ConvNet(Classifier):
         h = max_pool2(h, self.conv_impl)
     h = flatten(h)
     for i in range(2):
-      h = nn.Dense(
-        256, dtype=self.dtype, kernel_init=glorot_normal, name=f"fc{i + 1}"
+      h = dense(
+        256,
+        impl=self.dense_impl,
+        dtype=self.dtype,
+        kernel_init=glorot_normal,
+        name=f"fc{i + 1}",
       )(h)
       h = nn.relu(h)
-    return head(h, self.num_classes, self.dtype, kernel_init=glorot_normal)
+    return head(
+      h,
+      self.num_classes,
+      self.dtype,
+      self.dense_impl,
+      kernel_init=glorot_normal,
+    )

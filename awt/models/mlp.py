@@ -3,7 +3,7 @@
 import flax.linen as nn
 import jax
 
-from awt.models._common import Classifier, flatten, head
+from awt.models._common import Classifier, dense, flatten, head
 
 
 class Linear(Classifier):
@@ -29,7 +29,8 @@ class Linear(Classifier):
       [B, num_classes] float32 logits.
     """
     del train
-    return head(flatten(self.normalize(x)), self.num_classes, self.dtype)
+    h = flatten(self.normalize(x))
+    return head(h, self.num_classes, self.dtype, self.dense_impl)
 
 
 class MLP(Classifier):
@@ -63,5 +64,8 @@ class MLP(Classifier):
     del train
     h = flatten(self.normalize(x))
     for i, width in enumerate(self.widths):
-      h = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(h))
-    return head(h, self.num_classes, self.dtype)
+      fc = dense(
+        width, impl=self.dense_impl, dtype=self.dtype, name=f"fc{i + 1}"
+      )
+      h = nn.relu(fc(h))
+    return head(h, self.num_classes, self.dtype, self.dense_impl)

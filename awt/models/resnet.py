@@ -123,4 +123,6 @@ class ResNet(Classifier):
           conv_impl=self.conv_impl,
           name=f"layer{stage + 1}_{block}",
         )(h, train)
-    return head(global_avg_pool(h), self.num_classes, self.dtype)
+    return head(
+      global_avg_pool(h), self.num_classes, self.dtype, self.dense_impl
+    )

@@ -71,4 +71,6 @@ class VGG16(Classifier):
       h = he_conv(width, 3, 1, 1, self.dtype, f"conv{i}", self.conv_impl)(h)
       h = batch_norm(train, self.axis_name, self.dtype, f"bn{i}")(h)
       h = nn.relu(h)
-    return head(global_avg_pool(h), self.num_classes, self.dtype)
+    return head(
+      global_avg_pool(h), self.num_classes, self.dtype, self.dense_impl
+    )

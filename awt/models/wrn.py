@@ -122,4 +122,6 @@ class WideResNet(Classifier):
           name=f"group{group + 1}_{block}",
         )(h, train)
     h = nn.relu(batch_norm(train, self.axis_name, self.dtype, "bn")(h))
-    return head(global_avg_pool(h), self.num_classes, self.dtype)
+    return head(
+      global_avg_pool(h), self.num_classes, self.dtype, self.dense_impl
+    )
