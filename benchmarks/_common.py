@@ -111,6 +111,28 @@ def time_calls(call: Callable[[], None], repeats: int) -> list[float]:
   return times
 
 
+def time_alternately(
+  calls: dict[str, Callable[[], None]], repeats: int, per_turn: int = 1
+) -> dict[str, list[float]]:
+  """Seconds per call of each variant, the variants taking turns.
+
+  Each variant is called once to warm up; then ``repeats`` rounds, each
+  giving every variant a turn of ``per_turn`` timed calls, in sorted name
+  order on even rounds and reversed on odd ones, so that a drift in the
+  machine's speed falls on all of them alike.
+
+  Returns:
+    ``{name: [repeats * per_turn seconds]}``.
+  """
+  times = {name: [] for name in calls}
+  for call in calls.values():
+    call()
+  for r in range(repeats):
+    for name in sorted(calls, reverse=bool(r % 2)):
+      times[name].extend(time_calls(calls[name], per_turn))
+  return times
+
+
 def best_gflop_per_s(
   call: Callable[[], None], flops: float, warmup: int = 3, repeats: int = 10
 ) -> float:

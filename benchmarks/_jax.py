@@ -23,6 +23,7 @@ import jaxlib
 import optax
 
 from awt import evaluation, masks, models, training
+from awt.models import _cpu_gemm
 from benchmarks import _common, _flops
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -128,6 +129,7 @@ def train_runner(
   scan_length: int = 0,
   seed: int = 0,
   conv_impl: str = "auto",
+  dense_impl: str = "auto",
 ) -> _common.Runner:
   """Compiles awt's PGD-k training step on random data; a Runner.
 
@@ -145,6 +147,8 @@ def train_runner(
     seed: PRNG seed of the weights, the inputs and the attack starts.
     conv_impl: the conv models' lowering (``awt.models``: "auto", "xla",
       "cpu").
+    dense_impl: the Dense layers' products (``awt.models``: "auto", "xla",
+      "mkl").
 
   Returns:
     The Runner; each ``call()`` advances the training state. Its ``info``
@@ -152,7 +156,11 @@ def train_runner(
   """
   shape = _common.TASKS[model_name][0]
   model = models.get(
-    model_name, _common.NUM_CLASSES, dtype=DTYPES[dtype], conv_impl=conv_impl
+    model_name,
+    _common.NUM_CLASSES,
+    dtype=DTYPES[dtype],
+    conv_impl=conv_impl,
+    dense_impl=dense_impl,
   )
   tx = optax.sgd(_common.LEARNING_RATE, momentum=_common.MOMENTUM)
   step = training.make_train_step(
@@ -252,9 +260,11 @@ def max_rel_diff(a: jax.Array, b: jax.Array) -> float:
 
 
 def versions() -> dict:
-  """JAX and jaxlib versions and the device kind, for the records."""
+  """JAX and jaxlib versions, the device kind and what the models' default
+  ``dense_impl="auto"`` runs ("xla" or "mkl"), for the records."""
   return {
     "jax": jax.__version__,
     "jaxlib": jaxlib.__version__,
     "device": jax.devices()[0].device_kind,
+    "dense_impl": _cpu_gemm.resolve("auto"),
   }

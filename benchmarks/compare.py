@@ -290,7 +290,7 @@ def _records(kind, model, steps, workers, ips, loads, f) -> list[dict]:
     "pairs": f.pairs,
     "block_s": f.block_s,
   }
-  tail = {k: info[k] for k in ("jax", "jaxlib", "device")}
+  tail = {k: info[k] for k in ("jax", "jaxlib", "device", "dense_impl")}
   tail.update(_common.machine())
   records = []
   for w in workers[1:]:

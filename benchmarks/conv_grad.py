@@ -179,12 +179,7 @@ def measure_step(model_name: str, batch: int, steps: int, repeats: int):
     i: _jax.train_runner(model_name, batch=batch, steps=steps, conv_impl=i).call
     for i in ("xla", "cpu")
   }
-  times = {i: [] for i in calls}
-  for call in calls.values():
-    call()  # warm-up
-  for r in range(repeats):
-    for impl in sorted(calls, reverse=bool(r % 2)):
-      times[impl].extend(_common.time_calls(calls[impl], 1))
+  times = _common.time_alternately(calls, repeats)
   rec = {"benchmark": "conv_grad_step", "model": model_name, "batch": batch}
   rec["steps"] = steps
   medians = {impl: statistics.median(ts) for impl, ts in times.items()}
