@@ -8,6 +8,7 @@ flipped-kernel input gradient above), as are ``vmap`` over members,
 ``pmap``, PGD's loop and whole models.
 """
 
+import _lowerings  # tests/_lowerings.py: checks both lowerings' tests share
 import flax.linen as nn
 import jax
 import jax.extend.core
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from awt import attacks, models
+from awt import models
 from awt.models import _cpu_conv
 from awt.pruning import scores
 
@@ -392,18 +393,4 @@ def test_pgd_finds_the_same_adversarial_examples():
   """awt's PGD (random start, sign steps in a fori_loop) on lenet5: the same
   iterates with either implementation."""
   xla, cpu, variables, x, y = _model_pair("lenet5", (28, 28, 1))
-
-  def attack(model):
-    def run(images, labels, key):
-      logits_fn = lambda v: model.apply(variables, v, train=False)  # noqa: E731
-      return attacks.pgd(
-        logits_fn, images, labels, key, eps=0.3, step_size=0.075, steps=4
-      )
-
-    return jax.jit(run)
-
-  key = jax.random.PRNGKey(7)
-  x_xla = attack(xla)(x, y, key)
-  x_cpu = attack(cpu)(x, y, key)
-  assert float(jnp.max(jnp.abs(x_xla - x))) > 0.1  # the attack moved
-  np.testing.assert_allclose(x_cpu, x_xla, rtol=0, atol=1e-5)
+  _lowerings.assert_same_pgd_iterates(xla, cpu, variables, x, y)

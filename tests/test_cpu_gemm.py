@@ -9,6 +9,7 @@ models, within float32 rounding.
 import importlib.metadata
 import shutil
 
+import _lowerings  # tests/_lowerings.py: checks both lowerings' tests share
 import jax
 import jax.numpy as jnp
 import jax.test_util
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from awt import attacks, models
+from awt import models
 from awt.models import _cpu_gemm
 from benchmarks import _flops
 
@@ -294,21 +295,7 @@ def test_pgd_finds_the_same_adversarial_examples():
   """awt's PGD (random start, sign steps in a fori_loop) on the MLP: the
   same iterates with either implementation."""
   xla, mkl, variables, x, y = _model_pair("mlp", (28, 28, 1))
-
-  def attack(model):
-    def run(images, labels, key):
-      logits_fn = lambda v: model.apply(variables, v, train=False)  # noqa: E731
-      return attacks.pgd(
-        logits_fn, images, labels, key, eps=0.3, step_size=0.075, steps=4
-      )
-
-    return jax.jit(run)
-
-  key = jax.random.PRNGKey(7)
-  x_xla = attack(xla)(x, y, key)
-  x_mkl = attack(mkl)(x, y, key)
-  assert float(jnp.max(jnp.abs(x_xla - x))) > 0.1  # the attack moved
-  np.testing.assert_allclose(x_mkl, x_xla, rtol=0, atol=1e-5)
+  _lowerings.assert_same_pgd_iterates(xla, mkl, variables, x, y)
 
 
 @needs_mkl
