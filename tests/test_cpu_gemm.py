@@ -204,6 +204,18 @@ def test_resolution_and_one_line_errors(monkeypatch, tmp_path):
   monkeypatch.setenv("AWT_MKL_LIB", str(tmp_path / "nope.so"))
   with pytest.raises(_cpu_gemm.Unavailable, match="AWT_MKL_LIB=.*not a file"):
     _cpu_gemm._mkl_library()
+  monkeypatch.setenv("AWT_MKL_LIB", str(tmp_path / "empty.so"))
+  (tmp_path / "empty.so").write_bytes(b"")
+  _cpu_gemm._load.cache_clear()
+  try:
+    assert "empty.so" in _cpu_gemm.unavailable_reason()  # not a library
+    if shutil.which("g++"):  # a library, but not MKL: the handler itself
+      monkeypatch.setenv("AWT_MKL_LIB", str(_cpu_gemm._build()))
+      _cpu_gemm._load.cache_clear()
+      assert "is not MKL" in _cpu_gemm.unavailable_reason()
+  finally:
+    monkeypatch.delenv("AWT_MKL_LIB")
+    _cpu_gemm._load.cache_clear()
   monkeypatch.setenv("CXX", str(tmp_path / "no-compiler"))
   with pytest.raises(_cpu_gemm.Unavailable, match="no C.. compiler"):
     _cpu_gemm._build()
