@@ -78,6 +78,23 @@ def share_compilation_cache():
   atexit.register(shutil.rmtree, cache, ignore_errors=True)
 
 
+def fresh_native_cache():
+  """An empty ``AWT_CACHE_DIR`` for this test session.
+
+  So that every session builds ``awt.models._cpu_gemm``'s handler from its
+  source, as a fresh clone does, instead of loading one a previous session
+  left in ``~/.cache/awt``; the xdist workers and the binaries the tests
+  run race to build it into the same folder, as processes of one job may.
+  Called, like :func:`share_compilation_cache`, by the first process that
+  imports the conftest; a folder already in the environment is kept.
+  """
+  if "AWT_CACHE_DIR" in os.environ:
+    return
+  cache = tempfile.mkdtemp(prefix="awt-tests-native-")
+  os.environ["AWT_CACHE_DIR"] = cache
+  atexit.register(shutil.rmtree, cache, ignore_errors=True)
+
+
 def environment(devices=2, extra=None, optimized=False):
   """The environment of a binary a test starts.
 

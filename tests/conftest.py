@@ -1,7 +1,8 @@
 """Test configuration: 4 forced host devices (for pmap tests), XLA:CPU's
 code generated at LLVM level 0 (``_binary.xla_flags``: values equal up to
 rounding, compiled 2-3x faster), one JAX compilation cache for the session's
-processes (``_binary.share_compilation_cache``), strict numpy,
+processes (``_binary.share_compilation_cache``), an empty folder for the
+MKL handler to be built into (``_binary.fresh_native_cache``), strict numpy,
 the smoke run of experiments/train.py (trained once per session), and a
 binary that SIGKILLs itself for the preemption tests.
 
@@ -19,6 +20,7 @@ import _binary  # tests/_binary.py: the one subprocess runner
 os.environ["XLA_FLAGS"] = _binary.xla_flags(4, os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _binary.share_compilation_cache()
+_binary.fresh_native_cache()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
