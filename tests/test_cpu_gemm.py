@@ -76,6 +76,15 @@ def test_product_equals_float64(ta, tb, batch):
 
 
 @needs_mkl
+def test_empty_operands():
+  """Empty rows, columns or contraction: zeros of the right shape."""
+  for m, k, n in [(0, 3, 2), (3, 0, 2), (3, 2, 0)]:
+    a, b = jnp.ones((m, k)), jnp.ones((k, n))
+    got = jax.jit(_cpu_gemm.gemm)(a, b)
+    np.testing.assert_array_equal(got, np.zeros((m, n), np.float32))
+
+
+@needs_mkl
 def test_lowers_to_the_custom_call():
   a, b = _operands(False, False)
   hlo = jax.jit(_cpu_gemm.gemm).lower(a, b).as_text()

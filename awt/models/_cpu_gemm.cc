@@ -107,6 +107,10 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
   job->ldb = bd[r - 1];
   job->batch = 1;
   for (size_t i = 0; i + 2 < r; ++i) job->batch *= cd[i];
+  if (job->k == 0) {  // An empty sum; BLAS rejects a leading dimension of 0.
+    std::fill_n(job->c, job->batch * job->m * job->n, 0.0f);
+    return ffi::Error::Success();
+  }
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const double flops = 2.0 * job->m * job->n * job->k;
   job->blocks = flops < kMinSplitFlops ? 1 : threads;
