@@ -8,7 +8,10 @@ models, within float32 rounding.
 
 import importlib.metadata
 import shutil
+import subprocess
+import sys
 
+import _binary  # tests/_binary.py: the one subprocess runner
 import _lowerings  # tests/_lowerings.py: checks both lowerings' tests share
 import jax
 import jax.numpy as jnp
@@ -82,6 +85,29 @@ def test_empty_operands():
     a, b = jnp.ones((m, k)), jnp.ones((k, n))
     got = jax.jit(_cpu_gemm.gemm)(a, b)
     np.testing.assert_array_equal(got, np.zeros((m, n), np.float32))
+
+
+@needs_mkl
+def test_gemm_loads_its_handler_in_a_fresh_process():
+  """Called first thing in a process, before any model resolved a
+  dense_impl: the lowering loads and registers the handler itself, or
+  says in one line why it cannot."""
+  code = (
+    "import jax.numpy as jnp; from awt.models import _cpu_gemm; "
+    "print(float(_cpu_gemm.gemm(jnp.ones((2, 3)), jnp.ones((3, 4)))[0, 0]))"
+  )
+  env = _binary.environment(devices=None)
+  ok = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True
+  )
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert ok.stdout.strip() == "3.0"
+  env["AWT_MKL_LIB"] = "/nonexistent/libmkl_rt.so"
+  bad = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True
+  )
+  assert bad.returncode != 0
+  assert "Unavailable: awt_gemm on the CPU: AWT_MKL_LIB=" in bad.stderr
 
 
 @needs_mkl

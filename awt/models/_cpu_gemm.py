@@ -315,20 +315,36 @@ def _batch(args, dims, *, transpose_a, transpose_b):
   return gemm(front(a, dim_a), front(b, dim_b), transpose_a, transpose_b), 0
 
 
+@functools.cache
+def _eager(transpose_a: bool, transpose_b: bool):
+  """One jitted ``awt_gemm`` per transpose pair, for calls outside ``jit``
+  (a new ``jax.jit`` per call would retrace and recompile every time)."""
+  return jax.jit(
+    functools.partial(
+      gemm_p.bind, transpose_a=transpose_a, transpose_b=transpose_b
+    )
+  )
+
+
+def _cpu_lowering(ctx, a, b, **params):
+  """The FFI call, after loading the handler it calls (where nothing has
+  resolved a ``dense_impl`` yet, e.g. :func:`gemm` called directly)."""
+  reason = _load()
+  if reason is not None:
+    raise Unavailable(f"awt_gemm on the CPU: {reason}")
+  return jax.ffi.ffi_lowering(TARGET)(ctx, a, b, **params)
+
+
 def _register() -> None:
   """Gives ``gemm_p`` its shape rule, autodiff, vmap and lowerings."""
   gemm_p.def_abstract_eval(_abstract_eval)
-  gemm_p.def_impl(
-    lambda a, b, **params: jax.jit(functools.partial(gemm_p.bind, **params))(
-      a, b
-    )
-  )
+  gemm_p.def_impl(lambda a, b, **params: _eager(**params)(a, b))
   ad.defbilinear(gemm_p, _transpose_a, _transpose_b)
   batching.primitive_batchers[gemm_p] = _batch
   mlir.register_lowering(
     gemm_p, mlir.lower_fun(_reference, multiple_results=False)
   )
-  mlir.register_lowering(gemm_p, jax.ffi.ffi_lowering(TARGET), platform="cpu")
+  mlir.register_lowering(gemm_p, _cpu_lowering, platform="cpu")
 
 
 if _API_MISSING is None:
