@@ -69,13 +69,9 @@ def share_compilation_cache():
   program is cached, however fast it compiled. A cache directory already
   in the environment is used as it is and kept.
   """
-  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
-    return
-  cache = tempfile.mkdtemp(prefix="awt-tests-jax-cache-")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
-  atexit.register(shutil.rmtree, cache, ignore_errors=True)
+  if _session_folder("JAX_COMPILATION_CACHE_DIR", "awt-tests-jax-cache-"):
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 
 def fresh_native_cache():
@@ -88,11 +84,18 @@ def fresh_native_cache():
   Called, like :func:`share_compilation_cache`, by the first process that
   imports the conftest; a folder already in the environment is kept.
   """
-  if "AWT_CACHE_DIR" in os.environ:
-    return
-  cache = tempfile.mkdtemp(prefix="awt-tests-native-")
-  os.environ["AWT_CACHE_DIR"] = cache
-  atexit.register(shutil.rmtree, cache, ignore_errors=True)
+  _session_folder("AWT_CACHE_DIR", "awt-tests-native-")
+
+
+def _session_folder(variable: str, prefix: str) -> bool:
+  """Points ``variable`` at a new temporary folder, removed at exit,
+  unless it is set already; whether it made one."""
+  if variable in os.environ:
+    return False
+  folder = tempfile.mkdtemp(prefix=prefix)
+  os.environ[variable] = folder
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
+  return True
 
 
 def environment(devices=2, extra=None, optimized=False):
