@@ -6,6 +6,7 @@ second order, ``vmap`` over members, ``pmap``, PGD's loop and whole
 models, within float32 rounding.
 """
 
+import concurrent.futures
 import importlib.metadata
 import shutil
 import subprocess
@@ -66,8 +67,9 @@ def test_loads_wherever_mkl_and_a_compiler_are_installed():
 @pytest.mark.parametrize("tb", [False, True])
 @pytest.mark.parametrize("batch", [(), (3,)])
 def test_product_equals_float64(ta, tb, batch):
-  """Small products and one large enough to be split over threads."""
-  for m, k, n in [(5, 7, 3), (128, 300, 100)]:
+  """Small products and two large enough to be split over threads, one in
+  row blocks (m > n), one in column blocks."""
+  for m, k, n in [(5, 7, 3), (128, 300, 100), (64, 96, 200)]:
     a, b = _operands(ta, tb, batch, m, k, n)
     want = _reference(
       np.asarray(a, np.float64), np.asarray(b, np.float64), ta, tb
@@ -76,6 +78,31 @@ def test_product_equals_float64(ta, tb, batch):
     assert got.shape == want.shape
     assert _rel(got, want) <= RTOL
     assert _rel(_cpu_gemm.gemm(a, b, ta, tb), want) <= RTOL  # eager
+
+
+@needs_mkl
+def test_concurrent_callers_get_their_own_products():
+  """Split products from four Python threads at once. The handler's helper
+  threads serve the latest posted product only; every caller must still
+  get its own result, whatever the helpers picked up."""
+  f = jax.jit(_cpu_gemm.gemm)
+  cases = [
+    _operands(False, False, (), 96, 128, 64 + 16 * i, i) for i in range(4)
+  ]
+  wants = [
+    _reference(np.asarray(a, np.float64), np.asarray(b, np.float64), 0, 0)
+    for a, b in cases
+  ]
+  for a, b in cases:
+    f(a, b).block_until_ready()  # compile before the threads start
+
+  def worst(i):
+    a, b = cases[i]
+    return max(_rel(f(a, b), wants[i]) for _ in range(25))
+
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    errors = list(pool.map(worst, range(4)))
+  assert max(errors) <= RTOL, errors
 
 
 @needs_mkl

@@ -8,16 +8,30 @@
 //   c: [..., m, n] = op(a) @ op(b), one sgemm per batch element and part.
 //
 // MKL runs sequentially (no OpenMP team of its own competing with XLA's
-// threads); each product is cut into as many column (or row) blocks as the
-// pool has threads, and the calling thread and the pool's claim blocks from
-// a shared counter. The caller never waits on a block nobody has claimed,
-// so a pool whose threads are all inside such calls cannot deadlock.
+// threads); each product is cut into as many column (or row) blocks as
+// XLA:CPU's intra-op pool has threads, and the calling thread and this
+// file's helper threads (one fewer than the pool's) claim blocks from a
+// shared counter. The caller never waits on a block nobody has claimed, so
+// whatever the helpers do, every product completes, and concurrent callers
+// need no lock between them.
+//
+// Why helpers of our own rather than the pool's threads: between two
+// products of a PGD step XLA runs a few small element-wise ops, long
+// enough for the pool's threads to fall asleep, and waking one took long
+// enough that the caller often ran every block itself. A helper spins for
+// kSpin after a product, yielding its core to any other runnable thread on
+// every turn, and only then sleeps; OpenMP runtimes do the same
+// (KMP_BLOCKTIME). Measured on the MLP's PGD-10 step (benchmarks/README.md,
+// 2026-12-06): 1.03-1.25x faster than blocks on the pool, 8 of 8 pairs.
 // Built and loaded by _cpu_gemm.py; see that module for the reasons.
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "xla/ffi/api/ffi.h"
@@ -81,6 +95,60 @@ struct Job {
   }
 };
 
+
+// Threads that run blocks of the latest posted Job; see the file comment.
+// One process-wide set, created on the first split product and never
+// destroyed (its threads are detached).
+class Helpers {
+ public:
+  explicit Helpers(int64_t n) {
+    for (int64_t i = 0; i < n; ++i) std::thread([this] { Loop(); }).detach();
+  }
+
+  // Offers `job` to the helpers; a later Post replaces it.
+  void Post(std::shared_ptr<Job> job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = std::move(job);
+      posted_.fetch_add(1, std::memory_order_release);
+    }
+    if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
+  }
+
+ private:
+  static constexpr std::chrono::microseconds kSpin{2000};
+
+  void Loop() {
+    uint64_t seen = posted_.load(std::memory_order_acquire);
+    for (;;) {
+      const auto start = std::chrono::steady_clock::now();
+      while (posted_.load(std::memory_order_acquire) == seen) {
+        if (std::chrono::steady_clock::now() - start > kSpin) {
+          std::unique_lock<std::mutex> lock(mu_);
+          sleepers_.fetch_add(1);
+          wake_.wait(lock, [&] { return posted_.load() != seen; });
+          sleepers_.fetch_sub(1);
+          break;
+        }
+        std::this_thread::yield();
+      }
+      std::shared_ptr<Job> job;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        seen = posted_.load();
+        job = job_;
+      }
+      job->Drain();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> posted_{0};
+  std::atomic<int> sleepers_{0};
+  std::shared_ptr<Job> job_;
+};
+
 ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
                 ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> c,
                 bool transpose_a, bool transpose_b) {
@@ -119,8 +187,9 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
   job->block = (len + job->blocks - 1) / job->blocks;
   job->block = (job->block + kBlockAlign - 1) / kBlockAlign * kBlockAlign;
   const int64_t total = job->batch * job->blocks;
-  for (int64_t i = 1; i < std::min(total, threads); ++i) {
-    pool.Schedule([job] { job->Drain(); });
+  if (total > 1) {
+    static Helpers* const helpers = new Helpers(threads - 1);
+    helpers->Post(job);
   }
   job->Drain();
   // Every block is claimed; wait for those other threads are running.
