@@ -17,11 +17,16 @@ gives them to MKL instead, through an XLA FFI custom call:
   (``[E, B, K] @ [K, N]`` as ``[E B, K] @ [K, N]``) and otherwise loops
   over the batch in the handler.
 * On the CPU it lowers to the handler of ``_cpu_gemm.cc``: one sequential
-  MKL sgemm per block of columns (rows), the blocks shared with XLA's own
-  intra-op thread pool. MKL's OpenMP threads would compete with XLA's for
-  the same cores (measured on a plain-JAX copy of the MLP's PGD-10 step:
-  8.9-11.7 ms with them against 8.2-8.5 ms this way). Elsewhere it lowers
-  to ``jnp.matmul`` at full float32 precision.
+  MKL sgemm per block of columns (rows), as many blocks as XLA's intra-op
+  pool has threads, run by the calling thread and helper threads of the
+  handler's own that spin for 2 ms after each product (yielding their core
+  to any runnable thread) before they sleep. MKL's OpenMP threads would
+  compete with XLA's for the same cores (measured on a plain-JAX copy of
+  the MLP's PGD-10 step: 8.9-11.7 ms with them against 8.2-8.5 ms with
+  blocks on XLA's pool); blocks on XLA's pool waited for its sleeping
+  threads to wake (1.03-1.25x slower steps than the helpers in 8 of 8
+  process pairs). Elsewhere it lowers to ``jnp.matmul`` at full float32
+  precision.
 * The handler is compiled on first use with the C++ compiler (``$CXX`` or
   ``g++``) against the installed jaxlib's FFI headers, and cached in
   ``$AWT_CACHE_DIR`` (default ``~/.cache/awt``) under a name hashed from
