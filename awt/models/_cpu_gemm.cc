@@ -95,7 +95,6 @@ struct Job {
   }
 };
 
-
 // Threads that run blocks of the latest posted Job; see the file comment.
 // One process-wide set, created on the first split product and never
 // destroyed (its threads are detached).
@@ -192,7 +191,7 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
     helpers->Post(job);
   }
   job->Drain();
-  // Every block is claimed; wait for those other threads are running.
+  // Every block is claimed; wait for the ones helpers are still running.
   while (job->done.load(std::memory_order_acquire) < total) {
     std::this_thread::yield();
   }
