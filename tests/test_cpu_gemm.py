@@ -246,6 +246,13 @@ def test_dot_general_hands_other_products_to_lax():
   assert not uses_gemm(
     lambda x: _cpu_gemm.dot_general(x, x, other), jnp.ones((6, 4))
   )
+  # Dense's contraction with a batch axis on each side: [B, K] . [K, B] -> [B].
+  batched = (((1,), (0,)), ((0,), (1,)))
+  xb = jax.random.normal(jax.random.PRNGKey(1), (4, 6))
+  wb = jax.random.normal(jax.random.PRNGKey(2), (6, 4))
+  got = _cpu_gemm.dot_general(xb, wb, batched)
+  assert got.shape == (4,)
+  assert _rel(got, lax.dot_general(xb, wb, batched)) <= RTOL
   empty = jnp.ones((0, 6))
   np.testing.assert_array_equal(
     _cpu_gemm.dot_general(empty, w, dense), lax.dot_general(empty, w, dense)

@@ -375,10 +375,12 @@ def dot_general(
   ``lhs``; any other call is passed to ``lax.dot_general`` unchanged.
   ``precision`` is moot for them: sgemm is full float32.
   """
-  plain = (((lhs.ndim - 1,), (0,)), ((), ()))
+  (contract_lhs, contract_rhs), (batch_lhs, batch_rhs) = dimension_numbers
   if (
-    tuple(map(tuple, dimension_numbers[0])) == plain[0]
-    and not any(dimension_numbers[1][0])
+    tuple(contract_lhs) == (lhs.ndim - 1,)
+    and tuple(contract_rhs) == (0,)
+    and not batch_lhs
+    and not batch_rhs
     and rhs.ndim == 2
     and lhs.ndim >= 1
     and lhs.dtype == jnp.float32
