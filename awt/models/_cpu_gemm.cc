@@ -1,6 +1,6 @@
 // XLA FFI handler "awt_sgemm": a float32 matrix product through a CBLAS
 // sgemm (MKL's, set at load time by awt/models/_cpu_gemm.py), split over
-// XLA:CPU's intra-op thread pool.
+// the calling thread and the handler's helper threads.
 //
 // Operands are row-major, with equal leading batch dimensions:
 //   a: [..., m, k] (or [..., k, m] when transpose_a)
