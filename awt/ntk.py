@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from awt import models
 from awt._nt import IMPLEMENTATIONS, nt
 from awt._nt import implementation as _nt_implementation
 
@@ -105,22 +106,16 @@ def _count_flops(jaxpr) -> tuple[float, float]:
   """(dense, conv) FLOPs of the dot_general / conv ops of a jaxpr.
 
   Sub-jaxprs (jit, custom_jvp, cond branches, loop bodies) are counted once.
-  A dot_general (or awt_gemm) costs 2 * |out| * prod(contracted lhs dims);
+  A dot_general (or awt_gemm) costs ``awt.models.matmul_flops``;
   a convolution 2 * |out| * |kernel| / out_features (the multiply-adds per
   output).
   """
   dense = conv = 0.0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
-    if name == "dot_general":
-      (contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      size = math.prod(eqn.outvars[0].aval.shape)
-      dense += 2.0 * size * math.prod(lhs[d] for d in contract)
-    elif name == "awt_gemm":  # awt.models._cpu_gemm's op(a) @ op(b)
-      a = eqn.invars[0].aval.shape
-      k = a[-2] if eqn.params["transpose_a"] else a[-1]
-      dense += 2.0 * math.prod(eqn.outvars[0].aval.shape) * k
+    product = models.matmul_flops(eqn)
+    if product is not None:
+      dense += product
     elif name == "conv_general_dilated":
       rhs = eqn.invars[1].aval.shape
       out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]

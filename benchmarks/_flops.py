@@ -5,9 +5,9 @@ body once, not times its trip count, so it cannot count a search whose
 steps run inside ``lax.scan`` / ``fori_loop``. This counter works on the
 jaxpr instead:
 
-* ``dot_general``: ``2 |out| prod(contracted lhs dims)``, and the same
-  for ``awt_gemm`` (``awt.models._cpu_gemm``'s MKL product, which XLA's
-  cost analysis does not see: a custom call);
+* ``dot_general`` and ``awt_gemm`` (the MKL product of
+  ``awt.models._cpu_gemm``, a custom call XLA's cost analysis does not
+  see): ``awt.models.matmul_flops``, ``2 |out| k``;
   ``conv_general_dilated``: 2 per multiply-add that reads an input element
   (as XLA: taps on padding or on the holes of an input dilation, as in a
   strided convolution's input gradient, are not counted; otherwise the
@@ -197,15 +197,12 @@ def _size(var) -> int:
 def _leaf(eqn) -> Flops:
   """The FLOPs of one equation without sub-programs."""
   name = eqn.primitive.name
-  if name == "dot_general":
-    (contract, _), _ = eqn.params["dimension_numbers"]
-    lhs = eqn.invars[0].aval.shape
-    k = math.prod(lhs[d] for d in contract)
-    return Flops(matmul=2.0 * _size(eqn.outvars[0]) * k)
-  if name == "awt_gemm":  # c = op(a) @ op(b); a is [..., m, k] or [..., k, m]
-    a = eqn.invars[0].aval.shape
-    k = a[-2] if eqn.params["transpose_a"] else a[-1]
-    return Flops(matmul=2.0 * _size(eqn.outvars[0]) * k)
+  # Imported here, not at the top: install() must run before awt loads.
+  from awt import models
+
+  product = models.matmul_flops(eqn)
+  if product is not None:
+    return Flops(matmul=product)
   if name == "conv_general_dilated":
     return Flops(conv=_conv_flops(eqn))
   if name in ELEMENTWISE:

@@ -397,3 +397,27 @@ def test_flop_counters_count_the_custom_product():
   want = ntk.forward_flops(lambda p, v: xla.apply(p, v), variables, x)
   assert ntk.forward_flops(lambda p, v: mkl.apply(p, v), variables, x) == want
   assert want[0] == 2 * (784 * 300 + 300 * 100 + 100 * 10)
+
+
+@pytest.mark.skipif(
+  _cpu_gemm._API_MISSING is not None, reason=str(_cpu_gemm._API_MISSING)
+)
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_matmul_flops_counts_two_per_multiply_add(ta, tb, batch):
+  """2 m n k (times the batch) for awt_gemm and for the same product as a
+  dot_general, counted from the shapes the test chose, not from the eqn;
+  None for an equation that is no product."""
+  m, k, n = 5, 7, 3
+  a, b = _operands(ta, tb, batch, m=m, k=k, n=n)
+  want = 2.0 * np.prod(batch, dtype=int) * m * n * k
+  gemm = jax.make_jaxpr(lambda a, b: _cpu_gemm.gemm(a, b, ta, tb))(a, b)
+  (eqn,) = gemm.eqns
+  assert eqn.primitive.name == "awt_gemm"
+  assert models.matmul_flops(eqn) == want
+  dot = jax.make_jaxpr(lambda a, b: _reference(a, b, ta, tb))(a, b)
+  (eqn,) = [e for e in dot.eqns if e.primitive.name == "dot_general"]
+  assert models.matmul_flops(eqn) == want
+  (eqn,) = jax.make_jaxpr(jnp.sin)(a).eqns
+  assert models.matmul_flops(eqn) is None

@@ -6,6 +6,7 @@ module whose ``apply(variables, x, train=False)`` maps
 """
 
 from awt.models._common import Classifier
+from awt.models._cpu_gemm import matmul_flops
 from awt.models._registry import get, names, options
 from awt.models.convnets import ConvNet, LeNet5
 from awt.models.mlp import MLP, Linear
@@ -25,6 +26,7 @@ __all__ = [
   "WideBlock",
   "WideResNet",
   "get",
+  "matmul_flops",
   "names",
   "options",
 ]

@@ -49,6 +49,7 @@ import functools
 import hashlib
 import importlib.metadata
 import logging
+import math
 import os
 import pathlib
 import shutil
@@ -400,3 +401,33 @@ def dot_general(
     preferred_element_type=preferred_element_type,
     **kw,
   )
+
+
+def matmul_flops(eqn) -> float | None:
+  """FLOPs of a jaxpr equation that is a matrix product, else None.
+
+  ``2 * |out| * k`` for a ``dot_general`` (``k`` the product of the
+  contracted ``lhs`` dimensions) and for an ``awt_gemm`` (``k`` the last
+  axis of ``a``, or its second-to-last when ``transpose_a``): one multiply
+  and one add per term. XLA's cost analysis does not see into the
+  ``awt_gemm`` custom call, so FLOP counts read from jaxprs
+  (``awt.ntk``'s implementation choice, ``benchmarks/_flops.py``) take
+  both formulas from here.
+
+  Args:
+    eqn: a ``jax.extend.core.JaxprEqn`` (e.g. ``jax.make_jaxpr(f)(x).eqns[i]``).
+
+  Returns:
+    The FLOPs as a float, or None when ``eqn`` is neither product.
+  """
+  name = eqn.primitive.name
+  if name == "dot_general":
+    (contract, _), _ = eqn.params["dimension_numbers"]
+    lhs = eqn.invars[0].aval.shape
+    k = math.prod(lhs[d] for d in contract)
+  elif name == "awt_gemm":  # c = op(a) @ op(b); a is [..., m, k] or [..., k, m]
+    a = eqn.invars[0].aval.shape
+    k = a[-2] if eqn.params["transpose_a"] else a[-1]
+  else:
+    return None
+  return 2.0 * math.prod(eqn.outvars[0].aval.shape) * k
