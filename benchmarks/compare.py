@@ -345,7 +345,8 @@ def main(argv):
     for rec in compare_task(task, f):
       print(json.dumps(rec), flush=True)
       records.append(rec)
-  print(compare_table.markdown(*compare_table.rows(records)), file=sys.stderr)
+  table = compare_table.markdown(*compare_table.rows(records))
+  print("\n".join([*compare_table.machines(records), table]), file=sys.stderr)
 
 
 if __name__ == "__main__":

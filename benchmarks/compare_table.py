@@ -73,6 +73,38 @@ def rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
   return peers, out
 
 
+def machines(records: list[dict]) -> list[str]:
+  """One line per distinct machine and JAX setup of compare records.
+
+  E.g. ``"Machine: Intel(R) Xeon(R) Processor (family 6 model 167), 2
+  CPUs; jax 0.10.2 (dense_impl mkl); torch 2.14.1, 2 threads"``. The
+  PyTorch versions are those of the peer records of that setup (the
+  ``fastest`` summaries carry none); fields no record has are left out.
+  """
+  setups: dict[str, list[str]] = {}
+  for r in records:
+    if r.get("benchmark") != "compare" or "cpu" not in r:
+      continue
+    setup = r["cpu"] + (f" ({r['cpu_id']})" if r.get("cpu_id") else "")
+    if r.get("num_cpu"):
+      setup += f", {r['num_cpu']} CPUs"
+    if r.get("jax"):
+      setup += f"; jax {r['jax']}"
+      if r.get("dense_impl"):
+        setup += f" (dense_impl {r['dense_impl']})"
+    torches = setups.setdefault(setup, [])
+    if r.get("torch"):
+      torch = f"torch {r['torch']}"
+      if r.get("threads"):
+        torch += f", {r['threads']} threads"
+      if torch not in torches:
+        torches.append(torch)
+  return [
+    "Machine: " + "; ".join([setup, *torches])
+    for setup, torches in setups.items()
+  ]
+
+
 def markdown(peers: list[str], table: list[list]) -> str:
   """The rows as a markdown table."""
   head = ["task", "awt / fastest peer"]
@@ -90,7 +122,8 @@ def markdown(peers: list[str], table: list[list]) -> str:
 def main(argv):
   if len(argv) < 2:
     raise ValueError("give the JSON-lines files of benchmarks.compare")
-  print(markdown(*rows(_common.read_records(argv[1:]))), flush=True)
+  records = _common.read_records(argv[1:])
+  print("\n".join([*machines(records), markdown(*rows(records))]), flush=True)
 
 
 if __name__ == "__main__":

@@ -603,6 +603,34 @@ def test_compare_table_reads_each_task_against_the_fastest_peer():
   assert table[4] == "| pgd_eval:lenet5 | no peer ran | – | – | – | – | – | – |"
 
 
+def test_compare_table_names_each_machine_once():
+  from benchmarks import compare_table
+
+  xeon = {
+    "cpu": "Intel(R) Xeon(R) Processor",
+    "cpu_id": "family 6 model 167",
+    "num_cpu": 2,
+    "jax": "0.10.2",
+    "dense_impl": "mkl",
+    "torch": "2.14.1",
+    "threads": 2,
+  }
+  records = [
+    _compare_record("train_step", "torch-eager", [1.0], **xeon),
+    # compare's summary has no torch fields: the same machine, one line.
+    _compare_record(
+      "train_step", "fastest", [1.0], **{k: xeon[k] for k in list(xeon)[:5]}
+    ),
+    _compare_record("pgd_eval", "fastest", [1.0], cpu="EPYC", jax="0.11.0"),
+    _compare_record("pgd_eval", "torch-eager", [1.0]),  # an old record
+  ]
+  assert compare_table.machines(records) == [
+    "Machine: Intel(R) Xeon(R) Processor (family 6 model 167), 2 CPUs;"
+    " jax 0.10.2 (dense_impl mkl); torch 2.14.1, 2 threads",
+    "Machine: EPYC; jax 0.11.0",
+  ]
+
+
 def test_machine_names_the_cpu_family_and_model(monkeypatch):
   import io
 
