@@ -119,14 +119,17 @@ def cache_dir() -> pathlib.Path:
   return (pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache") / "awt"
 
 
-def _build() -> pathlib.Path:
-  """Compiles ``_cpu_gemm.cc`` once per source, jaxlib and compiler."""
+def _build(path: pathlib.Path | None = None) -> pathlib.Path:
+  """Compiles ``_cpu_gemm.cc`` (or ``path``, a variant of it, as
+  ``benchmarks/gemm_variants.py`` builds) once per source, jaxlib and
+  compiler; the cached library's path."""
+  path = _SOURCE if path is None else path
   compiler = shutil.which(os.environ.get("CXX", "g++"))
   if compiler is None:
     raise Unavailable(
       f"no C++ compiler {os.environ.get('CXX', 'g++')!r} to build the handler"
     )
-  source = _SOURCE.read_bytes()
+  source = path.read_bytes()
   key = hashlib.sha256(
     source + jaxlib.__version__.encode() + compiler.encode()
   ).hexdigest()[:16]
@@ -146,7 +149,7 @@ def _build() -> pathlib.Path:
       "-fPIC",
       "-w",
       f"-I{jax.ffi.include_dir()}",
-      str(_SOURCE),
+      str(path),
       "-o",
       str(built),
     ]
@@ -167,19 +170,30 @@ def _load() -> str | None:
   if _API_MISSING is not None:
     return _API_MISSING
   try:
-    path = _mkl_library()
-    mkl = ctypes.CDLL(str(path))
-    try:
-      mkl.MKL_Set_Threading_Layer(_MKL_SEQUENTIAL)
-      sgemm = ctypes.cast(mkl.cblas_sgemm, ctypes.c_void_p).value
-    except AttributeError as e:
-      raise Unavailable(f"{path} is not MKL: {e}") from None
+    sgemm = sgemm_address()
     lib = ctypes.CDLL(str(_build()))
+    lib.awt_set_sgemm(ctypes.c_void_p(sgemm))
   except (Unavailable, OSError) as e:
     return str(e)
-  lib.awt_set_sgemm(ctypes.c_void_p(sgemm))
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.AwtSgemm), "cpu")
   return None
+
+
+def sgemm_address() -> int:
+  """MKL's ``cblas_sgemm`` (``$AWT_MKL_LIB`` or the ``mkl`` wheel's), MKL
+  set to run sequentially; the function's address.
+
+  Raises:
+    Unavailable: no MKL library, or one without those symbols.
+    OSError: the library does not load.
+  """
+  path = _mkl_library()
+  mkl = ctypes.CDLL(str(path))
+  try:
+    mkl.MKL_Set_Threading_Layer(_MKL_SEQUENTIAL)
+    return ctypes.cast(mkl.cblas_sgemm, ctypes.c_void_p).value
+  except AttributeError as e:
+    raise Unavailable(f"{path} is not MKL: {e}") from None
 
 
 def unavailable_reason() -> str | None:
