@@ -14,12 +14,15 @@ weights and batch; ``benchmarks._jax.train_runner``) and times them
 alternately (``_common.time_alternately``: ``--rounds`` rounds of
 ``--calls`` calls per variant, the order reversed every other round). A
 round's ratio is BASE's median time over the variant's: above 1, the
-variant is faster. An A/A control (two copies of one source, 20 rounds of
-40 calls, 2026-12-06) gave a median of 1.002 with quartiles 0.93 and 1.16:
-differences inside that band are noise.
+variant is faster. On the 2-core Xeon of ``benchmarks/README.md``
+(2026-12-06) A/A controls gave medians of 1.002 (quartiles 0.93 and 1.16,
+20 rounds of 40 calls) and 1.01 (0.996 and 1.032): differences inside
+such a band are noise. A source given twice is built and registered once
+(targets are named after the content) and compiled into two steps.
 
-Each variant's helper threads are its own: after a variant's turn they spin
-2 ms and sleep, so they do not disturb the next variant's turn.
+Each distinct source has its own helper threads; the shipped handler's
+spin 2 ms after a product and then sleep, so they do not compete with the
+next variant's turn.
 
 Prints one JSON line per variant: its source, median ms a step, and the
 median, quartiles and wins of its per-round ratios against BASE. Only where
