@@ -59,6 +59,16 @@ SYMBOLS = ("XLA_FFI_DEFINE_HANDLER_SYMBOL(AwtSgemm,", "awt_set_sgemm(")
 _TARGETS: dict[str, str] = {}
 
 
+def check_symbols(source: pathlib.Path) -> str:
+  """``source``'s text; ValueError unless it exports the handler's symbols
+  once each, as ``_cpu_gemm.cc`` does (they are renamed per variant)."""
+  text = source.read_text()
+  for symbol in SYMBOLS:
+    if text.count(symbol) != 1:
+      raise ValueError(f"{source}: expected one {symbol!r}, as _cpu_gemm.cc")
+  return text
+
+
 def register(source: pathlib.Path) -> str:
   """Builds ``source`` (a variant of the handler) and registers it under a
   target named after its content (``awt_sgemm_<hash>``); the target.
@@ -66,10 +76,7 @@ def register(source: pathlib.Path) -> str:
   Raises:
     ValueError: ``source`` lacks one of the handler's exported symbols.
   """
-  text = source.read_text()
-  for symbol in SYMBOLS:
-    if text.count(symbol) != 1:
-      raise ValueError(f"{source}: expected one {symbol!r}, as _cpu_gemm.cc")
+  text = check_symbols(source)
   digest = hashlib.sha256(text.encode()).hexdigest()[:12]
   if digest in _TARGETS:
     return _TARGETS[digest]
@@ -126,11 +133,17 @@ def check_product(target: str) -> float:
 
 
 def measure(sources: list[pathlib.Path], f) -> list[dict]:
-  """Every source's step timed alternately against the first; records."""
-  runners, targets, errors = {}, [], []
-  for i, source in enumerate(sources):
-    target = register(source)
-    errors.append(check_product(target))
+  """Every source's step timed alternately against the first; records.
+
+  Every source is built and its products checked before any step is
+  compiled, so a broken variant fails in seconds.
+  """
+  for source in sources:
+    check_symbols(source)
+  targets = [register(source) for source in sources]
+  errors = [check_product(target) for target in targets]
+  runners = {}
+  for i, (source, target) in enumerate(zip(sources, targets, strict=True)):
     runner = lowered_with(
       target,
       lambda: _jax.train_runner(
@@ -140,7 +153,6 @@ def measure(sources: list[pathlib.Path], f) -> list[dict]:
     if f'custom_call_target="{target}"' not in runner.hlo():
       raise ValueError(f"{source}: the step was not lowered to {target}")
     runners[f"v{i:03d}"] = runner
-    targets.append(target)
   times = _common.time_alternately(
     {t: r.call for t, r in runners.items()}, f.rounds, per_turn=f.calls
   )

@@ -426,34 +426,40 @@ def test_matmul_flops_counts_two_per_multiply_add(ta, tb, batch):
 @needs_mkl
 @pytest.mark.slow
 def test_gemm_variants_times_each_build_under_its_own_target(tmp_path):
-  """benchmarks.gemm_variants: each source lowered to a target of its own
-  (checked in the compiled step; a second process-wide registration of
-  another source gets another name), records against the first source,
-  and a variant whose products are wrong, or that lacks the handler's
-  symbols, refused before any timing."""
-  import types
+  """benchmarks.gemm_variants (in fresh processes: it defines absl flags
+  other benchmark modules define too): a source given twice shares one
+  target, which the compiled steps call (checked by the tool), records
+  against the first source; a variant whose products are wrong, or that
+  lacks the handler's symbols, fails in one line before any timing."""
+  import json
 
-  from benchmarks import gemm_variants
-
+  base = str(_cpu_gemm._SOURCE)
+  small = ["--batch=8", "--steps=1", "--rounds=2", "--calls=1"]
   copy = tmp_path / "copy.cc"
-  copy.write_text(_cpu_gemm._SOURCE.read_text())
-  f = types.SimpleNamespace(model="mlp", batch=8, steps=1, rounds=2, calls=1)
-  base, other = gemm_variants.measure([_cpu_gemm._SOURCE, copy], f)
-  # Targets are named after the source's content: a copy shares one.
-  assert base["target"] == other["target"]
-  assert (
-    base["target"].startswith("awt_sgemm_") and base["target"] != "awt_sgemm"
-  )
-  assert base["ratio_median"] == 1.0 and base["rounds_faster"] == 0
-  assert other["source"] == str(copy) and other["ratio_median"] > 0
-  assert other["product_rel_error"] <= 1e-5
-  wrong = tmp_path / "wrong.cc"
   source = _cpu_gemm._SOURCE.read_text()
+  copy.write_text(source)
+  proc = _binary.run(
+    "benchmarks.gemm_variants", *small, base, str(copy), devices=None
+  )
+  assert proc.returncode == 0, proc.stderr
+  first, second = (json.loads(line) for line in proc.stdout.splitlines())
+  assert first["target"] == second["target"]
+  assert first["target"].startswith("awt_sgemm_")
+  assert first["target"] != _cpu_gemm.TARGET
+  assert first["ratio_median"] == 1.0 and first["rounds_faster"] == 0
+  assert second["source"] == str(copy) and second["ratio_median"] > 0
+  assert second["product_rel_error"] <= 1e-5
+  wrong = tmp_path / "wrong.cc"
   assert source.count("k, 1.0f,") == 2  # both sgemm calls' alpha
   wrong.write_text(source.replace("k, 1.0f,", "k, 0.5f,"))
-  with pytest.raises(ValueError, match="products off by"):
-    gemm_variants.measure([_cpu_gemm._SOURCE, wrong], f)
   bare = tmp_path / "bare.cc"
   bare.write_text(source.replace("awt_set_sgemm(", "set_sgemm("))
-  with pytest.raises(ValueError, match="expected one 'awt_set_sgemm\\('"):
-    gemm_variants.measure([_cpu_gemm._SOURCE, bare], f)
+  for variant, message in [
+    (wrong, "products off by"),
+    (bare, "expected one 'awt_set_sgemm('"),
+  ]:
+    proc = _binary.run(
+      "benchmarks.gemm_variants", *small, base, str(variant), devices=None
+    )
+    assert proc.returncode != 0 and not proc.stdout
+    assert message in proc.stderr.strip().splitlines()[-1]
