@@ -133,6 +133,15 @@ def time_alternately(
   return times
 
 
+def turn_medians(times: list[float], per_turn: int) -> list[float]:
+  """The median of each turn of ``per_turn`` calls in one variant's
+  :func:`time_alternately` times: one number per round."""
+  return [
+    statistics.median(times[i : i + per_turn])
+    for i in range(0, len(times), per_turn)
+  ]
+
+
 def best_gflop_per_s(
   call: Callable[[], None], flops: float, warmup: int = 3, repeats: int = 10
 ) -> float:

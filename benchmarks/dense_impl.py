@@ -49,8 +49,7 @@ def measure(model_name: str, batch: int, steps: int, rounds: int, calls: int):
     rec[f"{i}_ms"] = round(medians[i] * 1e3, 2)
     rec[f"{i}_images_per_s"] = round(batch / medians[i])
     rec[f"{i}_round_images_per_s"] = [
-      round(batch / statistics.median(ts[r * calls : (r + 1) * calls]))
-      for r in range(rounds)
+      round(batch / t) for t in _common.turn_medians(ts, calls)
     ]
   rec["speedup"] = round(medians["xla"] / medians["mkl"], 3)
   rec["load_before"] = load_before

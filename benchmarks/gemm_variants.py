@@ -156,13 +156,7 @@ def measure(sources: list[pathlib.Path], f) -> list[dict]:
   times = _common.time_alternately(
     {t: r.call for t, r in runners.items()}, f.rounds, per_turn=f.calls
   )
-  rounds = {
-    t: [
-      statistics.median(ts[r * f.calls : (r + 1) * f.calls])
-      for r in range(f.rounds)
-    ]
-    for t, ts in times.items()
-  }
+  rounds = {t: _common.turn_medians(ts, f.calls) for t, ts in times.items()}
   base = rounds["v000"]
   out = []
   for (name, per_round), source, target, error in zip(

@@ -741,3 +741,9 @@ def test_compare_pool_pools_each_tasks_pairs_over_runs():
     compare_pool.pool(
       [_compare_record("train_step", "torch-eager", [1.0, 2.0])]
     )
+
+
+def test_turn_medians_gives_one_median_per_round():
+  # Two rounds of three calls: medians 2 and 10, whatever the order.
+  assert _common.turn_medians([3.0, 1.0, 2.0, 10.0, 30.0, 5.0], 3) == [2, 10]
+  assert _common.turn_medians([4.0, 6.0], 1) == [4.0, 6.0]
