@@ -54,9 +54,9 @@ flags.DEFINE_integer("calls", 40, "Timed steps per variant and round.")
 SYMBOLS = ("XLA_FFI_DEFINE_HANDLER_SYMBOL(AwtSgemm,", "awt_set_sgemm(")
 
 
-# Sources registered in this process, by content: XLA's FFI registry is
-# per process and keeps the first handler registered under a name.
-_TARGETS: dict[str, str] = {}
+# Digests of the sources registered in this process: XLA's FFI registry
+# is per process and keeps the first handler registered under a name.
+_REGISTERED: set[str] = set()
 
 
 def check_symbols(source: pathlib.Path) -> str:
@@ -69,18 +69,14 @@ def check_symbols(source: pathlib.Path) -> str:
   return text
 
 
-def register(source: pathlib.Path) -> str:
-  """Builds ``source`` (a variant of the handler) and registers it under a
-  target named after its content (``awt_sgemm_<hash>``); the target.
-
-  Raises:
-    ValueError: ``source`` lacks one of the handler's exported symbols.
-  """
-  text = check_symbols(source)
+def register(text: str) -> str:
+  """Builds ``text`` (a handler source that passed :func:`check_symbols`)
+  and registers it under a target named after its content
+  (``awt_sgemm_<hash>``), once per process; the target."""
   digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-  if digest in _TARGETS:
-    return _TARGETS[digest]
   target = f"awt_sgemm_{digest}"
+  if digest in _REGISTERED:
+    return target
   renamed = text.replace(SYMBOLS[0], f"{SYMBOLS[0][:-1]}_{digest},")
   renamed = renamed.replace(SYMBOLS[1], f"awt_set_sgemm_{digest}(")
   with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +88,7 @@ def register(source: pathlib.Path) -> str:
   )
   handler = jax.ffi.pycapsule(getattr(lib, f"AwtSgemm_{digest}"))
   jax.ffi.register_ffi_target(target, handler, "cpu")
-  _TARGETS[digest] = target
+  _REGISTERED.add(digest)
   return target
 
 
@@ -138,9 +134,8 @@ def measure(sources: list[pathlib.Path], f) -> list[dict]:
   Every source is built and its products checked before any step is
   compiled, so a broken variant fails in seconds.
   """
-  for source in sources:
-    check_symbols(source)
-  targets = [register(source) for source in sources]
+  texts = [check_symbols(source) for source in sources]
+  targets = [register(text) for text in texts]
   errors = [check_product(target) for target in targets]
   runners = {}
   for i, (source, target) in enumerate(zip(sources, targets, strict=True)):
